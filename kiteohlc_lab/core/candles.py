@@ -1,0 +1,218 @@
+"""Candle records and columnar candle batches, and the DataFrame boundary.
+
+Inside the core, candles travel as ``CandleBatch`` (arrays, one timeframe per batch); a ``Candle`` is
+the small record for callbacks and reprs. DataFrames are made only on request (``to_frame``).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Iterator
+
+import numpy as np
+import pandas as pd
+
+from .timeframes import IST
+
+COLUMNS = ("open", "high", "low", "close", "volume")
+_ARRAYS = ("token", "start", "open", "high", "low", "close", "volume", "oi", "ticks")
+
+
+@dataclass(frozen=True, slots=True)
+class Candle:
+    """One OHLCV candle. ``start`` is epoch ns (UTC) of the candle's start."""
+
+    token: int
+    tf: str
+    start: int
+    open: float
+    high: float
+    low: float
+    close: float
+    volume: float
+    oi: float = math.nan
+    ticks: int = 0
+    closed: bool = True
+    amended: bool = False
+
+    @property
+    def date(self) -> pd.Timestamp:
+        """Start of the candle, tz-aware Asia/Kolkata."""
+        return pd.Timestamp(self.start, unit="ns", tz="UTC").tz_convert(IST)
+
+    def to_dict(self) -> dict:
+        return {
+            "token": self.token,
+            "tf": self.tf,
+            "start": self.start,
+            "open": self.open,
+            "high": self.high,
+            "low": self.low,
+            "close": self.close,
+            "volume": self.volume,
+            "oi": self.oi,
+            "ticks": self.ticks,
+            "closed": self.closed,
+            "amended": self.amended,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Candle":
+        return cls(
+            token=int(d["token"]),
+            tf=str(d["tf"]),
+            start=int(d["start"]),
+            open=float(d["open"]),
+            high=float(d["high"]),
+            low=float(d["low"]),
+            close=float(d["close"]),
+            volume=float(d["volume"]),
+            oi=float(d.get("oi", math.nan) if d.get("oi") is not None else math.nan),
+            ticks=int(d.get("ticks", 0)),
+            closed=bool(d.get("closed", True)),
+            amended=bool(d.get("amended", False)),
+        )
+
+
+@dataclass(slots=True)
+class CandleBatch:
+    """Columnar candles of one timeframe (possibly several instruments).
+
+    ``start`` int64 epoch ns; prices/volume/oi float64 (oi NaN where the feed has none); ``ticks``
+    int64 count of ticks aggregated. ``closed`` tells final candles from forming ones; ``amended``
+    marks re-emitted closed candles that a late tick changed.
+    """
+
+    tf: str
+    token: np.ndarray
+    start: np.ndarray
+    open: np.ndarray
+    high: np.ndarray
+    low: np.ndarray
+    close: np.ndarray
+    volume: np.ndarray
+    oi: np.ndarray
+    ticks: np.ndarray
+    closed: bool = True
+    amended: np.ndarray | None = field(default=None)
+
+    def __len__(self) -> int:
+        return len(self.token)
+
+    @classmethod
+    def empty(cls, tf: str, closed: bool = True) -> "CandleBatch":
+        f = np.empty(0)
+        i = np.empty(0, np.int64)
+        return cls(tf, i, i, f, f, f, f, f, f, i, closed)
+
+    @classmethod
+    def from_candles(cls, tf: str, candles: list[Candle], closed: bool = True) -> "CandleBatch":
+        if not candles:
+            return cls.empty(tf, closed)
+        cols = {k: np.array([getattr(c, k) for c in candles]) for k in _ARRAYS}
+        return cls(
+            tf,
+            cols["token"].astype(np.int64),
+            cols["start"].astype(np.int64),
+            *(cols[k].astype(np.float64) for k in ("open", "high", "low", "close", "volume", "oi")),
+            cols["ticks"].astype(np.int64),
+            closed,
+            np.array([c.amended for c in candles], dtype=bool),
+        )
+
+    @classmethod
+    def concat(cls, batches: list["CandleBatch"]) -> "CandleBatch":
+        bs = [b for b in batches if len(b)]
+        if not bs:
+            return cls.empty(batches[0].tf if batches else "", batches[0].closed if batches else True)
+        amended = None
+        if any(b.amended is not None for b in bs):
+            amended = np.concatenate(
+                [b.amended if b.amended is not None else np.zeros(len(b), bool) for b in bs]
+            )
+        return cls(
+            bs[0].tf,
+            *(np.concatenate([getattr(b, k) for b in bs]) for k in _ARRAYS),
+            bs[0].closed,
+            amended,
+        )
+
+    def select(self, mask: np.ndarray) -> "CandleBatch":
+        return CandleBatch(
+            self.tf,
+            *(getattr(self, k)[mask] for k in _ARRAYS),
+            self.closed,
+            None if self.amended is None else self.amended[mask],
+        )
+
+    def for_token(self, token: int) -> "CandleBatch":
+        return self.select(self.token == token)
+
+    def __iter__(self) -> Iterator[Candle]:
+        amended = self.amended if self.amended is not None else np.zeros(len(self), bool)
+        for i in range(len(self)):
+            yield Candle(
+                int(self.token[i]),
+                self.tf,
+                int(self.start[i]),
+                float(self.open[i]),
+                float(self.high[i]),
+                float(self.low[i]),
+                float(self.close[i]),
+                float(self.volume[i]),
+                float(self.oi[i]),
+                int(self.ticks[i]),
+                self.closed,
+                bool(amended[i]),
+            )
+
+    def to_frame(self, with_token: bool = False) -> pd.DataFrame:
+        """DataFrame indexed by ``date`` (tz-aware IST candle start) with OHLCV (+ ``oi``)."""
+        return frame_from_arrays(
+            self.start,
+            self.open,
+            self.high,
+            self.low,
+            self.close,
+            self.volume,
+            self.oi,
+            token=self.token if with_token else None,
+        )
+
+
+def frame_from_arrays(
+    start: np.ndarray,
+    open_: np.ndarray,
+    high: np.ndarray,
+    low: np.ndarray,
+    close: np.ndarray,
+    volume: np.ndarray,
+    oi: np.ndarray | None = None,
+    token: np.ndarray | None = None,
+) -> pd.DataFrame:
+    """The one place candle arrays become the public DataFrame shape.
+
+    ``oi`` is included only when at least one value is present (the feed has it).
+    """
+    index = pd.DatetimeIndex(
+        pd.to_datetime(np.asarray(start, dtype=np.int64), unit="ns", utc=True), name="date"
+    ).tz_convert(IST)
+    data: dict[str, np.ndarray] = {}
+    if token is not None:
+        data["token"] = np.asarray(token, dtype=np.int64)
+    data.update(
+        open=np.asarray(open_, dtype=np.float64),
+        high=np.asarray(high, dtype=np.float64),
+        low=np.asarray(low, dtype=np.float64),
+        close=np.asarray(close, dtype=np.float64),
+        volume=np.asarray(volume, dtype=np.float64),
+    )
+    if oi is not None and len(oi) and not np.all(np.isnan(oi)):
+        data["oi"] = np.asarray(oi, dtype=np.float64)
+    return pd.DataFrame(data, index=index)
+
+
+def empty_frame() -> pd.DataFrame:
+    e = np.empty(0)
+    return frame_from_arrays(e.astype(np.int64), e, e, e, e, e)

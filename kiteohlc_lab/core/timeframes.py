@@ -1,0 +1,163 @@
+"""Timeframe grammar and bucketing aligned to the exchange session open.
+
+All times inside the core are int64 nanoseconds since the Unix epoch (UTC). A bucket is identified by
+its start, also in epoch nanoseconds. Intraday buckets are anchored to the session open of the
+instrument's exchange on the IST calendar day of the tick (09:15 for NSE/BSE/NFO, 09:00 for MCX), so a
+1h candle starts 09:15, 10:15, ... and a tick at 09:05 falls into the 08:15 bucket (ticks are never
+dropped for being outside market hours). A day bucket starts 00:00 IST.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..errors import TimeframeError
+
+NS = 1_000_000_000
+IST_OFFSET_NS = 19_800 * NS  # Asia/Kolkata is UTC+05:30 all year (no DST)
+DAY_NS = 86_400 * NS
+IST = "Asia/Kolkata"
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+_KITE_NAMES = {
+    "minute": "1m",
+    "3minute": "3m",
+    "5minute": "5m",
+    "10minute": "10m",
+    "15minute": "15m",
+    "30minute": "30m",
+    "60minute": "1h",
+    "day": "1d",
+}
+_GRAMMAR = re.compile(r"^\s*(\d+)\s*(s|sec|secs|m|min|mins|h|hr|hrs|d|day|days)\s*$", re.IGNORECASE)
+ACCEPTED = (
+    "a positive number followed by s, m, h or d (10s, 1m, 5m, 15m, 1h, 1d) "
+    "or a Kite interval name (minute, 3minute, 5minute, 10minute, 15minute, 30minute, 60minute, day)"
+)
+
+# Session open per exchange, minutes after 00:00 IST.
+DEFAULT_SESSION_OPEN: dict[str, str] = {
+    "NSE": "09:15",
+    "BSE": "09:15",
+    "NFO": "09:15",
+    "BFO": "09:15",
+    "CDS": "09:00",
+    "BCD": "09:00",
+    "MCX": "09:00",
+    "MCXSX": "09:00",
+    "INDICES": "09:15",
+}
+# instrument_token & 0xFF -> exchange segment name
+SEGMENTS = {1: "NSE", 2: "NFO", 3: "CDS", 4: "BSE", 5: "BFO", 6: "BCD", 7: "MCX", 8: "MCXSX", 9: "INDICES"}
+
+
+@dataclass(frozen=True, slots=True)
+class Timeframe:
+    """A candle length. ``label`` is canonical (``5m``, ``1h``, ``1d``); ``seconds`` its length."""
+
+    seconds: int
+    label: str
+
+    @property
+    def ns(self) -> int:
+        return self.seconds * NS
+
+    @property
+    def is_day(self) -> bool:
+        return self.seconds == 86400
+
+    @property
+    def kite_interval(self) -> str | None:
+        """Kite's historical interval name for this timeframe, if Kite has one."""
+        for name, label in _KITE_NAMES.items():
+            if label == self.label:
+                return name
+        return None
+
+    def __str__(self) -> str:
+        return self.label
+
+    def __lt__(self, other: "Timeframe") -> bool:
+        return self.seconds < other.seconds
+
+
+def parse_timeframe(text: "str | Timeframe") -> Timeframe:
+    """Parse ``10s``, ``1m``, ``5m``, ``1h``, ``1d`` or Kite's ``minute``/``5minute``/``day``.
+
+    >>> parse_timeframe("60minute").label
+    '1h'
+    """
+    if isinstance(text, Timeframe):
+        return text
+    if not isinstance(text, str):
+        raise TimeframeError(f"timeframe {text!r} is not accepted; use {ACCEPTED}")
+    raw = text.strip().lower()
+    raw = _KITE_NAMES.get(raw, raw)
+    m = _GRAMMAR.match(raw)
+    if not m:
+        raise TimeframeError(f"timeframe {text!r} is not accepted; use {ACCEPTED}")
+    n = int(m.group(1))
+    unit = m.group(2)[0].lower()
+    seconds = n * _UNITS[unit]
+    if n <= 0:
+        raise TimeframeError(f"timeframe {text!r} must be longer than zero; use {ACCEPTED}")
+    if seconds > 86400:
+        raise TimeframeError(f"timeframe {text!r} is longer than a day; use {ACCEPTED}")
+    if seconds % 86400 == 0:
+        label = "1d"
+    elif seconds % 3600 == 0:
+        label = f"{seconds // 3600}h"
+    elif seconds % 60 == 0:
+        label = f"{seconds // 60}m"
+    else:
+        label = f"{seconds}s"
+    return Timeframe(seconds, label)
+
+
+def parse_hhmm(text: str) -> int:
+    """``"09:15"`` -> offset from 00:00 in nanoseconds."""
+    try:
+        hh, mm = text.split(":")
+        h, m = int(hh), int(mm)
+        if not (0 <= h < 24 and 0 <= m < 60):
+            raise ValueError
+    except ValueError:
+        raise TimeframeError(f"session open {text!r} is not accepted; use HH:MM such as 09:15") from None
+    return (h * 3600 + m * 60) * NS
+
+
+def exchange_of_token(token: int) -> str:
+    """Exchange segment name from ``instrument_token & 0xFF`` (Kite's convention)."""
+    return SEGMENTS.get(int(token) & 0xFF, "NSE")
+
+
+def anchor_for_tokens(tokens: np.ndarray, session_open: dict[str, str] | None = None) -> np.ndarray:
+    """Session-open offset (ns after 00:00 IST) for each token, by its exchange segment."""
+    opens = {**DEFAULT_SESSION_OPEN, **(session_open or {})}
+    seg_anchor = np.full(256, parse_hhmm(opens["NSE"]), dtype=np.int64)
+    for code, name in SEGMENTS.items():
+        if name in opens:
+            seg_anchor[code] = parse_hhmm(opens[name])
+    return seg_anchor[np.asarray(tokens, dtype=np.int64) & 0xFF]
+
+
+def bucket_start(ts: np.ndarray, tf: Timeframe, anchor: np.ndarray | int) -> np.ndarray:
+    """Start (epoch ns) of the bucket holding each timestamp.
+
+    ``anchor`` is the session-open offset in ns after 00:00 IST (scalar or per tick).
+    """
+    local = np.asarray(ts, dtype=np.int64) + IST_OFFSET_NS
+    day = (local // DAY_NS) * DAY_NS
+    if tf.is_day:
+        return day - IST_OFFSET_NS
+    size = tf.ns
+    off = local - day - anchor
+    return day + anchor + (off // size) * size - IST_OFFSET_NS
+
+
+def trading_day(ts: np.ndarray) -> np.ndarray:
+    """IST calendar day number (days since epoch) of each timestamp."""
+    return (np.asarray(ts, dtype=np.int64) + IST_OFFSET_NS) // DAY_NS
