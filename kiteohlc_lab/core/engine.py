@@ -1,0 +1,566 @@
+"""The aggregation engine: whole tick batches in, closed candles out, for many instruments and timeframes.
+
+Rules (the same as ``core.reference``, which states them one tick at a time):
+
+* A tick belongs to the bucket holding its timestamp (``timeframes.bucket_start``; intraday buckets
+  anchored to the exchange's session open, day buckets at 00:00 IST).
+* open/high/low/close come from ``last_price`` in arrival order among the ticks accepted into a candle.
+* Volume is built from the cumulative day volume ``volume_traded``: each tick adds
+  ``max(0, v - m)`` where ``m`` is the highest cumulative seen since the last reset. A reset (baseline 0)
+  happens when the IST trading day changes or the cumulative figure drops while time moves forward; an
+  out-of-order tick (older timestamp) never resets. The very first tick a stream ever sees sets the
+  baseline (adds 0): history before it is unknown. Volume is never negative; indices have volume 0.
+* ``oi`` is the last open interest seen in the candle (NaN where the feed has none).
+* Lifecycle: a candle is forming until a tick of the same instrument for a later bucket arrives, or the
+  clock passes ``end + grace``; then it is closed and emitted once. The clock is event time (the
+  highest tick timestamp seen, any instrument) and, for live sources, also the wall clock through
+  ``advance``. A replay therefore yields exactly what a live run would.
+* Late ticks (for a bucket older than the instrument's forming candle, or whose candle the clock has
+  already closed) follow ``late_policy``: ``"drop"`` (default) counts them in ``stats['late']``;
+  ``"amend"`` folds them into the instrument's most recently closed candle when it is that bucket
+  (high/low, close if not older than its last tick, volume) and re-emits it with ``amended=True``;
+  older ones are dropped and counted. Duplicates change nothing (same price; no volume increment).
+* Empty buckets produce no candle unless ``fill_empty=True``: then flat candles (previous close,
+  volume 0) fill the gaps between two candles of the same instrument on the same IST day.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Iterable
+
+import numpy as np
+
+from .candles import Candle, CandleBatch
+from .ticks import TickBatch
+from .timeframes import (
+    NS,
+    Timeframe,
+    anchor_for_tokens,
+    bucket_start,
+    parse_timeframe,
+    trading_day,
+)
+
+NONE = np.iinfo(np.int64).min
+_VOL_BITS = 42  # cumulative volumes below 2**42 (4.4e12 shares) per instrument per day
+
+
+class _Series:
+    """Forming and last-closed candle state of every instrument for one timeframe (columnar)."""
+
+    FIELDS = ("bucket", "open", "high", "low", "close", "vol", "oi", "ticks", "last_ts")
+
+    def __init__(self, tf: Timeframe, capacity: int) -> None:
+        self.tf = tf
+        self.f = self._alloc(capacity)  # forming
+        self.c = self._alloc(capacity)  # last closed (for amend and fill_empty)
+
+    @staticmethod
+    def _alloc(n: int) -> dict[str, np.ndarray]:
+        return {
+            "bucket": np.full(n, NONE, np.int64),
+            "open": np.full(n, np.nan),
+            "high": np.full(n, np.nan),
+            "low": np.full(n, np.nan),
+            "close": np.full(n, np.nan),
+            "vol": np.zeros(n),
+            "oi": np.full(n, np.nan),
+            "ticks": np.zeros(n, np.int64),
+            "last_ts": np.full(n, NONE, np.int64),
+        }
+
+    def grow(self, n: int) -> None:
+        for store in (self.f, self.c):
+            fresh = self._alloc(n)
+            for k, arr in store.items():
+                fresh[k][: len(arr)] = arr
+            store.update(fresh)
+
+
+class Engine:
+    """Aggregates tick batches into candles for any number of instruments and timeframes.
+
+    Parameters
+    ----------
+    timeframes : labels or ``Timeframe`` objects (``"1m"``, ``"5m"``, ``"1h"``, ``"1d"``, ``"10s"``)
+    grace : seconds after a candle's end before the clock closes it (ticks arrive ~1-3 s late)
+    late_policy : ``"drop"`` or ``"amend"`` (see the module docstring)
+    fill_empty : emit flat candles for empty buckets between two candles of the same day
+    session_open : per-exchange session open overrides, e.g. ``{"MCX": "09:00"}``
+
+    Examples
+    --------
+    >>> eng = Engine(["1m", "5m"])
+    >>> closed = eng.process(batch)          # doctest: +SKIP
+    >>> closed += eng.flush()                # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        timeframes: Iterable[str | Timeframe],
+        *,
+        grace: float = 5.0,
+        late_policy: str = "drop",
+        fill_empty: bool = False,
+        session_open: dict[str, str] | None = None,
+    ) -> None:
+        if late_policy not in ("drop", "amend"):
+            raise ValueError(f"late_policy {late_policy!r} is not accepted; use 'drop' or 'amend'")
+        self.grace_ns = int(grace * NS)
+        self.late_policy = late_policy
+        self.fill_empty = fill_empty
+        self.session_open = dict(session_open or {})
+        self.clock = NONE
+        self._tokens = np.empty(0, np.int64)  # sorted known tokens
+        self._slot_of_sorted = np.empty(0, np.int64)  # slot of each sorted token
+        self._slot_tokens = np.empty(0, np.int64)  # token of each slot
+        self._anchor = np.empty(0, np.int64)
+        self._cap = 0
+        self._n = 0
+        # per-instrument volume state
+        self._v = self._alloc_v(0)
+        self.series: dict[str, _Series] = {}
+        self.stats = {"ticks": 0, "batches": 0, "late": 0, "amended": 0, "closed": 0}
+        for tf in timeframes:
+            self.add_timeframe(tf)
+
+    # ------------------------------------------------------------------ setup
+    @staticmethod
+    def _alloc_v(n: int) -> dict[str, np.ndarray]:
+        return {
+            "prev": np.full(n, np.nan),  # previous cumulative volume (NaN: none yet)
+            "prev_ts": np.full(n, NONE, np.int64),
+            "segmax": np.zeros(n),  # highest cumulative since the last reset
+            "day": np.full(n, NONE, np.int64),
+        }
+
+    @property
+    def timeframes(self) -> list[Timeframe]:
+        return [s.tf for s in self.series.values()]
+
+    def add_timeframe(self, tf: str | Timeframe) -> Timeframe:
+        t = parse_timeframe(tf)
+        if t.label not in self.series:
+            self.series[t.label] = _Series(t, self._cap)
+        return t
+
+    def _slots(self, tokens: np.ndarray) -> np.ndarray:
+        """Slot index of each token, registering new ones."""
+        uniq, inv = np.unique(tokens, return_inverse=True)
+        pos = np.searchsorted(self._tokens, uniq)
+        pos_c = np.minimum(pos, max(len(self._tokens) - 1, 0))
+        known = (len(self._tokens) > 0) & (self._tokens[pos_c] == uniq) if len(self._tokens) else np.zeros(len(uniq), bool)
+        if not known.all():
+            self._register(uniq[~known])
+            pos = np.searchsorted(self._tokens, uniq)
+        return self._slot_of_sorted[pos][inv]
+
+    def _register(self, new: np.ndarray) -> None:
+        start = self._n
+        need = start + len(new)
+        if need > self._cap:
+            cap = max(need, self._cap * 2, 64)
+            for s in self.series.values():
+                s.grow(cap)
+            fresh = self._alloc_v(cap)
+            for k, arr in self._v.items():
+                fresh[k][: len(arr)] = arr
+            self._v = fresh
+            anchor = np.zeros(cap, np.int64)
+            anchor[: self._n] = self._anchor[: self._n]
+            self._anchor = anchor
+            st = np.zeros(cap, np.int64)
+            st[: self._n] = self._slot_tokens[: self._n]
+            self._slot_tokens = st
+            self._cap = cap
+        slots = np.arange(start, need, dtype=np.int64)
+        self._anchor[slots] = anchor_for_tokens(new, self.session_open)
+        self._slot_tokens[slots] = new
+        self._n = need
+        allt = np.concatenate([self._tokens, new])
+        alls = np.concatenate([self._slot_of_sorted, slots])
+        order = np.argsort(allt, kind="stable")
+        self._tokens, self._slot_of_sorted = allt[order], alls[order]
+
+    def slot(self, token: int) -> int | None:
+        i = np.searchsorted(self._tokens, token)
+        if i < len(self._tokens) and self._tokens[i] == token:
+            return int(self._slot_of_sorted[i])
+        return None
+
+    # ------------------------------------------------------------------ hot path
+    def process(self, batch: TickBatch) -> list[CandleBatch]:
+        """Aggregate one batch (arrival order). Returns the candles it closed (and amended)."""
+        n = len(batch)
+        if n == 0:
+            return []
+        self.stats["ticks"] += n
+        self.stats["batches"] += 1
+        slots_arr = self._slots(batch.token)
+        # clock seen by each tick (arrival order), then everything in slot-grouped order
+        clock_arr = np.maximum.accumulate(batch.ts)
+        if self.clock != NONE:
+            np.maximum(clock_arr, self.clock, out=clock_arr)
+        order = np.argsort(slots_arr, kind="stable")
+        slot = slots_arr[order]
+        ts = batch.ts[order]
+        price = batch.price[order]
+        clock = clock_arr[order]
+        oi = batch.oi[order]
+        gstart = np.empty(n, bool)
+        gstart[0] = True
+        np.not_equal(slot[1:], slot[:-1], out=gstart[1:])
+        gid = np.cumsum(gstart) - 1
+        inc = self._volume_increments(slot, ts, batch.volume[order], gstart, gid)
+        out: list[CandleBatch] = []
+        late_any = np.zeros(n, bool)
+        for s in self.series.values():
+            late = self._aggregate(s, slot, ts, price, inc, oi, clock, gstart, gid, out)
+            late_any |= late
+        self.clock = int(clock_arr[-1])
+        out.extend(self._sweep())
+        self.stats["late"] += int(late_any.sum())
+        return out
+
+    def _volume_increments(
+        self, slot: np.ndarray, ts: np.ndarray, vol: np.ndarray, gstart: np.ndarray, gid: np.ndarray
+    ) -> np.ndarray:
+        inc = np.zeros(len(slot))
+        has = ~np.isnan(vol)
+        if not has.any():
+            return inc
+        idx = np.flatnonzero(has)
+        s, t, v = slot[idx], ts[idx], vol[idx]
+        day = trading_day(t)
+        m = len(idx)
+        first = np.empty(m, bool)  # first volume tick of its instrument in this batch
+        first[0] = True
+        np.not_equal(s[1:], s[:-1], out=first[1:])
+        V = self._v
+        prev = np.empty(m)
+        prev_ts = np.empty(m, np.int64)
+        prev_day = np.empty(m, np.int64)
+        prev[1:], prev_ts[1:], prev_day[1:] = v[:-1], t[:-1], day[:-1]
+        fs = s[first]
+        prev[first], prev_ts[first], prev_day[first] = V["prev"][fs], V["prev_ts"][fs], V["day"][fs]
+        never = np.isnan(prev)  # the stream's very first volume tick of this instrument
+        reset = ~never & ((day != prev_day) | ((v < prev) & (t >= prev_ts)))
+        segstart = first | reset
+        base = np.zeros(m)
+        cont = first & ~reset & ~never
+        base[cont] = V["segmax"][s[cont]]
+        base[never] = v[never]
+        seg = np.cumsum(segstart) - 1
+        x = v.astype(np.int64)
+        x[segstart] = np.maximum(x[segstart], base[segstart].astype(np.int64))
+        key = (seg << _VOL_BITS) + x
+        incl = np.maximum.accumulate(key) - (seg << _VOL_BITS)
+        excl = np.empty(m)
+        excl[1:] = incl[:-1]
+        excl[segstart] = base[segstart]
+        inc[idx] = np.maximum(0.0, v - excl)
+        last = np.empty(m, bool)
+        last[-1] = True
+        last[:-1] = first[1:]
+        ls = s[last]
+        V["prev"][ls] = v[last]
+        V["prev_ts"][ls] = t[last]
+        V["segmax"][ls] = incl[last]
+        V["day"][ls] = day[last]
+        return inc
+
+    def _aggregate(
+        self,
+        s: _Series,
+        slot: np.ndarray,
+        ts: np.ndarray,
+        price: np.ndarray,
+        inc: np.ndarray,
+        oi: np.ndarray,
+        clock: np.ndarray,
+        gstart: np.ndarray,
+        gid: np.ndarray,
+        out: list[CandleBatch],
+    ) -> np.ndarray:
+        tf = s.tf
+        size = tf.ns
+        F = s.f
+        b = bucket_start(ts, tf, self._anchor[slot])
+        sb = F["bucket"][slot]
+        # running max bucket per instrument (incl. its forming candle), via an offset key in seconds
+        bs = b // NS
+        lo = int(bs.min()) - 1
+        sbs = np.where(sb == NONE, lo, sb // NS)
+        span = int(max(bs.max(), sbs.max()) - lo + 2)
+        key = gid * span + (bs - lo)
+        gs = np.flatnonzero(gstart)
+        key[gs] = np.maximum(key[gs], gid[gs] * span + (sbs[gs] - lo))
+        run = np.maximum.accumulate(key) - gid * span + lo
+        late = (bs < run) | (b + size + self.grace_ns <= clock)
+        if late.any():
+            self._late(s, np.flatnonzero(late), slot, b, ts, price, inc, oi, out)
+        ok = np.flatnonzero(~late)
+        if len(ok) == 0:
+            return late
+        slot_ok, b_ok = slot[ok], b[ok]
+        m = len(ok)
+        st = np.empty(m, bool)
+        st[0] = True
+        st[1:] = (slot_ok[1:] != slot_ok[:-1]) | (b_ok[1:] != b_ok[:-1])
+        starts = np.flatnonzero(st)
+        ends = np.empty(len(starts), np.int64)
+        ends[:-1] = starts[1:] - 1
+        ends[-1] = m - 1
+        p = price[ok]
+        g_slot = slot_ok[starts]
+        g_bucket = b_ok[starts]
+        g_open = p[starts]
+        g_close = p[ends]
+        g_high = np.maximum.reduceat(p, starts)
+        g_low = np.minimum.reduceat(p, starts)
+        g_vol = np.add.reduceat(inc[ok], starts)
+        g_ticks = (ends - starts + 1).astype(np.int64)
+        g_last_ts = ts[ok][ends]
+        o = oi[ok]
+        if np.isnan(o).all():
+            g_oi = np.full(len(starts), np.nan)
+        else:
+            valid = np.where(np.isnan(o), -1, np.arange(m))
+            lastv = np.maximum.accumulate(valid)[ends]
+            g_oi = np.where(lastv >= starts, o[np.maximum(lastv, 0)], np.nan)
+        # merge the first group of an instrument into its forming candle when the bucket matches
+        f_b = F["bucket"][g_slot]
+        merge = f_b == g_bucket
+        if merge.any():
+            ms = g_slot[merge]
+            g_open[merge] = F["open"][ms]
+            g_high[merge] = np.maximum(g_high[merge], F["high"][ms])
+            g_low[merge] = np.minimum(g_low[merge], F["low"][ms])
+            g_vol[merge] += F["vol"][ms]
+            g_ticks[merge] += F["ticks"][ms]
+            g_oi[merge] = np.where(np.isnan(g_oi[merge]), F["oi"][ms], g_oi[merge])
+        # previous forming candles replaced by a later bucket are closed
+        g_first = np.empty(len(starts), bool)
+        g_first[0] = True
+        g_first[1:] = g_slot[1:] != g_slot[:-1]
+        g_last = np.empty(len(starts), bool)
+        g_last[-1] = True
+        g_last[:-1] = g_first[1:]
+        prev_close = g_first & ~merge & (f_b != NONE)
+        parts: list[CandleBatch] = []
+        if prev_close.any():
+            parts.append(self._take_forming(s, g_slot[prev_close]))
+        inner = ~g_last
+        if inner.any():
+            parts.append(
+                CandleBatch(
+                    tf.label,
+                    self._slot_tokens[g_slot[inner]],
+                    g_bucket[inner],
+                    g_open[inner],
+                    g_high[inner],
+                    g_low[inner],
+                    g_close[inner],
+                    g_vol[inner],
+                    g_oi[inner],
+                    g_ticks[inner],
+                )
+            )
+            self._remember_closed(s, g_slot[inner], g_bucket[inner], g_open[inner], g_high[inner],
+                                  g_low[inner], g_close[inner], g_vol[inner], g_oi[inner],
+                                  g_ticks[inner], g_last_ts[inner])
+        # the last group of each instrument is its forming candle now
+        ls = g_slot[g_last]
+        F["bucket"][ls] = g_bucket[g_last]
+        F["open"][ls] = g_open[g_last]
+        F["high"][ls] = g_high[g_last]
+        F["low"][ls] = g_low[g_last]
+        F["close"][ls] = g_close[g_last]
+        F["vol"][ls] = g_vol[g_last]
+        F["oi"][ls] = g_oi[g_last]
+        F["ticks"][ls] = g_ticks[g_last]
+        F["last_ts"][ls] = g_last_ts[g_last]
+        if parts:
+            closed = CandleBatch.concat(parts)
+            out.extend(self._emit(s, closed))
+        return late
+
+    def _take_forming(self, s: _Series, slots: np.ndarray) -> CandleBatch:
+        """Close the forming candles of ``slots`` (remembering them as last closed)."""
+        F = s.f
+        batch = CandleBatch(
+            s.tf.label,
+            self._slot_tokens[slots],
+            F["bucket"][slots].copy(),
+            F["open"][slots].copy(),
+            F["high"][slots].copy(),
+            F["low"][slots].copy(),
+            F["close"][slots].copy(),
+            F["vol"][slots].copy(),
+            F["oi"][slots].copy(),
+            F["ticks"][slots].copy(),
+        )
+        self._remember_closed(s, slots, *(F[k][slots] for k in _Series.FIELDS[:8]), F["last_ts"][slots])
+        F["bucket"][slots] = NONE
+        return batch
+
+    def _remember_closed(self, s: _Series, slots, bucket, o, h, l, c, v, oi, ticks, last_ts) -> None:
+        C = s.c
+        # a slot may appear several times (several candles closed in one batch): last one wins,
+        # which numpy fancy assignment guarantees for repeated indices in order
+        for k, arr in zip(_Series.FIELDS, (bucket, o, h, l, c, v, oi, ticks, last_ts)):
+            C[k][slots] = arr
+
+    def _emit(self, s: _Series, closed: CandleBatch) -> list[CandleBatch]:
+        if len(closed) == 0:
+            return []
+        order = np.lexsort((closed.start, closed.token))
+        closed = closed.select(order)
+        self.stats["closed"] += len(closed)
+        if self.fill_empty:
+            closed = self._fill(s, closed)
+        return [closed]
+
+    def _fill(self, s: _Series, closed: CandleBatch) -> CandleBatch:
+        """Insert flat candles between consecutive candles of one instrument on the same IST day."""
+        size = s.tf.ns
+        if s.tf.is_day:
+            return closed
+        prev_bucket = self._fill_prev.setdefault(s.tf.label, {})
+        rows: list[Candle] = []
+        for c in closed:
+            pb = prev_bucket.get(c.token)
+            if pb is not None and c.start - pb[0] > size and trading_day(np.int64(pb[0])) == trading_day(np.int64(c.start)):
+                t = pb[0] + size
+                while t < c.start:
+                    rows.append(Candle(c.token, c.tf, t, pb[1], pb[1], pb[1], pb[1], 0.0, math.nan, 0))
+                    t += size
+            rows.append(c)
+            prev_bucket[c.token] = (c.start, c.close)
+        return CandleBatch.from_candles(s.tf.label, rows)
+
+    @property
+    def _fill_prev(self) -> dict:
+        d = self.__dict__.get("_fill_prev_d")
+        if d is None:
+            d = self.__dict__["_fill_prev_d"] = {}
+        return d
+
+    def _late(self, s, idx, slot, b, ts, price, inc, oi, out) -> None:
+        if self.late_policy != "amend":
+            return
+        C = s.c
+        amended: dict[int, Candle] = {}
+        for i in idx:
+            sl = int(slot[i])
+            if C["bucket"][sl] != b[i]:
+                continue
+            if ts[i] >= C["last_ts"][sl]:
+                C["close"][sl] = price[i]
+                C["last_ts"][sl] = ts[i]
+            C["high"][sl] = max(C["high"][sl], price[i])
+            C["low"][sl] = min(C["low"][sl], price[i])
+            C["vol"][sl] += inc[i]
+            C["ticks"][sl] += 1
+            if not math.isnan(oi[i]):
+                C["oi"][sl] = oi[i]
+            amended[sl] = Candle(
+                int(self._slot_tokens[sl]), s.tf.label, int(C["bucket"][sl]), float(C["open"][sl]),
+                float(C["high"][sl]), float(C["low"][sl]), float(C["close"][sl]), float(C["vol"][sl]),
+                float(C["oi"][sl]), int(C["ticks"][sl]), True, True,
+            )
+        if amended:
+            self.stats["amended"] += len(amended)
+            out.append(CandleBatch.from_candles(s.tf.label, list(amended.values())))
+
+    # ------------------------------------------------------------------ clock
+    def _sweep(self, everything: bool = False) -> list[CandleBatch]:
+        out: list[CandleBatch] = []
+        n = self._n
+        for s in self.series.values():
+            fb = s.f["bucket"][:n]
+            have = fb != NONE
+            if not everything:
+                have &= fb + s.tf.ns + self.grace_ns <= self.clock
+            if have.any():
+                out.extend(self._emit(s, self._take_forming(s, np.flatnonzero(have))))
+        return out
+
+    def advance(self, now_ns: int) -> list[CandleBatch]:
+        """Move the clock (live sources: the wall clock) and close candles past ``end + grace``."""
+        if now_ns > self.clock:
+            self.clock = int(now_ns)
+        return self._sweep()
+
+    def flush(self) -> list[CandleBatch]:
+        """Close every forming candle (a replay tape has ended: its clock runs on forever)."""
+        return self._sweep(everything=True)
+
+    # ------------------------------------------------------------------ views and state
+    def forming(self, tf: str | Timeframe, token: int | None = None) -> CandleBatch:
+        """Forming candles of ``tf`` (all instruments, or one)."""
+        s = self.series[parse_timeframe(tf).label]
+        n = self._n
+        mask = s.f["bucket"][:n] != NONE
+        if token is not None:
+            mask &= self._slot_tokens[:n] == token
+        sl = np.flatnonzero(mask)
+        F = s.f
+        return CandleBatch(
+            s.tf.label, self._slot_tokens[sl], F["bucket"][sl], F["open"][sl], F["high"][sl],
+            F["low"][sl], F["close"][sl], F["vol"][sl], F["oi"][sl], F["ticks"][sl], closed=False,
+        )
+
+    def export_state(self, tokens: Iterable[int] | None = None) -> dict[int, dict]:
+        """JSON-able state per instrument: volume baseline and forming candles (live store)."""
+        toks = self._slot_tokens[: self._n] if tokens is None else tokens
+        out: dict[int, dict] = {}
+        for tok in toks:
+            sl = self.slot(int(tok))
+            if sl is None:
+                continue
+            V = self._v
+            st: dict = {
+                "vol": {
+                    "prev": None if math.isnan(V["prev"][sl]) else float(V["prev"][sl]),
+                    "prev_ts": int(V["prev_ts"][sl]),
+                    "segmax": float(V["segmax"][sl]),
+                    "day": int(V["day"][sl]),
+                },
+                "forming": {},
+                "clock": int(self.clock),
+            }
+            for label, s in self.series.items():
+                if s.f["bucket"][sl] != NONE:
+                    st["forming"][label] = {
+                        k: (None if isinstance(v, float) and math.isnan(v) else v)
+                        for k, v in ((k, s.f[k][sl].item()) for k in _Series.FIELDS)
+                    }
+            out[int(tok)] = st
+        return out
+
+    def import_state(self, states: dict[int, dict]) -> None:
+        """Continue from exported state (a kernel that died mid-candle is continued by the next)."""
+        if not states:
+            return
+        toks = np.array([int(t) for t in states], np.int64)
+        slots = self._slots(toks)
+        for tok, sl in zip(toks, slots):
+            st = states[int(tok)] if int(tok) in states else states[str(tok)]
+            v = st.get("vol") or {}
+            if v.get("prev") is not None:
+                self._v["prev"][sl] = v["prev"]
+                self._v["prev_ts"][sl] = v.get("prev_ts", NONE)
+                self._v["segmax"][sl] = v.get("segmax", v["prev"])
+                self._v["day"][sl] = v.get("day", NONE)
+            for label, f in (st.get("forming") or {}).items():
+                s = self.series.get(label)
+                if s is None:
+                    continue
+                for k in _Series.FIELDS:
+                    val = f.get(k)
+                    s.f[k][sl] = np.nan if val is None else val
+            clock = st.get("clock")
+            if clock is not None and clock > self.clock:
+                self.clock = int(clock)
