@@ -1,0 +1,1 @@
+"""Feeds layer: sources of ticks (replay tapes, the Kite WebSocket, the simulator)."""
