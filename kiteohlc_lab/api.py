@@ -1,0 +1,101 @@
+"""The Python API: ``kiteohlc_lab.candles()``, ``wait()``, ``status()`` ... over one process-wide Manager."""
+
+from __future__ import annotations
+
+import atexit
+import threading
+from typing import Any, Callable
+
+import pandas as pd
+
+from .manager import Manager, StreamInfo
+
+_manager: Manager | None = None
+_lock = threading.Lock()
+
+
+def manager() -> Manager:
+    """The process-wide Manager (created on first use, shut down at exit)."""
+    global _manager
+    with _lock:
+        if _manager is None:
+            _manager = Manager()
+            atexit.register(_shutdown)
+        return _manager
+
+
+def _shutdown() -> None:
+    global _manager
+    m = _manager
+    if m is not None:
+        m.shutdown()
+
+
+def reset() -> None:
+    """Shut the current Manager down and forget it (tests, ``%unload_ext``)."""
+    global _manager
+    with _lock:
+        m, _manager = _manager, None
+    if m is not None:
+        m.shutdown()
+
+
+def stream(symbols: str | list[str], *timeframes: str, source: str | None = None, tape: str | None = None,
+           speed: float = 0.0, mode: str | None = None, backfill: str | None = None,
+           record: str | None = None) -> StreamInfo:
+    """Start streaming ``symbols`` at ``timeframes`` (what ``%ohlc_stream`` does).
+
+    >>> kiteohlc_lab.stream("NIFTY,BANKNIFTY", "1m", "5m")   # doctest: +SKIP
+    """
+    tfs: list[str] = []
+    for t in timeframes:
+        tfs.extend([t] if isinstance(t, str) else list(t))
+    return manager().start(symbols, tfs, source=source, tape=tape, speed=speed, mode=mode,
+                           backfill=backfill, record=record)
+
+
+def stop(symbols: str | list[str] | None = None) -> list[str]:
+    """Stop all streams, or the given symbols."""
+    return manager().stop(symbols)
+
+
+def candles(symbol: str | int, tf: str, closed_only: bool = False, start: Any = None, end: Any = None) -> pd.DataFrame:
+    """Candles of ``symbol`` at ``tf``: index ``date`` (tz-aware Asia/Kolkata, candle start), columns
+    ``open high low close volume`` (+ ``oi`` where the feed has it). History from earlier sessions is
+    included; the last row may be the forming candle (``df.attrs['forming']`` gives its date) unless
+    ``closed_only``. ``start``/``end`` bound the dates (naive values are IST).
+    """
+    return manager().candles(symbol, tf, closed_only=closed_only, start=start, end=end)
+
+
+def history(symbol: str | int, tf: str, start: Any = None, end: Any = None) -> pd.DataFrame:
+    """Closed candles from the history store, without a running stream."""
+    return manager().history(symbol, tf, start=start, end=end)
+
+
+def wait(timeout: float | None = None) -> bool:
+    """Block until every replay stream is consumed; False if ``timeout`` seconds passed first."""
+    return manager().wait(timeout)
+
+
+def status() -> list[dict]:
+    """One dict per stream: source, state, ticks/s, last tick age, reconnects, store health, error."""
+    return manager().status()
+
+
+def on_candle(symbol: str | int, tf: str, fn: Callable | None = None) -> Any:
+    """Call ``fn(candle)`` for each closed candle; usable as a decorator. Returns an unsubscribe."""
+    if fn is None:
+        def deco(f: Callable) -> Callable:
+            manager().on_candle(symbol, tf, f)
+            return f
+
+        return deco
+    return manager().on_candle(symbol, tf, fn)
+
+
+def live(symbol: str | int, tf: str) -> Any:
+    """A ``LiveCandles`` object: ``.df`` is always the current frame."""
+    from .notebook.live import LiveCandles
+
+    return LiveCandles(symbol, tf)

@@ -1,0 +1,286 @@
+"""Replay tapes (CSV or Parquet) as a tick source, and recording any stream to a tape.
+
+Tape columns: ``timestamp`` (ISO-8601; naive means IST wall-clock), ``instrument_token``, optional
+``tradingsymbol``, ``last_price``, optional ``volume_traded`` (cumulative day volume), optional ``oi``.
+Rows are delivered in file order (arrival order). A malformed row is reported with its line number and
+content; the rows before it are kept and delivered.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ..core.ticks import TickBatch
+from ..core.timeframes import IST, NS
+from ..errors import TapeError
+from .base import Sink
+
+REQUIRED = ("timestamp", "instrument_token", "last_price")
+OPTIONAL = ("tradingsymbol", "volume_traded", "oi")
+CHUNK = 65_536
+
+
+@dataclass
+class Tape:
+    """A tape read into memory: ticks in file order, symbols it names, and its first problem."""
+
+    path: str
+    ticks: TickBatch
+    symbols: dict[str, int] = field(default_factory=dict)  # tradingsymbol (upper) -> token
+    error: str | None = None  # "tape.csv line 7: ..." when a malformed row stopped the read
+
+
+def _parse_timestamps(raw: pd.Series) -> pd.Series:
+    """ISO-8601 strings -> UTC; naive values are IST wall-clock. NaT where unparseable."""
+    text = raw.astype("string").str.strip()
+    aware = text.str.contains(r"(?:Z|[+-]\d\d:?\d\d)$", regex=True, na=False)
+    out = pd.Series(pd.NaT, index=raw.index, dtype="datetime64[ns, UTC]")
+    if (~aware).any():
+        naive = pd.to_datetime(text[~aware], errors="coerce", format="ISO8601")
+        out[~aware] = naive.dt.tz_localize(IST, nonexistent="NaT", ambiguous="NaT").dt.tz_convert("UTC")
+    if aware.any():
+        out[aware] = pd.to_datetime(text[aware], errors="coerce", utc=True, format="ISO8601")
+    return out
+
+
+def read_tape(path: str | Path) -> Tape:
+    """Read a CSV or Parquet tape. Raises ``TapeError`` only when nothing usable is there."""
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise TapeError(f"tape {str(path)!r} not found; give a CSV or Parquet file")
+    suffix = p.suffix.lower()
+    try:
+        if suffix in (".parquet", ".pq"):
+            df = pd.read_parquet(p)
+            first_line = 1  # row numbers for Parquet are 1-based rows
+            raw_lines = None
+        elif suffix in (".csv", ".txt", ".gz") or True:
+            df = pd.read_csv(p, dtype=str, keep_default_na=False, skipinitialspace=True)
+            first_line = 2  # header is line 1
+            raw_lines = p
+    except Exception as exc:  # unreadable file: one line, no traceback
+        raise TapeError(f"tape {p.name}: cannot read it ({type(exc).__name__}: {exc})") from None
+    cols = {c.strip().lower(): c for c in df.columns}
+    missing = [c for c in REQUIRED if c not in cols]
+    if missing:
+        raise TapeError(
+            f"tape {p.name}: missing column(s) {', '.join(missing)}; needs {', '.join(REQUIRED)} "
+            f"and optionally {', '.join(OPTIONAL)}"
+        )
+    df = df.rename(columns={v: k for k, v in cols.items()})
+    n = len(df)
+    if pd.api.types.is_datetime64_any_dtype(df["timestamp"]):
+        ts = df["timestamp"]
+        ts = ts.dt.tz_localize(IST) if ts.dt.tz is None else ts
+        ts = ts.dt.tz_convert("UTC")
+    else:
+        ts = _parse_timestamps(df["timestamp"])
+    token = pd.to_numeric(df["instrument_token"], errors="coerce")
+    price = pd.to_numeric(df["last_price"], errors="coerce")
+    bad = ts.isna().to_numpy() | token.isna().to_numpy() | price.isna().to_numpy()
+    bad |= ~np.isfinite(price.to_numpy(dtype=float, na_value=np.nan)) | (price.to_numpy(dtype=float, na_value=0) <= 0)
+    tok_f = token.to_numpy(dtype=float, na_value=np.nan)
+    bad |= (tok_f != np.floor(tok_f)) | (tok_f <= 0)
+    opt: dict[str, np.ndarray] = {}
+    reasons = {}
+    for c in ("volume_traded", "oi"):
+        if c in df.columns:
+            raw = df[c]
+            empty = raw.isna() | (raw.astype("string").str.strip() == "")
+            val = pd.to_numeric(raw.where(~empty), errors="coerce")
+            colbad = (val.isna() & ~empty).to_numpy() | (val.to_numpy(dtype=float, na_value=0) < 0)
+            reasons[c] = colbad
+            bad |= colbad
+            opt[c] = val.to_numpy(dtype=float, na_value=np.nan)
+    error = None
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        line = i + first_line
+        if raw_lines is not None:
+            content = _line(raw_lines, line)
+        else:
+            content = ", ".join(f"{k}={v!r}" for k, v in df.iloc[i].items())
+        what = (
+            "timestamp" if pd.isna(ts.iloc[i]) else
+            "instrument_token" if not (tok_f[i] > 0 and tok_f[i] == np.floor(tok_f[i])) else
+            "last_price" if bad[i] and not any(r[i] for r in reasons.values()) else
+            next(k for k, r in reasons.items() if r[i])
+        )
+        error = f"tape {p.name} line {line}: malformed {what} in row: {content}"
+        n = i
+    ticks = TickBatch(
+        tok_f[:n].astype(np.int64),
+        ts.iloc[:n].to_numpy(dtype="datetime64[ns]").astype(np.int64) if n else np.empty(0, np.int64),
+        price.to_numpy(dtype=float, na_value=np.nan)[:n],
+        opt["volume_traded"][:n] if "volume_traded" in opt else None,
+        opt["oi"][:n] if "oi" in opt else None,
+    )
+    symbols: dict[str, int] = {}
+    if "tradingsymbol" in df.columns and n:
+        pairs = pd.DataFrame({"s": df["tradingsymbol"].iloc[:n].astype(str).str.strip().str.upper(),
+                              "t": ticks.token}).drop_duplicates("s")
+        symbols = {s: int(t) for s, t in zip(pairs["s"], pairs["t"]) if s and s != "NAN"}
+    return Tape(str(p), ticks, symbols, error)
+
+
+def _line(path: Path, lineno: int) -> str:
+    with open(path, encoding="utf-8", errors="replace") as fh:
+        for k, line in enumerate(fh, 1):
+            if k == lineno:
+                text = line.rstrip("\n")
+                return text if len(text) <= 200 else text[:200] + "..."
+    return "?"
+
+
+class ReplaySource:
+    """Deliver a tape's ticks for the chosen tokens; ``speed`` 0 = as fast as possible, 1 = recorded
+    pace, 60 = sixty times faster (pacing by the tape's own timestamps)."""
+
+    live = False
+
+    def __init__(self, tape: Tape, tokens: list[int] | None = None, speed: float = 0.0,
+                 chunk: int = CHUNK) -> None:
+        if speed < 0:
+            raise TapeError(f"speed {speed} is not accepted; use 0 (as fast as possible) or a positive factor")
+        self.name = "replay"
+        self.tape = tape
+        self.speed = float(speed)
+        self.chunk = chunk
+        self._tokens = set(int(t) for t in tokens) if tokens else None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._sent = 0
+        self._state = "idle"
+        self._started = 0.0
+        self._last_tick_wall: float | None = None
+
+    def _selected(self) -> TickBatch:
+        t = self.tape.ticks
+        if self._tokens is None:
+            return t
+        return t.take(np.isin(t.token, np.fromiter(self._tokens, np.int64)))
+
+    def start(self, sink: Sink) -> None:
+        self._state = "running"
+        self._started = time.monotonic()
+        self._thread = threading.Thread(target=self._run, args=(sink,), name="kiteohlc-replay", daemon=True)
+        self._thread.start()
+
+    def subscribe(self, tokens: list[int]) -> None:
+        if self._tokens is not None:
+            self._tokens.update(int(t) for t in tokens)
+
+    def _run(self, sink: Sink) -> None:
+        ticks = self._selected()
+        n = len(ticks)
+        try:
+            if self.speed == 0:
+                for i in range(0, n, self.chunk):
+                    if self._stop.is_set():
+                        return
+                    sink.on_batch(ticks.take(slice(i, i + self.chunk)))
+                    self._sent = min(n, i + self.chunk)
+                    self._last_tick_wall = time.monotonic()
+            else:
+                self._paced(ticks, sink)
+            if self._stop.is_set():
+                return
+            if self.tape.error:
+                sink.on_error(self.tape.error + " (the rows before it were replayed)", False)
+            self._state = "done"
+            sink.on_done()
+        except Exception as exc:  # never die silently
+            self._state = "failed"
+            sink.on_error(f"replay failed: {type(exc).__name__}: {exc}", True)
+
+    def _paced(self, ticks: TickBatch, sink: Sink) -> None:
+        """Release ticks when the scaled tape clock reaches them, in slices of ~50 ms wall time."""
+        n = len(ticks)
+        if n == 0:
+            return
+        # the tape clock follows arrival order: a tick is due at the max timestamp seen so far
+        due = np.maximum.accumulate(ticks.ts)
+        t0_tape = due[0]
+        t0 = time.monotonic()
+        i = 0
+        while i < n and not self._stop.is_set():
+            elapsed_tape = int((time.monotonic() - t0) * self.speed * NS)
+            j = int(np.searchsorted(due, t0_tape + elapsed_tape, side="right"))
+            if j > i:
+                sink.on_batch(ticks.take(slice(i, j)))
+                self._sent = j
+                self._last_tick_wall = time.monotonic()
+                i = j
+                continue
+            wait = (due[i] - t0_tape) / NS / self.speed - (time.monotonic() - t0)
+            self._stop.wait(min(max(wait, 0.001), 0.05))
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._state == "running":
+            self._state = "stopped"
+        t = self._thread
+        if t is not None and t is not threading.current_thread():
+            t.join(timeout=5)
+
+    def status(self) -> dict:
+        total = len(self.tape.ticks) if self._tokens is None else None
+        age = None if self._last_tick_wall is None else time.monotonic() - self._last_tick_wall
+        return {"state": self._state, "ticks_sent": self._sent, "tape": Path(self.tape.path).name,
+                "speed": self.speed, "total": total, "last_tick_age": age, "reconnects": 0}
+
+
+class TapeRecorder:
+    """Append every batch a stream sees to a Parquet tape (replayable with ``--source replay``)."""
+
+    def __init__(self, path: str | Path, symbols: dict[int, str] | None = None, flush_rows: int = 50_000) -> None:
+        self.path = Path(path).expanduser()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.symbols = dict(symbols or {})
+        self.flush_rows = flush_rows
+        self._pending: list[TickBatch] = []
+        self._rows = 0
+        self._writer = None
+        self._lock = threading.Lock()
+        self.written = 0
+
+    def write(self, batch: TickBatch) -> None:
+        with self._lock:
+            self._pending.append(batch)
+            self._rows += len(batch)
+            if self._rows >= self.flush_rows:
+                self._flush()
+
+    def _flush(self) -> None:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        if not self._pending:
+            return
+        b = TickBatch.concat(self._pending)
+        self._pending, self._rows = [], 0
+        table = pa.table({
+            "timestamp": pa.array(b.ts, pa.timestamp("ns", tz="UTC")),
+            "instrument_token": pa.array(b.token, pa.int64()),
+            "tradingsymbol": pa.array([self.symbols.get(int(t), "") for t in b.token], pa.string()),
+            "last_price": pa.array(b.price, pa.float64()),
+            "volume_traded": pa.array(b.volume, pa.float64(), from_pandas=True),
+            "oi": pa.array(b.oi, pa.float64(), from_pandas=True),
+        })
+        if self._writer is None:
+            self._writer = pq.ParquetWriter(self.path, table.schema)
+        self._writer.write_table(table)
+        self.written += len(b)
+
+    def close(self) -> None:
+        with self._lock:
+            self._flush()
+            if self._writer is not None:
+                self._writer.close()
+                self._writer = None

@@ -1,0 +1,563 @@
+"""Manager: configuration, stores, streams and the candle series the researcher reads.
+
+One per process (``kiteohlc_lab.api.manager()``); the magics, the Python API and the command line all
+go through it. It resolves symbols, picks the source (Kite when credentials are configured, otherwise
+the built-in simulator, or a replay tape), opens the stores, restores history and live state, and
+keeps one ``SeriesBuffer`` per (instrument, timeframe) up to date from the stream threads.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import pandas as pd
+
+from .config import KiteOHLC
+from .errors import ConfigError, KiteOHLCError, SymbolError, TapeError
+from .core.candles import Candle, CandleBatch, empty_frame
+from .core.engine import Engine
+from .core.series import SeriesBuffer
+from .core.stream import Stream
+from .core.timeframes import IST, NS, parse_timeframe
+
+log = logging.getLogger("kiteohlc_lab")
+
+SOURCES = ("kite", "sim", "replay", "redis")
+
+
+@dataclass
+class StreamInfo:
+    """What ``start`` did: the stream, its source, the instruments and a one-line message."""
+
+    name: str
+    source: str
+    instruments: list[tuple[str, int]]
+    timeframes: list[str]
+    message: str
+
+    def __repr__(self) -> str:
+        return self.message
+
+
+def _to_ns(value: Any) -> int | None:
+    """A date/time bound -> epoch ns; naive values are IST wall-clock."""
+    if value is None or value == "":
+        return None
+    ts = pd.Timestamp(value)
+    if ts.tzinfo is None:
+        ts = ts.tz_localize(IST)
+    return int(ts.value)
+
+
+def split_symbols(symbols: str | list[str] | tuple[str, ...]) -> list[str]:
+    if isinstance(symbols, (int, np.integer)):
+        return [str(symbols)]
+    if isinstance(symbols, str):
+        parts = symbols.split(",")
+    else:
+        parts = [p for s in symbols for p in str(s).split(",")]
+    out = [p.strip() for p in parts if p.strip()]
+    if not out:
+        raise SymbolError("no symbol given; use e.g. NIFTY, NSE:RELIANCE or a numeric token")
+    return out
+
+
+class Manager:
+    """Process-wide owner of streams, stores and candle series."""
+
+    def __init__(self, cfg: KiteOHLC | None = None) -> None:
+        self.cfg = cfg or KiteOHLC()
+        self._lock = threading.RLock()
+        self.streams: dict[str, Stream] = {}
+        self.buffers: dict[tuple[int, str], SeriesBuffer] = {}
+        self.names: dict[int, str] = {}  # token -> display symbol
+        self.symbol_tokens: dict[str, int] = {}  # SYMBOL (upper) -> token, learned from streams
+        self._callbacks: dict[tuple[int, str], list[Callable[[Candle], Any]]] = {}
+        self._failed_callbacks: set[int] = set()
+        self._stores: tuple[Any, Any, str] | None = None
+        self._stores_key: tuple | None = None
+        self._sim: Any = None
+        self._tables: dict[str, Any] = {}
+        self._tapes: dict[tuple[str, float], Any] = {}
+        self._seq = 0
+        self.errors: list[tuple[str, str]] = []  # (stream, message), for the notebook to surface once
+        self.messages: list[str] = []
+
+    # ------------------------------------------------------------------ configuration
+    def configure(self, cfg: KiteOHLC) -> None:
+        self.cfg = cfg
+
+    def stores(self) -> tuple[Any, Any, str]:
+        """(live store, history store, description), opened once per configuration."""
+        c = self.cfg
+        key = (c.redis_url, c.mongo_uri, c.data_dir, c.redis_prefix)
+        with self._lock:
+            if self._stores is None or self._stores_key != key:
+                if self._stores is not None and not any(s.alive for s in self.streams.values()):
+                    self._close_stores()
+                if self._stores is None or self._stores_key != key:
+                    from .stores.factory import open_stores
+
+                    self._stores = open_stores(c.redis_url, c.mongo_uri, c.data_dir, prefix=c.redis_prefix)
+                    self._stores_key = key
+            return self._stores
+
+    def _close_stores(self) -> None:
+        if self._stores is None:
+            return
+        live, hist, _ = self._stores
+        for s in (live, hist):
+            try:
+                s.close()
+            except Exception as exc:  # closing must not raise at shutdown
+                log.debug("closing store: %s", exc)
+        self._stores = None
+        self._stores_key = None
+
+    # ------------------------------------------------------------------ symbols
+    def _table(self, kite: Any = None, key: str = "cache") -> Any:
+        from .feeds.instruments import InstrumentTable
+
+        with self._lock:
+            t = self._tables.get(key)
+            if t is None:
+                try:
+                    t = InstrumentTable.load(kite, self.cfg.data_dir)
+                except KiteOHLCError:
+                    raise
+                except Exception as exc:
+                    log.warning("instruments table not available (%s); aliases and tokens only", exc)
+                    t = InstrumentTable(None)
+                self._tables[key] = t
+            return t
+
+    def resolve(self, symbol: str, extra: dict[str, int] | None = None, table: Any = None) -> int:
+        """Symbol -> instrument token (tape symbols, aliases, the instruments table, a token)."""
+        up = symbol.strip().upper()
+        if extra is None and up in self.symbol_tokens:
+            return self.symbol_tokens[up]
+        t = table if table is not None else self._table()
+        inst = t.resolve(symbol, extra)
+        return int(inst.token)
+
+    def token_of(self, symbol: str | int) -> int:
+        """Token for a symbol the researcher reads (no network: streams, tapes, cache, aliases)."""
+        if isinstance(symbol, (int, np.integer)):
+            return int(symbol)
+        up = str(symbol).strip().upper()
+        if up in self.symbol_tokens:
+            return self.symbol_tokens[up]
+        extra: dict[str, int] = {}
+        for tape in self._tapes.values():
+            extra.update(tape.symbols)
+        for t in self._tables.values():
+            try:
+                return int(t.resolve(symbol, extra).token)
+            except SymbolError:
+                continue
+        return self.resolve(symbol, extra)
+
+    # ------------------------------------------------------------------ streams
+    def start(
+        self,
+        symbols: str | list[str],
+        timeframes: str | list[str],
+        *,
+        source: str | None = None,
+        tape: str | None = None,
+        speed: float = 0.0,
+        mode: str | None = None,
+        backfill: str | None = None,
+        record: str | None = None,
+    ) -> StreamInfo:
+        """Start (or extend) a stream; returns at once, the stream runs in a background thread."""
+        syms = split_symbols(symbols)
+        tf_list = [timeframes] if isinstance(timeframes, str) else list(timeframes)
+        tfs = [parse_timeframe(t) for t in tf_list]
+        if not tfs:
+            raise ConfigError("no timeframe given; use e.g. 1m 5m 15m 1h 1d")
+        if source is not None and source not in SOURCES:
+            raise ConfigError(f"source {source!r} is not accepted; use one of {', '.join(SOURCES)}")
+        try:
+            speed = float(speed)
+        except (TypeError, ValueError):
+            raise ConfigError(f"speed {speed!r} is not accepted; use 0 (as fast as possible) or a positive factor") from None
+        if speed < 0:
+            raise ConfigError(f"speed {speed} is not accepted; use 0 (as fast as possible) or a positive factor")
+        if mode is not None and mode not in ("ltp", "quote", "full"):
+            raise ConfigError(f"mode {mode!r} is not accepted; use ltp, quote or full")
+        if source is None:
+            source = "replay" if tape else ("kite" if self.cfg.has_credentials() else "sim")
+        if source == "replay" and not tape:
+            raise ConfigError("--source replay needs --tape PATH (a CSV or Parquet tape)")
+        if source == "kite" and not self.cfg.has_credentials():
+            from .errors import CredentialsError
+
+            raise CredentialsError(
+                "no Kite credentials: set KiteOHLC.api_key and KiteOHLC.access_token "
+                "(or KITE_API_KEY / KITE_ACCESS_TOKEN, or a .env file), or use --source sim"
+            )
+        if source == "replay":
+            return self._start_replay(syms, tfs, tape or "", speed, record)
+        if source == "redis":
+            return self._start_attached(syms, tfs)
+        return self._start_live(syms, tfs, source, mode, backfill, record)
+
+    def _engine(self, tfs: list) -> Engine:
+        c = self.cfg
+        return Engine(tfs, grace=c.grace, late_policy=c.late_policy, fill_empty=c.fill_empty,
+                      session_open=dict(c.session_open) or None)
+
+    def _name(self, base: str) -> str:
+        self._seq += 1
+        return base if base not in self.streams else f"{base}#{self._seq}"
+
+    def _read_tape(self, path: str) -> Any:
+        from .feeds.replay import read_tape
+
+        p = Path(path).expanduser()
+        key = (str(p.resolve()) if p.exists() else str(p), p.stat().st_mtime if p.exists() else 0.0)
+        tape = self._tapes.get(key)
+        if tape is None:
+            tape = self._tapes[key] = read_tape(p)
+        return tape
+
+    def _start_replay(self, syms, tfs, tape_path, speed, record) -> StreamInfo:
+        from .feeds.replay import ReplaySource
+
+        tape = self._read_tape(tape_path)
+        if len(tape.ticks) == 0 and tape.error:
+            raise TapeError(tape.error)
+        table = self._table()
+        if [s.upper() for s in syms] in (["ALL"], ["*"]):
+            tokens = [int(t) for t in np.unique(tape.ticks.token)]
+            inv = {v: k for k, v in tape.symbols.items()}
+            pairs = [(inv.get(t, str(t)), t) for t in tokens]
+        else:
+            pairs = [(s.upper(), self.resolve(s, tape.symbols, table)) for s in syms]
+            present = set(np.unique(tape.ticks.token).tolist())
+            missing = [s for s, t in pairs if t not in present]
+            if missing:
+                raise SymbolError(
+                    f"{', '.join(missing)} not on tape {Path(tape.path).name}; it has "
+                    f"{', '.join(sorted(tape.symbols) or map(str, sorted(present)))[:200]}"
+                )
+        tokens = [t for _, t in pairs]
+        src = ReplaySource(tape, tokens, speed=speed)
+        name = self._name(f"replay:{Path(tape.path).name}")
+        first_ts = int(tape.ticks.ts[0]) if len(tape.ticks) else None
+        info = self._launch(name, src, pairs, tfs, record, first_ts=first_ts)
+        info.message = (
+            f"Replaying {', '.join(s for s, _ in pairs)} {' '.join(t.label for t in tfs)} from "
+            f"{Path(tape.path).name} at speed {speed:g}{' (as fast as possible)' if speed == 0 else 'x'}; "
+            f"{self.stores()[2]}"
+        )
+        if tape.error:
+            info.message += f" [warning: {tape.error}]"
+        return info
+
+    def _simulator(self) -> Any:
+        from .feeds.simulator import KiteSimulator
+
+        with self._lock:
+            if self._sim is None:
+                self._sim = KiteSimulator().start()
+            return self._sim
+
+    def _start_live(self, syms, tfs, source, mode, backfill, record) -> StreamInfo:
+        from kiteconnect import KiteConnect
+
+        from .feeds.kite import KiteSource
+
+        c = self.cfg
+        if source == "sim":
+            sim = self._simulator()
+            api_key, token = sim.api_key, sim.access_token
+            ticker_url, api_url = sim.ticker_url, sim.api_url
+        else:
+            api_key, token = c.api_key, c.access_token
+            ticker_url, api_url = c.ticker_url or None, c.api_url or None
+        kite = KiteConnect(api_key, access_token=token, root=api_url) if api_url else KiteConnect(api_key, access_token=token)
+        table = self._table(kite, key=f"{source}:{api_url or 'kite'}")
+        pairs = [(s.upper(), int(table.resolve(s).token)) for s in syms]
+        # extend a running live stream of the same source rather than opening another connection
+        existing = next((s for s in self.streams.values() if s.alive and s.source.name == source), None)
+        if existing is not None:
+            for tf in tfs:
+                existing.engine.add_timeframe(tf)
+            self._prepare(existing, pairs, [t for t in existing.engine.timeframes])
+            existing.subscribe([t for _, t in pairs], {t: s for s, t in pairs})
+            self._backfill(existing, pairs, tfs, backfill, kite)
+            return StreamInfo(existing.name, source, pairs, [t.label for t in existing.engine.timeframes],
+                              f"Added {', '.join(s for s, _ in pairs)} {' '.join(t.label for t in tfs)} "
+                              f"to the running {source} stream (no reconnect)")
+        from .feeds.historical import HistoricalClient
+
+        hist_client = HistoricalClient(kite)
+        src = KiteSource(api_key, token, [t for _, t in pairs], ticker_url=ticker_url, api_url=api_url,
+                         mode=mode or c.mode, stall_timeout=c.stall_timeout, history=hist_client)
+        src.name = source
+        info = self._launch(source if source not in self.streams else self._name(source), src, pairs, tfs, record)
+        self._backfill(self.streams[info.name], pairs, tfs, backfill, kite)
+        where = ("the built-in Kite simulator (no credentials configured)" if source == "sim"
+                 else f"Kite ({ticker_url or 'wss://ws.kite.trade'})")
+        info.message = (f"Streaming {', '.join(s for s, _ in pairs)} {' '.join(t.label for t in tfs)} "
+                        f"from {where}; {self.stores()[2]}")
+        return info
+
+    def _backfill(self, stream: Stream, pairs, tfs, backfill: str | None, kite: Any) -> None:
+        if not backfill:
+            return
+        from .feeds.historical import HistoricalClient
+
+        client = HistoricalClient(kite)
+
+        def run() -> None:
+            for sym, tok in pairs:
+                for tf in tfs:
+                    try:
+                        cb = client.backfill(tok, tf.label, backfill)
+                    except Exception as exc:
+                        stream.on_error(f"backfill of {sym} {tf.label} failed: {exc}", False)
+                        continue
+                    stream.on_history(tok, tf.label, cb)
+
+        threading.Thread(target=run, name="kiteohlc-backfill", daemon=True).start()
+
+    def _start_attached(self, syms, tfs) -> StreamInfo:
+        raise ConfigError("--source redis (attach to a collector) is not available in this build")
+
+    def _prepare(self, stream: Stream | None, pairs, tfs, first_ts: int | None = None,
+                 engine: Engine | None = None) -> None:
+        """Load history into the series and continue the live state from Redis."""
+        live, hist, _ = self.stores()
+        for sym, tok in pairs:
+            self.names.setdefault(tok, sym)
+            self.symbol_tokens[sym.upper()] = tok
+            for tf in tfs:
+                key = (tok, tf.label)
+                if key not in self.buffers:
+                    buf = SeriesBuffer(tok, tf.label)
+                    try:
+                        df = hist.read(tok, tf.label)
+                    except Exception as exc:
+                        log.warning("history of %s %s not readable: %s", sym, tf.label, exc)
+                        df = None
+                    if df is not None and len(df):
+                        buf.upsert(_batch_from_frame(tok, tf.label, df))
+                    self.buffers[key] = buf
+        eng = engine if engine is not None else (stream.engine if stream else None)
+        if eng is None:
+            return
+        try:
+            states = live.load_states([t for _, t in pairs])
+        except Exception as exc:
+            log.warning("live state not readable: %s", exc)
+            states = {}
+        usable = {}
+        for tok, st in (states or {}).items():
+            clock = st.get("clock")
+            # a tape older than the saved state is a fresh replay, not a continuation
+            if first_ts is not None and clock is not None and clock > first_ts:
+                continue
+            usable[int(tok)] = st
+        eng.import_state(usable)
+        for tok in usable:
+            for tf in eng.timeframes:
+                buf = self.buffers.get((tok, tf.label))
+                fb = eng.forming(tf.label, tok)
+                if buf is not None and len(fb):
+                    buf.set_forming(next(iter(fb)))
+
+    def _launch(self, name, source, pairs, tfs, record, first_ts: int | None = None) -> StreamInfo:
+        live, hist, _ = self.stores()
+        eng = self._engine(tfs)
+        self._prepare(None, pairs, tfs, first_ts=first_ts, engine=eng)
+        recorder = None
+        if record:
+            from .feeds.replay import TapeRecorder
+
+            recorder = TapeRecorder(record, {t: s for s, t in pairs})
+        stream = Stream(name, source, eng, [t for _, t in pairs], listener=self, history=hist,
+                        live_store=live, recorder=recorder, symbols={t: s for s, t in pairs})
+        with self._lock:
+            self.streams[name] = stream
+        stream.start()
+        return StreamInfo(name, getattr(source, "name", "?"), pairs, [t.label for t in tfs], "")
+
+    def stop(self, symbols: list[str] | str | None = None) -> list[str]:
+        """Stop every stream (or only the given symbols' subscriptions: their streams stop when empty)."""
+        stopped = []
+        with self._lock:
+            streams = list(self.streams.items())
+        if symbols:
+            toks = {self.token_of(s) for s in split_symbols(symbols)}
+            for name, s in streams:
+                if set(s.tokens) <= toks:
+                    s.stop()
+                    stopped.append(name)
+                elif set(s.tokens) & toks:
+                    s.tokens = [t for t in s.tokens if t not in toks]
+                    stopped.append(f"{name} ({', '.join(self.names.get(t, str(t)) for t in toks)})")
+        else:
+            for name, s in streams:
+                s.stop()
+                stopped.append(name)
+        with self._lock:
+            for name in [n for n, s in self.streams.items() if not s.alive and s.state != "done"]:
+                pass
+        return stopped
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until every replay stream is consumed (True) or ``timeout`` seconds pass (False)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        for s in list(self.streams.values()):
+            if s.source.live:
+                continue
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            if not s.done.wait(left):
+                return False
+        return True
+
+    def status(self) -> list[dict]:
+        out = []
+        store_health = self._store_health()
+        for s in list(self.streams.values()):
+            st = s.status()
+            st["store"] = store_health
+            out.append(st)
+        return out
+
+    def _store_health(self) -> str:
+        if self._stores is None:
+            return "not opened"
+        parts = []
+        for s in self._stores[:2]:
+            try:
+                h = s.health()
+            except Exception as exc:
+                h = {"name": type(s).__name__, "ok": False, "error": str(exc)}
+            txt = f"{h.get('name', '?')} {'ok' if h.get('ok') else 'DOWN'}"
+            if h.get("spooled"):
+                txt += f" ({h['spooled']} spooled)"
+            parts.append(txt)
+        return ", ".join(parts)
+
+    # ------------------------------------------------------------------ reading
+    def series(self, symbol: str | int, tf: str) -> SeriesBuffer:
+        tok = self.token_of(symbol)
+        label = parse_timeframe(tf).label
+        with self._lock:
+            buf = self.buffers.get((tok, label))
+            if buf is None:
+                buf = SeriesBuffer(tok, label)
+                try:
+                    df = self.stores()[1].read(tok, label)
+                    if len(df):
+                        buf.upsert(_batch_from_frame(tok, label, df))
+                except Exception as exc:
+                    log.warning("history not readable: %s", exc)
+                self.buffers[(tok, label)] = buf
+            return buf
+
+    def candles(self, symbol: str | int, tf: str, closed_only: bool = False,
+                start: Any = None, end: Any = None) -> pd.DataFrame:
+        """History + closed + forming candles of ``symbol`` at ``tf`` (see ``kiteohlc_lab.candles``)."""
+        return self.series(symbol, tf).frame(closed_only=closed_only, start=_to_ns(start), end=_to_ns(end))
+
+    def history(self, symbol: str | int, tf: str, start: Any = None, end: Any = None) -> pd.DataFrame:
+        """Closed candles straight from the history store (no stream needed)."""
+        tok = self.token_of(symbol)
+        label = parse_timeframe(tf).label
+        df = self.stores()[1].read(tok, label, _to_ns(start), _to_ns(end))
+        df.attrs["forming"] = None
+        return df
+
+    def on_candle(self, symbol: str | int, tf: str, fn: Callable[[Candle], Any]) -> Callable[[], None]:
+        """Call ``fn(candle)`` for each closed candle of ``symbol`` at ``tf``; returns an unsubscribe."""
+        if not callable(fn):
+            raise TypeError("on_candle needs a callable taking one Candle")
+        key = (self.token_of(symbol), parse_timeframe(tf).label)
+        with self._lock:
+            self._callbacks.setdefault(key, []).append(fn)
+
+        def unsubscribe() -> None:
+            with self._lock:
+                if fn in self._callbacks.get(key, []):
+                    self._callbacks[key].remove(fn)
+
+        return unsubscribe
+
+    # ------------------------------------------------------------------ Listener (stream threads)
+    def on_closed(self, stream: Stream, batches: list[CandleBatch]) -> None:
+        for b in batches:
+            for tok in np.unique(b.token):
+                tok = int(tok)
+                part = b.for_token(tok)
+                buf = self.buffers.get((tok, b.tf))
+                if buf is not None:
+                    buf.upsert(part)
+                fns = self._callbacks.get((tok, b.tf))
+                if fns:
+                    for candle in part:
+                        for fn in list(fns):
+                            self._call(fn, candle)
+
+    def _call(self, fn: Callable, candle: Candle) -> None:
+        try:
+            fn(candle)
+        except Exception as exc:  # a user's callback never stops the stream; reported once
+            if id(fn) not in self._failed_callbacks:
+                self._failed_callbacks.add(id(fn))
+                name = getattr(fn, "__name__", repr(fn))
+                msg = f"on_candle callback {name} raised {type(exc).__name__}: {exc} (reported once; the stream goes on)"
+                log.warning(msg)
+                self.errors.append(("callback", msg))
+
+    def on_forming(self, stream: Stream, batches: list[CandleBatch]) -> None:
+        for b in batches:
+            for c in b:
+                buf = self.buffers.get((c.token, b.tf))
+                if buf is not None:
+                    buf.set_forming(c)
+
+    def on_gap(self, stream: Stream, token: int, start_ns: int, end_ns: int) -> None:
+        for (tok, _tf), buf in list(self.buffers.items()):
+            if tok == token:
+                buf.mark_gap(start_ns, end_ns)
+
+    def on_error(self, stream: Stream, message: str) -> None:
+        log.warning("%s: %s", stream.name, message)
+        self.errors.append((stream.name, message))
+
+    # ------------------------------------------------------------------ shutdown
+    def shutdown(self) -> None:
+        """Stop all streams, flush and close the stores, stop the simulator."""
+        for s in list(self.streams.values()):
+            s.stop()
+        self.streams.clear()
+        if self._sim is not None:
+            try:
+                self._sim.stop()
+            finally:
+                self._sim = None
+        self._close_stores()
+
+
+def _batch_from_frame(token: int, tf: str, df: pd.DataFrame) -> CandleBatch:
+    n = len(df)
+    start = df.index.as_unit("ns").asi8 if hasattr(df.index, "as_unit") else df.index.asi8
+    oi = df["oi"].to_numpy(float) if "oi" in df.columns else np.full(n, np.nan)
+    return CandleBatch(tf, np.full(n, token, np.int64), np.asarray(start, np.int64),
+                       df["open"].to_numpy(float), df["high"].to_numpy(float), df["low"].to_numpy(float),
+                       df["close"].to_numpy(float), df["volume"].to_numpy(float), oi,
+                       np.zeros(n, np.int64))
+
+
+__all__ = ["Manager", "StreamInfo", "split_symbols", "empty_frame"]
