@@ -131,6 +131,9 @@ def test_kiteticker_reconnects_after_drop(reactor, sim):
             time.sleep(0.02)
         sim.drop_connections()
         assert again.wait(15), "KiteTicker did not reconnect"
+        deadline = time.monotonic() + 5  # on_connect fires during the handshake, before the server counts
+        while sim.total_connections < 2 and time.monotonic() < deadline:
+            time.sleep(0.02)
     finally:
         reactor.callFromThread(kt.close)
     assert sim.total_connections == 2

@@ -530,11 +530,11 @@ class KiteSimulator:
             client.last_sent = time.monotonic()
             delivered[sel] = True
             sends.append(client.ws.send(frame))
-        if sends:
-            await asyncio.gather(*sends, return_exceptions=True)
-        if delivered.any():
+        if delivered.any():  # logged before the send, so a client never sees a tick sent() lacks
             with self._lock:
                 self._sent_log.append(batch.take(delivered))
+        if sends:
+            await asyncio.gather(*sends, return_exceptions=True)
 
     def _encode(self, batch: TickBatch, sel: np.ndarray, modes: list[str]) -> bytes:
         m = self._market
