@@ -221,3 +221,9 @@ def test_parse_text(payload, kind):
 def test_parse_text_keeps_data():
     msg = parse_text('{"type":"error","data":"Invalid mode"}')
     assert msg == {"type": "error", "data": "Invalid mode"}
+
+
+def test_zero_exchange_timestamp_falls_back_to_receive_time():
+    frame = encode_packets([RELIANCE, NIFTY], [1.0, 2.0], "full", timestamp=[0, TS])
+    batch, _ = decode_frame(frame, RECV)
+    assert batch.ts.tolist() == [RECV, TS * 10**9]
