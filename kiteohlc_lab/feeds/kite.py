@@ -337,7 +337,8 @@ class KiteSource:
                 if t0 is None:
                     continue
                 if self.repair_gaps:
-                    self._pending_repairs += 1
+                    with self._lock:
+                        self._pending_repairs += 1
                     self._repair_q.put((tok, t0, ts))
                 else:
                     self._mark_gap(tok, t0, ts)
@@ -490,7 +491,8 @@ class KiteSource:
                 if stop.is_set() or gen != self._gen:
                     return
                 sink = self._sink
-                self._pending_repairs -= 1
+                with self._lock:
+                    self._pending_repairs -= 1
                 try:
                     if candles is not None and len(candles):
                         sink.on_history(token, "1m", candles)  # type: ignore[union-attr]
