@@ -1,0 +1,351 @@
+"""IPython magics: ``%ohlc_stream``, ``%ohlc_stop``, ``%ohlc_status``, ``%ohlc_plot``, ``%ohlc_history``.
+
+Each magic parses its arguments and calls the core's ``Manager``; nothing here knows about ticks or
+candles. Bad arguments and every ``KiteOHLCError`` become a one-line ``UsageError`` (no traceback).
+A stream that fails in its background thread shows in ``%ohlc_status`` and, once, as a warning after
+the next cell that runs.
+"""
+
+from __future__ import annotations
+
+import atexit
+import functools
+import html
+import sys
+from typing import Any, Callable
+
+from IPython.core.error import UsageError
+from IPython.core.magic import Magics, line_magic, magics_class
+from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
+
+from ..config import KiteOHLC, mask_url
+from ..errors import KiteOHLCError
+from . import get_manager
+
+SOURCES = ("kite", "sim", "replay", "redis")
+MODES = ("ltp", "quote", "full")
+
+
+def _speed(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value >= 0 or value == float("inf"):
+        import argparse
+
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not accepted; use 0 (as fast as possible) or a positive factor like 1 or 60")
+    return value
+
+
+def _when(text: str) -> Any:
+    """A date/time argument; naive values are IST wall-clock (the exchange's clock)."""
+    import argparse
+
+    import pandas as pd
+
+    try:
+        ts = pd.Timestamp(text)
+    except (ValueError, TypeError):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a date; use e.g. 2024-05-02 or '2024-05-02 09:15'") from None
+    return ts.tz_localize("Asia/Kolkata") if ts.tzinfo is None else ts.tz_convert("Asia/Kolkata")
+
+
+def _symbols(text: str) -> list[str]:
+    out = [s.strip() for s in text.split(",") if s.strip()]
+    if not out:
+        raise UsageError(f"no symbol in {text!r}; use e.g. NIFTY or NIFTY,NSE:RELIANCE or 256265")
+    return out
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    return text.splitlines()[0]
+
+
+def friendly(fn: Callable) -> Callable:
+    """Turn the project's errors into a one-line ``UsageError``."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except KiteOHLCError as exc:
+            raise UsageError(_one_line(exc)) from None
+
+    return wrapper
+
+
+class StatusTable:
+    """``%ohlc_status`` result: rows from ``Manager.status()``, shown as an HTML or text table."""
+
+    COLUMNS = ("stream", "source", "state", "ticks/s", "last tick", "reconnects", "late", "store",
+               "error")
+
+    def __init__(self, rows: list[dict]) -> None:
+        self.rows = rows
+
+    @staticmethod
+    def _store(value: Any) -> str:
+        if isinstance(value, dict):
+            parts = []
+            for k, v in value.items():
+                if isinstance(v, dict):
+                    v = v.get("state") or v.get("status") or ("ok" if v.get("ok") else v)
+                parts.append(f"{k}: {mask_url(str(v))}")
+            return ", ".join(parts)
+        return mask_url(str(value)) if value not in (None, "") else ""
+
+    @staticmethod
+    def _age(value: Any) -> str:
+        if value is None:
+            return "-"
+        try:
+            return f"{float(value):.1f} s"
+        except (TypeError, ValueError):
+            return str(value)
+
+    def cells(self) -> list[list[str]]:
+        out = []
+        for r in self.rows:
+            syms = ",".join(str(s) for s in r.get("symbols") or [])
+            tfs = " ".join(str(t) for t in r.get("timeframes") or [])
+            rate = r.get("ticks_per_s")
+            out.append([
+                f"{r.get('stream', '?')}" + (f" [{syms} {tfs}]" if syms or tfs else ""),
+                str(r.get("source", "")),
+                str(r.get("state", "")),
+                "-" if rate is None else f"{float(rate):.1f}",
+                self._age(r.get("last_tick_age")),
+                str(r.get("reconnects", 0)),
+                str(r.get("late", 0)),
+                self._store(r.get("store")),
+                _one_line(Exception(r["error"])) if r.get("error") else "",
+            ])
+        return out
+
+    def _repr_html_(self) -> str:
+        if not self.rows:
+            return "<i>no streams</i>"
+        head = "".join(f"<th>{html.escape(c)}</th>" for c in self.COLUMNS)
+        body = "".join(
+            "<tr>" + "".join(f"<td style='text-align:left'>{html.escape(v)}</td>" for v in row) + "</tr>"
+            for row in self.cells())
+        return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+    def __repr__(self) -> str:
+        if not self.rows:
+            return "no streams"
+        rows = [list(self.COLUMNS), *self.cells()]
+        widths = [max(len(r[i]) for r in rows) for i in range(len(self.COLUMNS))]
+        return "\n".join("  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip() for r in rows)
+
+
+@magics_class
+class KiteOHLCMagics(Magics):
+    """Magics of kiteohlc_lab; ``%ohlc_stream?`` etc. show each one's arguments."""
+
+    def __init__(self, shell: Any, cfg: KiteOHLC) -> None:
+        super().__init__(shell)
+        self.cfg = cfg
+        self._configured = False
+        self._seen_errors: dict[str, str] = {}
+
+    @property
+    def manager(self) -> Any:
+        m = get_manager()
+        if not self._configured:
+            m.configure(self.cfg)
+            self._configured = True
+        return m
+
+    # -- %ohlc_stream
+    @magic_arguments()
+    @argument("symbols", help="Comma-separated symbols: NIFTY, NSE:RELIANCE, BANKNIFTY, or a token.")
+    @argument("timeframes", nargs="+", metavar="TF", help="Timeframes, e.g. 1m 5m 15m 1h 1d 10s.")
+    @argument("--source", choices=SOURCES, default=None,
+              help="Where ticks come from (default: kite with credentials, else the simulator).")
+    @argument("--tape", default=None, help="Tape file (CSV/Parquet) for --source replay.")
+    @argument("--speed", type=_speed, default=0.0,
+              help="Replay speed factor: 0 = as fast as possible, 1 = real time, 60 = a minute per second.")
+    @argument("--mode", choices=MODES, default=None, help="Kite subscription mode (default KiteOHLC.mode).")
+    @argument("--backfill", default=None, help="Load history first, e.g. 5d or 2h.")
+    @argument("--record", default=None, help="Record received ticks to this tape file.")
+    @line_magic
+    @friendly
+    def ohlc_stream(self, line: str) -> Any:
+        """Stream SYMBOLS and build candles for each TF in a background thread.
+
+        Returns a live DataFrame-like object (``LiveCandles``) for the first symbol and timeframe.
+        """
+        args = parse_argstring(self.ohlc_stream, line)
+        symbols = _symbols(args.symbols)
+        m = get_manager()
+        m.configure(self.cfg)  # %config changes take effect at each new stream
+        self._configured = True
+        info = m.start(symbols, list(args.timeframes), source=args.source, tape=args.tape,
+                       speed=args.speed, mode=args.mode, backfill=args.backfill, record=args.record)
+        if getattr(info, "message", ""):
+            print(" ".join(str(info.message).split()))
+        from .live import LiveCandles
+
+        tf = (getattr(info, "timeframes", None) or args.timeframes)[0]
+        return LiveCandles(symbols[0], tf, manager=m)
+
+    # -- %ohlc_stop
+    @magic_arguments()
+    @argument("symbols", nargs="?", default=None,
+              help="Comma-separated symbols whose streams to stop (default: every stream).")
+    @line_magic
+    @friendly
+    def ohlc_stop(self, line: str) -> None:
+        """Stop streams (all, or those carrying SYMBOLS); stores are flushed, history stays."""
+        args = parse_argstring(self.ohlc_stop, line)
+        symbols = _symbols(args.symbols) if args.symbols else None
+        stopped = self.manager.stop(symbols)
+        print(f"Stopped: {', '.join(stopped)}" if stopped else "No stream was running.")
+
+    # -- %ohlc_status
+    @magic_arguments()
+    @line_magic
+    @friendly
+    def ohlc_status(self, line: str) -> StatusTable:
+        """Streams: source, state, ticks/s, last tick age, reconnects, late ticks, store health."""
+        parse_argstring(self.ohlc_status, line)
+        rows = self.manager.status()
+        for r in rows:  # shown here: not repeated as a warning
+            if r.get("error"):
+                self._seen_errors[str(r.get("stream"))] = str(r["error"])
+        return StatusTable(rows)
+
+    # -- %ohlc_plot
+    @magic_arguments()
+    @argument("symbol", help="Symbol, e.g. NIFTY.")
+    @argument("tf", metavar="TF", help="Timeframe, e.g. 5m.")
+    @argument("--last", type=int, default=100, help="Number of candles (default 100).")
+    @argument("--live", action="store_true", help="An auto-refreshing widget instead of a static chart.")
+    @line_magic
+    @friendly
+    def ohlc_plot(self, line: str) -> Any:
+        """Candlestick + volume chart (mplfinance) of SYMBOL TF; ``--live`` keeps it refreshing."""
+        args = parse_argstring(self.ohlc_plot, line)
+        if args.last <= 0:
+            raise UsageError(f"--last {args.last} is not accepted; use a positive number of candles")
+        m = self.manager
+        if args.live:
+            from .widgets import LiveView
+
+            return LiveView(args.symbol, args.tf, last=args.last, refresh=self.cfg.refresh_interval,
+                            manager=m)
+        from .plots import plot_candles
+
+        df = m.candles(args.symbol, args.tf)
+        return plot_candles(df, last=args.last, title=f"{args.symbol} {args.tf}")
+
+    # -- %ohlc_history
+    @magic_arguments()
+    @argument("symbol", help="Symbol, e.g. NIFTY.")
+    @argument("tf", metavar="TF", help="Timeframe, e.g. 5m.")
+    @argument("--from", dest="start", type=_when, default=None,
+              help="First candle start (IST if no zone), e.g. 2024-05-02 or '2024-05-02 09:15'.")
+    @argument("--to", dest="end", type=_when, default=None, help="Last candle start (IST if no zone).")
+    @line_magic
+    @friendly
+    def ohlc_history(self, line: str) -> Any:
+        """Stored candles of SYMBOL TF (no stream needed), as a DataFrame."""
+        args = parse_argstring(self.ohlc_history, line)
+        return self.manager.history(args.symbol, args.tf, start=args.start, end=args.end)
+
+    # -- background failures, surfaced once
+    def check_errors(self, *_: Any) -> list[str]:
+        """After each cell: print one warning per new stream error (also shown in %ohlc_status)."""
+        if not self._configured:
+            return []
+        try:
+            rows = get_manager().status()
+        except Exception:
+            return []
+        new = []
+        for r in rows:
+            err, name = r.get("error"), str(r.get("stream"))
+            if err and self._seen_errors.get(name) != str(err):
+                self._seen_errors[name] = str(err)
+                new.append(f"kiteohlc_lab: stream {name} failed: {_one_line(Exception(err))} "
+                           "(details in %ohlc_status)")
+        for msg in new:
+            print(msg, file=sys.stderr)
+        return new
+
+
+# -- extension entry points
+_STATE: dict[str, Any] = {}
+
+
+def _register_figure_png(ip: Any) -> None:
+    """Show matplotlib Figures as PNG even when pyplot/the inline backend was never set up."""
+    fmt = getattr(getattr(ip, "display_formatter", None), "formatters", {}).get("image/png")
+    if fmt is None:
+        return
+    if fmt.for_type_by_name("matplotlib.figure", "Figure") is None:
+        def _png(fig: Any) -> bytes:
+            from .plots import png_bytes
+
+            return png_bytes(fig)
+
+        fmt.for_type_by_name("matplotlib.figure", "Figure", _png)
+
+
+def shutdown() -> None:
+    """Stop live views and every stream, flush stores (unload and interpreter exit)."""
+    try:
+        from .widgets import close_all
+
+        close_all()
+    except Exception:
+        pass
+    from . import _override
+
+    if _override is None and "kiteohlc_lab.api" not in sys.modules:
+        return  # no manager was ever made: nothing to stop
+    try:
+        get_manager().shutdown()
+    except Exception as exc:
+        print(f"kiteohlc_lab: shutdown: {_one_line(exc)}", file=sys.stderr)
+
+
+def load_ipython_extension(ip: Any) -> None:
+    """``%load_ext kiteohlc_lab``: config object, magics, error hook, exit hook."""
+    if _STATE.get("shell") is ip:
+        return
+    cfg = KiteOHLC(config=ip.config)
+    if not any(isinstance(c, KiteOHLC) for c in ip.configurables):
+        ip.configurables.append(cfg)
+    else:
+        cfg = next(c for c in ip.configurables if isinstance(c, KiteOHLC))
+    magics = KiteOHLCMagics(ip, cfg)
+    ip.register_magics(magics)
+    ip.events.register("post_run_cell", magics.check_errors)
+    _register_figure_png(ip)
+    if not _STATE.get("atexit"):
+        atexit.register(shutdown)
+        _STATE["atexit"] = True
+    _STATE.update(shell=ip, magics=magics, cfg=cfg)
+
+
+def unload_ipython_extension(ip: Any) -> None:
+    """``%unload_ext kiteohlc_lab``: stop streams and views, flush stores, remove the hooks."""
+    magics = _STATE.pop("magics", None)
+    cfg = _STATE.pop("cfg", None)
+    _STATE.pop("shell", None)
+    if magics is not None:
+        try:
+            ip.events.unregister("post_run_cell", magics.check_errors)
+        except ValueError:
+            pass
+        for name in ("ohlc_stream", "ohlc_stop", "ohlc_status", "ohlc_plot", "ohlc_history"):
+            ip.magics_manager.magics["line"].pop(name, None)
+    if cfg is not None and cfg in ip.configurables:
+        ip.configurables.remove(cfg)
+    shutdown()

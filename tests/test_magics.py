@@ -1,0 +1,185 @@
+"""Magics in an in-process TestingShell, against the fake Manager (the API's shape)."""
+
+from __future__ import annotations
+
+import pytest
+from IPython.core.error import UsageError
+
+from conftest_notebook import FakeManager, fake_manager, make_shell, shell  # noqa: F401
+from kiteohlc_lab.notebook.live import LiveCandles
+from kiteohlc_lab.notebook.magics import KiteOHLCMagics, StatusTable
+
+
+def test_stream_returns_live_candles_and_prints_one_line(shell, fake_manager, capsys):
+    live = shell.run_line_magic("ohlc_stream", "NIFTY,BANKNIFTY 1m 5m --speed 0")
+    assert isinstance(live, LiveCandles) and (live.symbol, live.tf) == ("NIFTY", "1m")
+    out = capsys.readouterr().out
+    assert out == "No Kite credentials: streaming NIFTY, BANKNIFTY from the built-in simulator\n"
+    call = fake_manager.started[-1]
+    assert call["symbols"] == ["NIFTY", "BANKNIFTY"] and call["timeframes"] == ["1m", "5m"]
+    assert call["source"] is None and call["speed"] == 0.0
+
+
+def test_stream_passes_every_option(shell, fake_manager, tmp_path):
+    tape = tmp_path / "t.csv"
+    shell.run_line_magic(
+        "ohlc_stream",
+        f"NSE:RELIANCE 5m --source replay --tape {tape} --speed 60 --mode ltp --backfill 5d "
+        f"--record {tmp_path / 'rec.csv'}")
+    call = fake_manager.started[-1]
+    assert call == dict(symbols=["NSE:RELIANCE"], timeframes=["5m"], source="replay", tape=str(tape),
+                        speed=60.0, mode="ltp", backfill="5d", record=str(tmp_path / "rec.csv"))
+
+
+@pytest.mark.parametrize("line, expected", [
+    ("NIFTY 7x", "7x"),
+    ("NOPE 5m", "NOPE"),
+    ("NIFTY 5m --speed fast", "fast"),
+    ("NIFTY 5m --speed -2", "-2"),
+    ("NIFTY 5m --source yahoo", "yahoo"),
+    ("NIFTY", "required"),
+    (", 5m", "no symbol"),
+])
+def test_bad_arguments_are_one_line_usage_errors(shell, line, expected):
+    with pytest.raises(UsageError) as err:
+        shell.run_line_magic("ohlc_stream", line)
+    msg = str(err.value)
+    assert expected in msg and "\n" not in msg
+    assert err.value.__cause__ is None  # no chained traceback
+
+
+def test_usage_error_shows_without_traceback(fake_manager, capsys):
+    from IPython.core.interactiveshell import InteractiveShell
+
+    ip = make_shell()
+    ip.run_line_magic("load_ext", "kiteohlc_lab")
+    try:
+        InteractiveShell.run_cell(ip, "%ohlc_stream NIFTY 7x")  # the plain (non re-raising) path
+        err = capsys.readouterr().err
+        assert err.startswith("UsageError:") and "7x" in err and "Traceback" not in err
+        assert len(err.strip().splitlines()) == 1
+    finally:
+        ip.run_line_magic("unload_ext", "kiteohlc_lab")
+
+
+def test_help_lists_arguments(shell):
+    doc = shell.find_line_magic("ohlc_stream").__doc__
+    for flag in ("--source", "--tape", "--speed", "--mode", "--backfill", "--record", "TF"):
+        assert flag in doc
+    assert "--last" in shell.find_line_magic("ohlc_plot").__doc__
+    assert "--from" in shell.find_line_magic("ohlc_history").__doc__
+
+
+def test_config_lists_options_and_masks_token(fake_manager, capsys, monkeypatch):
+    monkeypatch.setenv("KITE_ACCESS_TOKEN", "tok-SECRET-123")
+    monkeypatch.setenv("KITE_API_KEY", "key42")
+    ip = make_shell()
+    ip.run_line_magic("load_ext", "kiteohlc_lab")
+    try:
+        ip.run_line_magic("config", "")
+        assert "KiteOHLC" in capsys.readouterr().out
+        ip.run_line_magic("config", "KiteOHLC")
+        out = capsys.readouterr().out
+        for name in ("redis_url", "mongo_uri", "data_dir", "grace", "late_policy", "access_token",
+                     "refresh_interval"):
+            assert f"KiteOHLC.{name}" in out
+        assert "tok-SECRET-123" not in out and "*** (set)" in out
+    finally:
+        ip.run_line_magic("unload_ext", "kiteohlc_lab")
+
+
+def test_config_changes_apply_at_next_stream(shell, fake_manager):
+    shell.run_line_magic("config", "KiteOHLC.redis_url = 'redis://127.0.0.1:6390/1'")
+    shell.run_line_magic("ohlc_stream", "NIFTY 5m")
+    assert fake_manager.configured[-1]["redis_url"] == "redis://127.0.0.1:6390/1"
+    shell.run_line_magic("config", "KiteOHLC.grace = 2.5")
+    shell.run_line_magic("ohlc_stream", "BANKNIFTY 5m")
+    assert fake_manager.configured[-1]["grace"] == 2.5
+
+
+def test_ipython_config_file_values(fake_manager):
+    from traitlets.config import Config
+
+    c = Config()  # what ipython_config.py's `c` is
+    c.KiteOHLC.redis_url = "redis://10.0.0.5:6379/2"
+    c.KiteOHLC.late_policy = "amend"
+    ip = make_shell(c)
+    ip.run_line_magic("load_ext", "kiteohlc_lab")
+    try:
+        ip.run_line_magic("ohlc_stream", "NIFTY 1m")
+        assert fake_manager.configured[-1]["redis_url"] == "redis://10.0.0.5:6379/2"
+        assert fake_manager.configured[-1]["late_policy"] == "amend"
+    finally:
+        ip.run_line_magic("unload_ext", "kiteohlc_lab")
+
+
+def test_stop_status_history_plot(shell, fake_manager, capsys):
+    shell.run_line_magic("ohlc_stream", "NIFTY 5m")
+    capsys.readouterr()
+    table = shell.run_line_magic("ohlc_status", "")
+    assert isinstance(table, StatusTable)
+    text, page = repr(table), table._repr_html_()
+    for col in ("stream", "source", "state", "ticks/s", "last tick", "reconnects", "store"):
+        assert col in text and col in page
+    assert "running" in text and "0.4 s" in text and "sqlite ok" in text
+    hist = shell.run_line_magic("ohlc_history", "NIFTY 5m --from 2024-05-02 --to '2024-05-03 15:30'")
+    assert len(hist) == 2
+    start, end = fake_manager.history_args
+    assert str(start) == "2024-05-02 00:00:00+05:30" and str(end) == "2024-05-03 15:30:00+05:30"
+    with pytest.raises(UsageError, match="not a date"):
+        shell.run_line_magic("ohlc_history", "NIFTY 5m --from yesterdayish")
+    fig = shell.run_line_magic("ohlc_plot", "NIFTY 5m --last 50")
+    assert fig.__class__.__name__ == "Figure"
+    fmt = shell.display_formatter.formatters["image/png"]
+    assert fmt(fig)[:4] == b"\x89PNG"  # shows as a PNG even without the inline backend
+    with pytest.raises(UsageError, match="--last"):
+        shell.run_line_magic("ohlc_plot", "NIFTY 5m --last 0")
+    shell.run_line_magic("ohlc_stop", "NIFTY")
+    assert capsys.readouterr().out == "Stopped: sim-1\n"
+    assert "stopped" in repr(shell.run_line_magic("ohlc_status", ""))
+
+
+def test_plot_live_returns_widget(shell, fake_manager, monkeypatch):
+    import comm
+
+    from conftest_notebook import RecordingComm
+
+    monkeypatch.setattr(comm, "create_comm", lambda **kw: RecordingComm())
+    shell.run_line_magic("ohlc_stream", "NIFTY 5m")
+    view = shell.run_line_magic("ohlc_plot", "NIFTY 5m --live")
+    try:
+        assert view.running and view.interval == 0.5 and view.renders == 1
+    finally:
+        view.close()
+
+
+def test_background_error_warns_once(shell, fake_manager, capsys):
+    shell.run_line_magic("ohlc_stream", "NIFTY 5m")
+    shell.run_cell("x = 1")
+    assert capsys.readouterr().err == ""
+    fake_manager.streams["sim-1"]["error"] = "ConnectionError: simulator went away\nmore detail"
+    shell.run_cell("x = 2")
+    err = capsys.readouterr().err
+    assert err.count("stream sim-1 failed: ConnectionError: simulator went away") == 1
+    assert "more detail" not in err
+    shell.run_cell("x = 3")
+    assert capsys.readouterr().err == ""
+    assert "simulator went away" in repr(shell.run_line_magic("ohlc_status", ""))
+
+
+def test_unload_shuts_down_and_removes_magics(fake_manager):
+    from kiteohlc_lab.config import KiteOHLC
+
+    ip = make_shell()
+    ip.run_line_magic("load_ext", "kiteohlc_lab")
+    ip.run_line_magic("ohlc_stream", "NIFTY 5m")
+    assert any(isinstance(c, KiteOHLC) for c in ip.configurables)
+    ip.run_line_magic("unload_ext", "kiteohlc_lab")
+    assert fake_manager.shut == 1
+    assert ip.find_line_magic("ohlc_stream") is None
+    assert not any(isinstance(c, KiteOHLC) for c in ip.configurables)
+    assert not any(getattr(cb, "__self__", None).__class__ is KiteOHLCMagics
+                   for cb in ip.events.callbacks["post_run_cell"])
+    ip.run_line_magic("load_ext", "kiteohlc_lab")  # and back again
+    assert ip.find_line_magic("ohlc_stream") is not None
+    ip.run_line_magic("unload_ext", "kiteohlc_lab")
