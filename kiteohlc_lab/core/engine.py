@@ -192,11 +192,21 @@ class Engine:
     # ------------------------------------------------------------------ hot path
     def process(self, batch: TickBatch) -> list[CandleBatch]:
         """Aggregate one batch (arrival order). Returns the candles it closed (and amended)."""
-        n = len(batch)
-        if n == 0:
+        if len(batch) == 0:
             return []
-        self.stats["ticks"] += n
-        self.stats["batches"] += 1
+        if self.late_policy == "amend":
+            late = self._late_mask(batch)
+            if late.any():
+                # a late tick amends the candle closed last *at its arrival*: cut the batch there
+                out: list[CandleBatch] = []
+                cuts = np.flatnonzero(late)
+                bounds = np.unique(np.concatenate([[0], cuts, cuts + 1, [len(batch)]]))
+                for a, z in zip(bounds[:-1], bounds[1:]):
+                    out += self._process(batch.take(slice(int(a), int(z))))
+                return out
+        return self._process(batch)
+
+    def _prepare(self, batch: TickBatch) -> tuple:
         slots_arr = self._slots(batch.token)
         # clock seen by each tick (arrival order), then everything in slot-grouped order
         clock_arr = np.maximum.accumulate(batch.ts)
@@ -204,14 +214,32 @@ class Engine:
             np.maximum(clock_arr, self.clock, out=clock_arr)
         order = np.argsort(slots_arr, kind="stable")
         slot = slots_arr[order]
+        gstart = np.empty(len(slot), bool)
+        gstart[0] = True
+        np.not_equal(slot[1:], slot[:-1], out=gstart[1:])
+        gid = np.cumsum(gstart) - 1
+        return clock_arr, order, slot, gstart, gid
+
+    def _late_mask(self, batch: TickBatch) -> np.ndarray:
+        """Arrival-order mask of ticks late for any timeframe (no state is changed)."""
+        clock_arr, order, slot, gstart, gid = self._prepare(batch)
+        ts, clock = batch.ts[order], clock_arr[order]
+        late = np.zeros(len(batch), bool)
+        for s in self.series.values():
+            late |= self._lateness(s, slot, ts, clock, gstart, gid)[1]
+        out = np.empty(len(batch), bool)
+        out[order] = late
+        return out
+
+    def _process(self, batch: TickBatch) -> list[CandleBatch]:
+        n = len(batch)
+        self.stats["ticks"] += n
+        self.stats["batches"] += 1
+        clock_arr, order, slot, gstart, gid = self._prepare(batch)
         ts = batch.ts[order]
         price = batch.price[order]
         clock = clock_arr[order]
         oi = batch.oi[order]
-        gstart = np.empty(n, bool)
-        gstart[0] = True
-        np.not_equal(slot[1:], slot[:-1], out=gstart[1:])
-        gid = np.cumsum(gstart) - 1
         inc = self._volume_increments(slot, ts, batch.volume[order], gstart, gid)
         out: list[CandleBatch] = []
         late_any = np.zeros(n, bool)
@@ -284,24 +312,12 @@ class Engine:
         out: list[CandleBatch],
     ) -> np.ndarray:
         tf = s.tf
-        size = tf.ns
         F = s.f
-        b = bucket_start(ts, tf, self._anchor[slot])
-        sb = F["bucket"][slot]
-        # running max bucket per instrument (incl. its forming candle), via an offset key in seconds
-        bs = b // NS
-        lo = int(bs.min()) - 1
-        sbs = np.where(sb == NONE, lo, sb // NS)
-        span = int(max(bs.max(), sbs.max()) - lo + 2)
-        key = gid * span + (bs - lo)
-        gs = np.flatnonzero(gstart)
-        key[gs] = np.maximum(key[gs], gid[gs] * span + (sbs[gs] - lo))
-        run = np.maximum.accumulate(key) - gid * span + lo
-        late = (bs < run) | (b + size + self.grace_ns <= clock)
-        if late.any():
-            self._late(s, np.flatnonzero(late), slot, b, ts, price, inc, oi, out)
+        b, late = self._lateness(s, slot, ts, clock, gstart, gid)
         ok = np.flatnonzero(~late)
         if len(ok) == 0:
+            if late.any():
+                self._late(s, np.flatnonzero(late), slot, b, ts, price, inc, oi, out)
             return late
         slot_ok, b_ok = slot[ok], b[ok]
         m = len(ok)
@@ -384,7 +400,27 @@ class Engine:
         if parts:
             closed = CandleBatch.concat(parts)
             out.extend(self._emit(s, closed))
+        if late.any():
+            self._late(s, np.flatnonzero(late), slot, b, ts, price, inc, oi, out)
         return late
+
+    def _lateness(self, s: _Series, slot, ts, clock, gstart, gid) -> tuple[np.ndarray, np.ndarray]:
+        """Bucket of each tick, and whether it is late (older than its instrument's newest bucket,
+        or its candle already closed by the clock)."""
+        tf = s.tf
+        b = bucket_start(ts, tf, self._anchor[slot])
+        sb = s.f["bucket"][slot]
+        # running max bucket per instrument (incl. its forming candle), via an offset key in seconds
+        bs = b // NS
+        lo = int(bs.min()) - 1
+        sbs = np.where(sb == NONE, lo, sb // NS)
+        span = int(max(bs.max(), sbs.max()) - lo + 2)
+        key = gid * span + (bs - lo)
+        gs = np.flatnonzero(gstart)
+        key[gs] = np.maximum(key[gs], gid[gs] * span + (sbs[gs] - lo))
+        run = np.maximum.accumulate(key) - gid * span + lo
+        late = (bs < run) | (b + tf.ns + self.grace_ns <= clock)
+        return b, late
 
     def _take_forming(self, s: _Series, slots: np.ndarray) -> CandleBatch:
         """Close the forming candles of ``slots`` (remembering them as last closed)."""

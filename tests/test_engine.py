@@ -1,0 +1,271 @@
+"""Engine rules, one test per rule, and the property test against the per-tick reference."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from kiteohlc_lab.core.engine import Engine
+from kiteohlc_lab.core.reference import ReferenceAggregator
+from kiteohlc_lab.core.ticks import TickBatch
+from kiteohlc_lab.core.timeframes import IST, NS
+
+EQ, IDX, FUT, MCX = 738561, 256265, 12345602, 0x1234507
+S = NS
+
+
+def ist(s: str) -> int:
+    return pd.Timestamp(s, tz=IST).value
+
+
+def batch(rows):
+    """rows: (token, 'HH:MM:SS' or epoch ns, price, volume=nan, oi=nan)"""
+    tok, ts, price, vol, oi = [], [], [], [], []
+    for r in rows:
+        t, when, p, *rest = r
+        tok.append(t)
+        ts.append(ist(f"2026-11-25 {when}") if isinstance(when, str) else when)
+        price.append(p)
+        vol.append(rest[0] if len(rest) > 0 else math.nan)
+        oi.append(rest[1] if len(rest) > 1 else math.nan)
+    return TickBatch(tok, ts, price, vol, oi)
+
+
+def closed(out, tf=None, token=None):
+    rows = [c for b in out for c in b if (tf is None or c.tf == tf) and (token is None or c.token == token)]
+    return sorted(rows, key=lambda c: (c.token, c.tf, c.start))
+
+
+def hhmm(c):
+    return c.date.strftime("%H:%M")
+
+
+def test_ohlc_in_arrival_order_and_candle_stamped_with_start():
+    e = Engine(["1m"])
+    out = e.process(batch([(EQ, "09:15:01", 100, 10), (EQ, "09:15:20", 103, 20), (EQ, "09:15:40", 99, 35),
+                           (EQ, "09:15:59", 101, 40), (EQ, "09:16:00", 102, 41)]))
+    [c] = closed(out)
+    assert (hhmm(c), c.open, c.high, c.low, c.close) == ("09:15", 100, 103, 99, 101)
+    assert c.date.tzinfo is not None and str(c.date.tz) == IST
+
+
+def test_volume_is_delta_of_cumulative_with_previous_candle_baseline():
+    e = Engine(["1m"])
+    out = e.process(batch([(EQ, "09:15:01", 100, 1000), (EQ, "09:15:30", 100, 1500),
+                           (EQ, "09:16:10", 100, 1700), (EQ, "09:16:50", 100, 2600), (EQ, "09:17:00", 100, 2650)]))
+    c1, c2 = closed(out)
+    # the first tick a stream sees sets the baseline; afterwards volume = cum(last) - cum(prev candle's last)
+    assert c1.volume == 500
+    assert c2.volume == 1100
+
+
+def test_volume_resets_at_day_change_and_never_negative():
+    e = Engine(["1m"])
+    out = e.process(batch([(EQ, "09:15:01", 100, 1000), (EQ, "15:29:30", 100, 90000),
+                           (EQ, ist("2026-11-26 09:15:05"), 100, 300), (EQ, ist("2026-11-26 09:16:05"), 100, 450)]))
+    cs = closed(out)
+    assert cs[-1].date.strftime("%m-%d %H:%M") == "11-26 09:15"
+    assert cs[-1].volume == 300  # baseline 0 on a new trading day
+    assert all(c.volume >= 0 for c in cs)
+
+
+def test_volume_resets_when_cumulative_drops_while_time_moves_on():
+    e = Engine(["1m"])
+    out = e.process(batch([(EQ, "09:15:01", 100, 5000), (EQ, "09:15:30", 100, 5100),
+                           (EQ, "09:16:01", 100, 40), (EQ, "09:16:30", 100, 90), (EQ, "09:17:00", 100, 95)]))
+    c1, c2 = closed(out)
+    assert (c1.volume, c2.volume) == (100, 90)
+
+
+def test_out_of_order_tick_with_lower_cumulative_is_no_reset():
+    e = Engine(["5m"])
+    out = e.process(batch([(EQ, "09:15:01", 100, 5000), (EQ, "09:15:30", 100, 5100),
+                           (EQ, "09:15:20", 100, 5050), (EQ, "09:15:40", 100, 5200)]))
+    out += e.flush()
+    [c] = closed(out)
+    assert c.volume == 200
+
+
+def test_index_volume_is_zero_and_oi_is_last_seen():
+    e = Engine(["1m"])
+    out = e.process(batch([(IDX, "09:15:01", 24000), (IDX, "09:15:40", 24010),
+                           (FUT, "09:15:01", 24100, 10, 5000), (FUT, "09:15:30", 24105, 20, 5100),
+                           (FUT, "09:15:50", 24101, 25)]))
+    out += e.flush()
+    fut = closed(out, token=FUT)[0]
+    idx = closed(out, token=IDX)[0]
+    assert idx.volume == 0 and math.isnan(idx.oi)
+    assert fut.oi == 5100 and fut.volume == 15
+
+
+def test_all_timeframes_of_an_instrument_update_in_one_pass():
+    e = Engine(["1m", "5m", "1h"])
+    t0 = ist("2026-11-25 09:15:00")
+    out = e.process(batch([(EQ, t0 + (m * 60 + s) * S, 100 + m, 10 * (m * 60 + s)) for m in range(61) for s in (0, 30)]))
+    out += e.flush()
+    assert len(closed(out, "1m")) == 61
+    assert [hhmm(c) for c in closed(out, "5m")][:2] == ["09:15", "09:20"]
+    assert [hhmm(c) for c in closed(out, "1h")] == ["09:15", "10:15"]
+    assert sum(c.volume for c in closed(out, "1m")) == sum(c.volume for c in closed(out, "1h"))
+
+
+def test_candle_stays_forming_until_clock_passes_end_plus_grace():
+    e = Engine(["1m"], grace=3.0)
+    assert e.process(batch([(EQ, "09:15:10", 100)])) == []
+    assert closed(e.advance(ist("2026-11-25 09:16:02"))) == []  # within grace: late ticks still welcome
+    out = e.process(batch([(EQ, "09:15:59", 101)]))  # ~2-3 s late, still in its candle
+    assert out == [] and e.forming("1m").close[0] == 101
+    [c] = closed(e.advance(ist("2026-11-25 09:16:03")))
+    assert (c.close, c.ticks) == (101, 2)
+    assert len(e.forming("1m")) == 0
+
+
+def test_another_instrument_advances_the_event_clock():
+    e = Engine(["1m"], grace=2.0)
+    e.process(batch([(EQ, "09:15:10", 100)]))
+    out = e.process(batch([(IDX, "09:16:05", 24000)]))
+    assert [c.token for c in closed(out)] == [EQ]
+
+
+@pytest.mark.parametrize("policy", ["drop", "amend"])
+def test_late_tick_policy(policy):
+    e = Engine(["1m"], grace=1.0, late_policy=policy)
+    e.process(batch([(EQ, "09:15:10", 100, 10), (EQ, "09:15:20", 101, 20), (EQ, "09:16:05", 102, 30)]))
+    out = e.process(batch([(EQ, "09:15:30", 108, 20)]))  # arrives after its candle closed
+    if policy == "drop":
+        assert out == [] and e.stats["late"] == 1
+    else:
+        [c] = closed(out)
+        assert c.amended and c.high == 108 and c.close == 108 and hhmm(c) == "09:15"
+        assert e.stats["amended"] == 1
+
+
+def test_duplicates_are_harmless():
+    rows = [(EQ, "09:15:10", 100, 10), (EQ, "09:15:20", 101, 20), (EQ, "09:15:40", 99, 30)]
+    a, b = Engine(["1m"]), Engine(["1m"])
+    oa = a.process(batch(rows)) + a.flush()
+    ob = b.process(batch([r for r in rows for _ in (0, 1)])) + b.flush()
+    ca, cb = closed(oa)[0], closed(ob)[0]
+    assert (ca.open, ca.high, ca.low, ca.close, ca.volume) == (cb.open, cb.high, cb.low, cb.close, cb.volume)
+
+
+def test_empty_buckets_no_row_by_default_and_filled_on_request():
+    rows = [(EQ, "09:15:10", 100, 10), (EQ, "09:18:10", 104, 20), (EQ, "09:19:10", 104, 30)]
+    plain = closed(Engine(["1m"]).process(batch(rows)))
+    assert [hhmm(c) for c in plain] == ["09:15", "09:18"]
+    filled = closed(Engine(["1m"], fill_empty=True).process(batch(rows)))
+    assert [hhmm(c) for c in filled] == ["09:15", "09:16", "09:17", "09:18"]
+    assert filled[1].volume == 0 and filled[1].open == filled[1].close == 100
+
+
+def test_exported_state_continues_in_a_new_engine():
+    rows = [(EQ, ist("2026-11-25 09:15:00") + i * 10 * S, 100 + i % 7, 10 * i) for i in range(60)]
+    full = Engine(["1m", "5m"])
+    want = closed(full.process(batch(rows)) + full.flush())
+    first = Engine(["1m", "5m"])
+    got = first.process(batch(rows[:27]))
+    state = first.export_state()
+    import json
+
+    state = {int(k): v for k, v in json.loads(json.dumps(state)).items()}
+    second = Engine(["1m", "5m"])
+    second.import_state(state)
+    got += second.process(batch(rows[27:])) + second.flush()
+    assert [(c.tf, c.start, c.open, c.high, c.low, c.close, c.volume) for c in closed(got)] == [
+        (c.tf, c.start, c.open, c.high, c.low, c.close, c.volume) for c in want]
+
+
+def test_in_order_ticks_match_a_pandas_groupby():
+    rng = np.random.default_rng(7)
+    n = 5000
+    ts = ist("2026-11-25 09:15:00") + np.sort(rng.integers(0, 6 * 3600, n)) * S
+    tok = rng.choice([EQ, 408065, 341249], n)
+    price = np.round(1000 + rng.normal(0, 1, n).cumsum(), 2)
+    vol = np.zeros(n)
+    for t in (EQ, 408065, 341249):
+        m = tok == t
+        vol[m] = np.cumsum(rng.integers(1, 100, m.sum()))
+    e = Engine(["5m"])
+    out = closed(e.process(TickBatch(tok, ts, price, vol, None)) + e.flush())
+    df = pd.DataFrame({"tok": tok, "ts": pd.to_datetime(ts, utc=True).tz_convert(IST), "p": price, "v": vol})
+    df["bucket"] = (df["ts"] - pd.Timedelta(minutes=15)).dt.floor("5min") + pd.Timedelta(minutes=15)
+    g = df.groupby(["tok", "bucket"], sort=True)
+    ref = g.agg(open=("p", "first"), high=("p", "max"), low=("p", "min"), close=("p", "last"), last_v=("v", "last"))
+    ref["volume"] = ref.groupby(level=0)["last_v"].diff()
+    first_v = df.groupby("tok")["v"].first()
+    for t in first_v.index:  # the first candle's baseline is the stream's first tick
+        k = ref.loc[t].index[0]
+        ref.loc[(t, k), "volume"] = ref.loc[(t, k), "last_v"] - first_v[t]
+    got = pd.DataFrame([(c.token, c.date, c.open, c.high, c.low, c.close, c.volume) for c in out],
+                       columns=["tok", "bucket", "open", "high", "low", "close", "volume"]).set_index(["tok", "bucket"])
+    pd.testing.assert_frame_equal(got, ref[["open", "high", "low", "close", "volume"]], check_names=False,
+                                  check_index_type=False)
+
+
+# ---------------------------------------------------------------- property test vs the reference
+TOKENS = [EQ, IDX, FUT, MCX]
+TFS = ["10s", "1m", "5m", "15m", "1h", "1d"]
+
+
+@st.composite
+def tapes(draw):
+    n = draw(st.integers(1, 120))
+    t = ist("2026-11-25 15:20:00")
+    cum = {k: draw(st.integers(0, 10_000)) for k in TOKENS}
+    rows = []
+    for _ in range(n):
+        kind = draw(st.sampled_from(["step", "step", "step", "step", "back", "dup", "jump", "day", "drop"]))
+        if kind == "step":
+            t += draw(st.integers(0, 40)) * S
+        elif kind == "back":
+            t -= draw(st.integers(1, 400)) * S
+        elif kind == "jump":
+            t += draw(st.integers(300, 4000)) * S
+        elif kind == "day":
+            t += 86_400 * S
+        tok = draw(st.sampled_from(TOKENS))
+        if kind == "dup" and rows:
+            rows.append(rows[-1])
+            continue
+        if kind == "drop":
+            cum[tok] = draw(st.integers(0, 50))
+        else:
+            cum[tok] += draw(st.integers(0, 500))
+        price = draw(st.integers(1000, 1100)) / 10
+        vol = math.nan if tok == IDX else float(cum[tok])
+        oi = float(draw(st.integers(1, 10**6))) if tok == FUT and draw(st.booleans()) else math.nan
+        rows.append((tok, int(t), price, vol, oi))
+    cuts = sorted(draw(st.lists(st.integers(0, n), max_size=6)))
+    return rows, cuts
+
+
+def key(c):
+    oi = None if math.isnan(c.oi) else round(c.oi, 6)
+    return (c.token, c.tf, c.start, round(c.open, 6), round(c.high, 6), round(c.low, 6), round(c.close, 6),
+            round(c.volume, 6), oi, c.ticks, c.amended)
+
+
+@pytest.mark.parametrize("policy", ["drop", "amend"])
+@settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=tapes(), grace=st.sampled_from([0.0, 2.0, 5.0]))
+def test_engine_equals_reference_on_random_tapes(policy, data, grace):
+    rows, cuts = data
+    b = TickBatch(*map(np.array, zip(*rows)))
+    ref = ReferenceAggregator(TFS, grace=grace, late_policy=policy)
+    ref.feed(b)
+    ref.flush()
+    eng = Engine(TFS, grace=grace, late_policy=policy)
+    out = []
+    bounds = [0, *cuts, len(rows)]
+    for a, z in zip(bounds, bounds[1:]):
+        out += eng.process(b.take(slice(a, z)))
+    out += eng.flush()
+    got = sorted(key(c) for bb in out for c in bb)
+    want = sorted(key(c) for c in ref.closed)
+    assert got == want
+    assert eng.stats["late"] == ref.late
