@@ -267,5 +267,29 @@ def state_updates(c: RecordingComm, key: str) -> list[Any]:
     return out
 
 
-__all__ = ["FakeManager", "FakeSeries", "fake_manager", "shell", "widget_comm", "make_shell", "wait_for",
+__all__ = ["FakeManager", "FakeSeries", "fake_manager", "shell", "real_shell", "small_tape", "widget_comm", "make_shell", "wait_for",
            "state_updates", "KNOWN", "math"]
+
+
+@pytest.fixture
+def real_shell():
+    """TestingShell with the extension loaded, talking to the real process-wide Manager."""
+    from kiteohlc_lab.notebook import use_manager
+
+    previous = use_manager(None)
+    ip = make_shell()
+    ip.run_line_magic("load_ext", "kiteohlc_lab")
+    yield ip
+    ip.run_line_magic("unload_ext", "kiteohlc_lab")
+    TestingShell.clear_instance()
+    use_manager(previous)
+
+
+@pytest.fixture
+def small_tape(tmp_path):
+    """A generated one-day tape of RELIANCE and INFY (about 3,000 ticks)."""
+    from kiteohlc_lab.feeds.synthetic import make_ticks, write_tape
+
+    ticks, symbols = make_ticks(3_000, instruments=[(738561, "RELIANCE", 1300.0, False),
+                                                    (408065, "INFY", 1800.0, False)])
+    return write_tape(tmp_path / "tape.csv", ticks, symbols)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pandas as pd
 import pytest
 from IPython.core.error import UsageError
 
@@ -183,3 +184,41 @@ def test_unload_shuts_down_and_removes_magics(fake_manager):
     ip.run_line_magic("load_ext", "kiteohlc_lab")  # and back again
     assert ip.find_line_magic("ohlc_stream") is not None
     ip.run_line_magic("unload_ext", "kiteohlc_lab")
+
+
+# -- against the real Manager (replay: no network, no simulator)
+from conftest_notebook import real_shell, small_tape  # noqa: E402,F401
+
+
+@pytest.mark.parametrize("line, expected", [
+    ("NIFTY 7x", "7x"),
+    ("NIFTY 5m --speed -1", "-1"),
+    ("NIFTY 5m --source replay", "--tape"),
+    ("NIFTY 5m --source replay --tape /nonexistent/tape.csv", "tape"),
+])
+def test_real_manager_errors_are_one_line(real_shell, line, expected):
+    with pytest.raises(UsageError) as err:
+        real_shell.run_line_magic("ohlc_stream", line)
+    assert expected in str(err.value) and "\n" not in str(err.value)
+
+
+def test_real_unknown_symbol_on_tape(real_shell, small_tape):
+    with pytest.raises(UsageError, match="NOPE"):
+        real_shell.run_line_magic("ohlc_stream", f"NOPE 5m --source replay --tape {small_tape}")
+
+
+def test_real_replay_stream_status_history(real_shell, small_tape, capsys):
+    import kiteohlc_lab
+
+    live = real_shell.run_line_magic("ohlc_stream", f"RELIANCE,INFY 5m 15m --source replay --tape {small_tape}")
+    assert "Replaying RELIANCE, INFY" in capsys.readouterr().out
+    assert kiteohlc_lab.wait(timeout=30)
+    assert isinstance(live, LiveCandles) and len(live) >= 70
+    assert live.close.rolling(20).mean().notna().any()
+    status = repr(real_shell.run_line_magic("ohlc_status", ""))
+    assert "replay" in status and "done" in status
+    fig = real_shell.run_line_magic("ohlc_plot", "RELIANCE 5m --last 30")
+    assert len(fig.axes) == 2
+    real_shell.run_line_magic("ohlc_stop", "")
+    hist = real_shell.run_line_magic("ohlc_history", "RELIANCE 15m --from '2026-11-25 12:00'")
+    assert len(hist) and hist.index[0] >= pd.Timestamp("2026-11-25 12:00", tz="Asia/Kolkata")

@@ -297,8 +297,12 @@ def _register_figure_png(ip: Any) -> None:
         fmt.for_type_by_name("matplotlib.figure", "Figure", _png)
 
 
-def shutdown() -> None:
-    """Stop live views and every stream, flush stores (unload and interpreter exit)."""
+def shutdown(forget: bool = False) -> None:
+    """Close live views, stop every stream, flush stores; ``forget`` also drops the Manager.
+
+    ``%unload_ext`` forgets (the next ``%load_ext`` starts clean, history comes back from the store);
+    interpreter exit only shuts down.
+    """
     try:
         from .widgets import close_all
 
@@ -310,7 +314,12 @@ def shutdown() -> None:
     if _override is None and "kiteohlc_lab.api" not in sys.modules:
         return  # no manager was ever made: nothing to stop
     try:
-        get_manager().shutdown()
+        if _override is None and forget:
+            from ..api import reset
+
+            reset()
+        else:
+            get_manager().shutdown()
     except Exception as exc:
         print(f"kiteohlc_lab: shutdown: {_one_line(exc)}", file=sys.stderr)
 
@@ -348,4 +357,4 @@ def unload_ipython_extension(ip: Any) -> None:
             ip.magics_manager.magics["line"].pop(name, None)
     if cfg is not None and cfg in ip.configurables:
         ip.configurables.remove(cfg)
-    shutdown()
+    shutdown(forget=True)

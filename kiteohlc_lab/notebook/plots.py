@@ -8,6 +8,7 @@ style out of the global ``rcParams`` of the user's own plots.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import sys
 import threading
@@ -31,6 +32,15 @@ def _wall_clock(df: pd.DataFrame) -> pd.DataFrame:
     out.index = idx
     out.index.name = "date"
     return out
+
+
+def _time_format(index: pd.DatetimeIndex) -> str:
+    """Tick label format: seconds for sub-minute candles, no date within one day."""
+    if len(index) > 1 and (index[1:] - index[:-1]).min() < pd.Timedelta(minutes=1):
+        return "%H:%M:%S"
+    if len(index) and index[0].normalize() == index[-1].normalize():
+        return "%H:%M"
+    return "%d %b %H:%M"
 
 
 def _has_volume(df: pd.DataFrame) -> bool:
@@ -95,13 +105,15 @@ def plot_candles(
         ax = fig.add_subplot(1, 1, 1)
         vax = None
     kwargs: dict[str, Any] = dict(type="candle", style=STYLE, ax=ax, warn_too_much_data=len(data) + 1,
-                                  datetime_format="%d %b %H:%M", xrotation=0)
+                                  datetime_format=_time_format(data.index), xrotation=0)
     if vax is not None:
         kwargs["volume"] = vax
     with _RENDER_LOCK:
         mpf.plot(data, **kwargs)
     if vax is not None:
         ax.tick_params(labelbottom=False)
+    with contextlib.suppress(AttributeError):  # plain prices, never "+2.6e4" offsets
+        ax.ticklabel_format(axis="y", useOffset=False, style="plain")
     if title:
         ax.set_title(title, fontsize=11, loc="left")
     fig.subplots_adjust(left=0.07, right=0.91, top=0.92, bottom=0.1)
