@@ -8,7 +8,7 @@ from typing import Any, Callable
 
 import pandas as pd
 
-from .manager import Manager, StreamInfo
+from .runtime import Manager, StreamInfo
 
 _manager: Manager | None = None
 _lock = threading.Lock()

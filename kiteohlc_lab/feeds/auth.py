@@ -55,6 +55,13 @@ class RedactFilter(logging.Filter):
         self.secrets.update(s for s in secrets if s and len(s) >= 4)
 
     def filter(self, record: logging.LogRecord) -> bool:
+        if record.name == "kiteconnect.ticker" and record.levelno >= logging.ERROR:
+            # kiteconnect logs every close, ours included, at ERROR; the feed reports real
+            # problems itself (status, one warning), so these become DEBUG noise
+            msg = str(record.msg)
+            if msg.startswith(("Connection closed", "Connection error")):
+                record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+                return logging.getLogger(record.name).isEnabledFor(logging.DEBUG)
         if self.secrets:
             try:
                 msg = record.getMessage()

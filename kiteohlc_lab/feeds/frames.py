@@ -128,6 +128,10 @@ def _walk(buf: bytes, u8: np.ndarray, count: int) -> tuple[list[tuple[int, int, 
     return runs, count - k
 
 
+_CASH = np.zeros(256, bool)
+_CASH[[1, 4, 9]] = True  # NSE, BSE cash and indices
+
+
 def decode_frame(payload: bytes, receive_ns: int) -> tuple[TickBatch, FrameInfo]:
     """Decode one binary frame into a TickBatch (packet order) and a FrameInfo.
 
@@ -174,8 +178,11 @@ def decode_frame(payload: bytes, receive_ns: int) -> tuple[TickBatch, FrameInfo]
         mode = _MODE_OF_LENGTH[length]
         setattr(info, mode, getattr(info, mode) + m)
     info.packets = len(token)
-    price = raw_price / _DIVISOR[token & 0xFF]
+    seg = token & 0xFF
+    price = raw_price / _DIVISOR[seg]
     ts = np.where(raw_ts > 0, raw_ts * NS, receive_ns)
+    # full packets of cash equities carry an oi field of 0: open interest exists for derivatives only
+    oi = np.where(_CASH[seg], np.nan, oi)
     return TickBatch(token, ts, price, volume, oi), info
 
 

@@ -203,6 +203,9 @@ class Manager:
                 "no Kite credentials: set KiteOHLC.api_key and KiteOHLC.access_token "
                 "(or KITE_API_KEY / KITE_ACCESS_TOKEN, or a .env file), or use --source sim"
             )
+        with self._lock:  # stopped and finished streams leave the status table at the next start
+            for name in [n for n, s in self.streams.items() if not s.alive and s.state in ("stopped", "done")]:
+                del self.streams[name]
         if source == "replay":
             return self._start_replay(syms, tfs, tape or "", speed, record)
         if source == "redis":
@@ -409,9 +412,6 @@ class Manager:
             for name, s in streams:
                 s.stop()
                 stopped.append(name)
-        with self._lock:
-            for name in [n for n, s in self.streams.items() if not s.alive and s.state != "done"]:
-                pass
         return stopped
 
     def wait(self, timeout: float | None = None) -> bool:
