@@ -97,3 +97,15 @@ def test_close_all(series, fake_manager, widget_comm):
     views = [LiveView("NIFTY", "5m", manager=fake_manager, refresh=0.05) for _ in range(2)]
     assert close_all() >= 2
     assert not any(v.running for v in views)
+
+
+def test_slow_renders_back_off(series, fake_manager, widget_comm):
+    view = LiveView("NIFTY", "5m", manager=fake_manager, refresh=0.5, autostart=False)
+    try:
+        view.last_render_seconds = 1.0
+        assert view.next_wait(rendered=True) == 4.0  # at most a quarter of a core
+        assert view.next_wait(rendered=False) == 0.5  # a no-change check is cheap
+        view.last_render_seconds = 0.01
+        assert view.next_wait(rendered=True) == 0.5
+    finally:
+        view.close()

@@ -124,7 +124,8 @@ def png_bytes(fig: Any, dpi: float | None = None) -> bytes:
     """PNG of a figure (Agg), as bytes; releases the figure's drawing state afterwards."""
     buf = io.BytesIO()
     with _RENDER_LOCK:
-        fig.savefig(buf, format="png", dpi=dpi or fig.dpi)
+        # fast zlib level: a third of the encode time for a few % more bytes
+        fig.savefig(buf, format="png", dpi=dpi or fig.dpi, pil_kwargs={"compress_level": 1})
     plt = sys.modules.get("matplotlib.pyplot")  # a pyplot-made figure is closed, never imported here
     if plt is not None and getattr(fig, "number", None) is not None and plt.fignum_exists(fig.number):
         plt.close(fig)

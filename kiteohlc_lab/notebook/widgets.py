@@ -22,19 +22,24 @@ from .live import LiveCandles, marked_tail
 from .plots import plot_candles, png_bytes
 
 DEFAULT_REFRESH = 0.5
+# a render may use at most 1/BUDGET of a core: slow renders (big charts, busy machine) back off
+BUDGET = 4.0
 _VIEWS: "weakref.WeakSet[LiveView]" = weakref.WeakSet()
 
 
 def _refresh_loop(ref: "weakref.ref[LiveView]", stop: threading.Event, interval: float) -> None:
-    while not stop.wait(interval):
+    wait = interval
+    while not stop.wait(wait):
         view = ref()
         if view is None:
             return
+        rendered = False
         try:
-            view.refresh()
+            rendered = view.refresh()
         except Exception as exc:  # never die silently: the status line says what broke
             view._failed(exc)
-        del view
+        wait = view.next_wait(rendered)
+        del view  # only a weak hold while sleeping: a dropped view ends the thread
 
 
 class LiveView(widgets.VBox):
@@ -58,7 +63,8 @@ class LiveView(widgets.VBox):
     renders, skipped, errors : int
         Refreshes that re-rendered, that found nothing new, that failed.
     render_seconds : float
-        Total time spent rendering.
+        Total time spent rendering. A render that took ``r`` seconds delays the next check to at
+        least ``4 r``, so rendering never takes more than about a quarter of a core.
     """
 
     def __init__(self, symbol: str, tf: str, last: int = 100, refresh: float | None = None,
@@ -71,6 +77,7 @@ class LiveView(widgets.VBox):
         self.skipped = 0
         self.errors = 0
         self.render_seconds = 0.0
+        self.last_render_seconds = 0.0
         self._key: tuple[int, int] | None = None
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -158,8 +165,13 @@ class LiveView(widgets.VBox):
                 self.status.value = status
             self._key = key
             self.renders += 1
-            self.render_seconds += time.perf_counter() - t0
+            self.last_render_seconds = time.perf_counter() - t0
+            self.render_seconds += self.last_render_seconds
             return True
+
+    def next_wait(self, rendered: bool = True) -> float:
+        """Seconds until the next check: the refresh interval, longer right after a slow render."""
+        return max(self.interval, BUDGET * self.last_render_seconds) if rendered else self.interval
 
     def _failed(self, exc: BaseException) -> None:
         self.errors += 1
