@@ -222,3 +222,21 @@ def test_real_replay_stream_status_history(real_shell, small_tape, capsys):
     real_shell.run_line_magic("ohlc_stop", "")
     hist = real_shell.run_line_magic("ohlc_history", "RELIANCE 15m --from '2026-11-25 12:00'")
     assert len(hist) and hist.index[0] >= pd.Timestamp("2026-11-25 12:00", tz="Asia/Kolkata")
+
+
+def test_real_background_failure_warns_once_and_shows_in_status(real_shell, small_tape, capsys):
+    import kiteohlc_lab
+
+    real_shell.run_line_magic("ohlc_stream", f"RELIANCE 5m --source replay --tape {small_tape}")
+    assert kiteohlc_lab.wait(timeout=30)
+    real_shell.run_cell("x = 1")
+    capsys.readouterr()
+    stream = next(iter(kiteohlc_lab.manager().streams.values()))
+    stream._fail("RuntimeError: history store write failed: disk full")  # as the thread records it
+    real_shell.run_cell("x = 2")
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "disk full" in err and stream.name in err
+    real_shell.run_cell("x = 3")
+    assert capsys.readouterr().err == ""
+    table = repr(real_shell.run_line_magic("ohlc_status", ""))
+    assert "failed" in table and "disk full" in table

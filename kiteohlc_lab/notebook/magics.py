@@ -152,6 +152,7 @@ class KiteOHLCMagics(Magics):
         self.cfg = cfg
         self._configured = False
         self._seen_errors: dict[str, str] = {}
+        self._error_index = 0
 
     @property
     def manager(self) -> Any:
@@ -214,10 +215,14 @@ class KiteOHLCMagics(Magics):
     def ohlc_status(self, line: str) -> StatusTable:
         """Streams: source, state, ticks/s, last tick age, reconnects, late ticks, store health."""
         parse_argstring(self.ohlc_status, line)
-        rows = self.manager.status()
+        m = self.manager
+        rows = m.status()
         for r in rows:  # shown here: not repeated as a warning
             if r.get("error"):
                 self._seen_errors[str(r.get("stream"))] = str(r["error"])
+        log = getattr(m, "errors", None)
+        if isinstance(log, list):
+            self._error_index = len(log)
         return StatusTable(rows)
 
     # -- %ohlc_plot
@@ -260,23 +265,36 @@ class KiteOHLCMagics(Magics):
 
     # -- background failures, surfaced once
     def check_errors(self, *_: Any) -> list[str]:
-        """After each cell: print one warning per new stream error (also shown in %ohlc_status)."""
+        """After each cell: ONE warning line if a stream failed since (also shown in %ohlc_status).
+
+        Reads the Manager's error log (a list, no I/O); a manager without one is asked for status().
+        """
         if not self._configured:
             return []
-        try:
-            rows = get_manager().status()
-        except Exception:
+        m = get_manager()
+        new: list[tuple[str, str]] = []
+        log = getattr(m, "errors", None)
+        if isinstance(log, list):
+            new = [(str(n), str(e)) for n, e in log[self._error_index:]]
+            self._error_index = len(log)
+        else:
+            try:
+                rows = m.status()
+            except Exception:
+                return []
+            for r in rows:
+                err, name = r.get("error"), str(r.get("stream"))
+                if err and self._seen_errors.get(name) != str(err):
+                    self._seen_errors[name] = str(err)
+                    new.append((name, str(err)))
+        if not new:
             return []
-        new = []
-        for r in rows:
-            err, name = r.get("error"), str(r.get("stream"))
-            if err and self._seen_errors.get(name) != str(err):
-                self._seen_errors[name] = str(err)
-                new.append(f"kiteohlc_lab: stream {name} failed: {_one_line(Exception(err))} "
-                           "(details in %ohlc_status)")
-        for msg in new:
-            print(msg, file=sys.stderr)
-        return new
+        name, err = new[0]
+        more = f" (+{len(new) - 1} more)" if len(new) > 1 else ""
+        msg = (f"kiteohlc_lab: stream {name} failed: {_one_line(Exception(err))}{more}; "
+               "see %ohlc_status")
+        print(msg, file=sys.stderr)
+        return [msg]
 
 
 # -- extension entry points
