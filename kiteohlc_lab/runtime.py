@@ -243,9 +243,14 @@ class Manager:
             inv = {v: k for k, v in tape.symbols.items()}
             pairs = [(inv.get(t, str(t)), t) for t in tokens]
         else:
-            pairs = [(s.upper(), self.resolve(s, tape.symbols, table)) for s in syms]
             present = set(np.unique(tape.ticks.token).tolist())
-            missing = [s for s, t in pairs if t not in present]
+            pairs, missing = [], []
+            for s in syms:
+                try:
+                    pairs.append((s.upper(), self.resolve(s, tape.symbols, table)))
+                except SymbolError:
+                    missing.append(s)
+            missing += [s for s, t in pairs if t not in present]
             if missing:
                 raise SymbolError(
                     f"{', '.join(missing)} not on tape {Path(tape.path).name}; it has "

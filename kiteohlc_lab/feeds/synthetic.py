@@ -62,7 +62,7 @@ def make_ticks(
     for j in range(m):
         sel = np.flatnonzero(which == j)
         walk = p0[j] + np.cumsum(steps[sel])
-        price[sel] = np.maximum(np.round(walk / 0.05) * 0.05, 0.05)
+        price[sel] = np.maximum(np.round(np.round(walk / 0.05) * 0.05, 2), 0.05)
         inc = rng.integers(1, 500, len(sel)).astype(float)
         cum = np.zeros(len(sel))
         dsel = day_of[sel]
