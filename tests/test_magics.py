@@ -240,3 +240,32 @@ def test_real_background_failure_warns_once_and_shows_in_status(real_shell, smal
     assert capsys.readouterr().err == ""
     table = repr(real_shell.run_line_magic("ohlc_status", ""))
     assert "failed" in table and "disk full" in table
+
+
+def test_real_unload_leaves_no_threads(small_tape):
+    import threading
+
+    from kiteohlc_lab.notebook import use_manager
+
+    from conftest_notebook import RecordingComm, wait_for
+
+    previous = use_manager(None)
+    before = set(threading.enumerate())
+    ip = make_shell()
+    try:
+        ip.run_line_magic("load_ext", "kiteohlc_lab")
+        live = ip.run_line_magic("ohlc_stream", f"RELIANCE 5m --source replay --tape {small_tape}")
+        import comm
+
+        orig, comm.create_comm = comm.create_comm, lambda **kw: RecordingComm()
+        try:
+            view = live.view(refresh=0.05)
+        finally:
+            comm.create_comm = orig
+        assert view.running
+        ip.run_line_magic("unload_ext", "kiteohlc_lab")
+        assert not view.running
+        assert wait_for(lambda: not (set(threading.enumerate()) - before), timeout=10), \
+            [t.name for t in set(threading.enumerate()) - before]
+    finally:
+        use_manager(previous)
