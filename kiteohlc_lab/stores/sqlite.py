@@ -1,0 +1,167 @@
+"""SQLite candle history: the embedded default (``data_dir/history.sqlite3``).
+
+One table keyed ``(token, tf, start)`` (``WITHOUT ROWID``), WAL journal so the notebook thread reads
+while the stream thread writes. Each thread gets its own connection (sqlite3 connections must not be
+shared across threads); writes are serialised by a lock because SQLite allows one writer anyway.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import threading
+from itertools import repeat
+
+import numpy as np
+import pandas as pd
+
+from ..core.candles import CandleBatch, frame_from_arrays
+from ..errors import StoreError
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS candles (
+    token INTEGER NOT NULL, tf TEXT NOT NULL, start INTEGER NOT NULL,
+    open REAL, high REAL, low REAL, close REAL, volume REAL, oi REAL, ticks INTEGER,
+    PRIMARY KEY (token, tf, start)
+) WITHOUT ROWID
+"""
+_UPSERT = """
+INSERT INTO candles (token, tf, start, open, high, low, close, volume, oi, ticks)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+ON CONFLICT (token, tf, start) DO UPDATE SET
+    open = excluded.open, high = excluded.high, low = excluded.low, close = excluded.close,
+    volume = excluded.volume, oi = excluded.oi, ticks = excluded.ticks
+"""
+# SQLite stores NaN as NULL; 9e999 reads back as +inf, which no real price/volume/oi is, so a NULL
+# becomes inf in the structured array and is turned back into NaN in one vectorised step.
+_READ = (
+    "SELECT start, ifnull(open, 9e999), ifnull(high, 9e999), ifnull(low, 9e999), "
+    "ifnull(close, 9e999), ifnull(volume, 9e999), ifnull(oi, 9e999) FROM candles "
+    "WHERE token = ? AND tf = ? AND start >= ? AND start < ? ORDER BY start"
+)
+_ROW = np.dtype(
+    [("start", "i8"), ("open", "f8"), ("high", "f8"), ("low", "f8"), ("close", "f8"),
+     ("volume", "f8"), ("oi", "f8")]
+)
+_I64_MIN = -(2**63)
+_I64_MAX = 2**63 - 1
+
+
+class SQLiteHistory:
+    """Closed-candle history in one SQLite file.
+
+    Parameters
+    ----------
+    path : file path (parent directories are created) or ``":memory:"`` (one shared connection).
+
+    Examples
+    --------
+    >>> h = SQLiteHistory(":memory:")
+    >>> h.write(batch); df = h.read(256265, "1m")
+    """
+
+    name = "sqlite"
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = str(path)
+        self._memory = self.path == ":memory:"
+        if not self._memory:
+            os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
+        self._local = threading.local()
+        self._write_lock = threading.Lock()
+        self._conns: list[sqlite3.Connection] = []
+        self._conns_lock = threading.Lock()
+        self._closed = False
+        self._shared: sqlite3.Connection | None = None
+        conn = self._conn()
+        conn.execute(_SCHEMA)
+        conn.commit()
+
+    def _connect(self) -> sqlite3.Connection:
+        try:
+            conn = sqlite3.connect(self.path, timeout=30.0, check_same_thread=False)
+            if not self._memory:
+                conn.execute("PRAGMA journal_mode=WAL")
+                conn.execute("PRAGMA synchronous=NORMAL")  # durable at checkpoints; WAL keeps it safe
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot open SQLite history at {self.path!r}: {exc}") from exc
+        with self._conns_lock:
+            self._conns.append(conn)
+        return conn
+
+    def _conn(self) -> sqlite3.Connection:
+        if self._closed:
+            raise StoreError(f"SQLite history at {self.path!r} is closed")
+        if self._memory:  # one connection: a second ":memory:" connection would be another database
+            if self._shared is None:
+                self._shared = self._connect()
+            return self._shared
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = self._local.conn = self._connect()
+        return conn
+
+    def write(self, batch: CandleBatch) -> None:
+        """Upsert the batch's candles (one transaction, ``executemany``)."""
+        if not len(batch):
+            return
+        rows = zip(
+            batch.token.tolist(), repeat(batch.tf), batch.start.tolist(),
+            batch.open.tolist(), batch.high.tolist(), batch.low.tolist(), batch.close.tolist(),
+            batch.volume.tolist(), batch.oi.tolist(), batch.ticks.tolist(),
+        )
+        conn = self._conn()
+        with self._write_lock, conn:
+            conn.executemany(_UPSERT, rows)
+
+    def read(
+        self, token: int, tf: str, start_ns: int | None = None, end_ns: int | None = None
+    ) -> pd.DataFrame:
+        """Candles with ``start_ns <= start < end_ns`` as the public frame, sorted by date."""
+        lo = _I64_MIN if start_ns is None else int(start_ns)
+        hi = _I64_MAX if end_ns is None else int(end_ns)
+        conn = self._conn()
+        if self._memory:
+            with self._write_lock:
+                arr = np.fromiter(conn.execute(_READ, (int(token), tf, lo, hi)), dtype=_ROW)
+        else:
+            arr = np.fromiter(conn.execute(_READ, (int(token), tf, lo, hi)), dtype=_ROW)
+        cols = {k: arr[k] for k in _ROW.names}
+        for k in _ROW.names[1:]:
+            col = np.ascontiguousarray(cols[k])
+            col[np.isinf(col)] = np.nan
+            cols[k] = col
+        return frame_from_arrays(
+            np.ascontiguousarray(cols["start"]), cols["open"], cols["high"], cols["low"],
+            cols["close"], cols["volume"], cols["oi"],
+        )
+
+    def last_start(self, token: int, tf: str) -> int | None:
+        row = self._conn().execute(
+            "SELECT max(start) FROM candles WHERE token = ? AND tf = ?", (int(token), tf)
+        ).fetchone()
+        return None if row is None or row[0] is None else int(row[0])
+
+    def count(self) -> int:
+        return int(self._conn().execute("SELECT count(*) FROM candles").fetchone()[0])
+
+    def health(self) -> dict:
+        try:
+            self._conn().execute("SELECT 1").fetchone()
+            return dict(name=self.name, ok=True, error=None, spooled=0)
+        except (sqlite3.Error, StoreError) as exc:
+            return dict(name=self.name, ok=False, error=str(exc), spooled=0)
+
+    def describe(self) -> str:
+        return f"SQLite at {self.path}"
+
+    def close(self) -> None:
+        """Close every thread's connection. Idempotent."""
+        self._closed = True
+        with self._conns_lock:
+            conns, self._conns = self._conns, []
+        for c in conns:
+            try:
+                c.close()
+            except sqlite3.Error:
+                pass

@@ -1,0 +1,185 @@
+"""Contract suite for HistoryStore implementations: SQLite, mongomock, and a real MongoDB when
+KITEOHLC_TEST_MONGO_URI is set."""
+
+from __future__ import annotations
+
+import os
+import threading
+import uuid
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from kiteohlc_lab.core.candles import CandleBatch, empty_frame
+from kiteohlc_lab.core.timeframes import NS
+from kiteohlc_lab.stores.base import HistoryStore
+
+T0 = 1_735_703_100 * NS  # 2025-01-01 09:15 IST
+MIN = 60 * NS
+
+
+def make_batch(tf="1m", tokens=(256265,), n=5, t0=T0, step=MIN, base=100.0, oi=False):
+    tok = np.repeat(np.array(tokens, np.int64), n)
+    start = np.tile(t0 + np.arange(n, dtype=np.int64) * step, len(tokens))
+    m = len(tok)
+    rng = np.random.default_rng(int(base))
+    o = base + rng.random(m)
+    c = base + rng.random(m)
+    h = np.maximum(o, c) + 1.0
+    lo = np.minimum(o, c) - 1.0
+    vol = rng.integers(1, 10_000, m).astype(np.float64)
+    oi_arr = rng.integers(1, 1000, m).astype(np.float64) if oi else np.full(m, np.nan)
+    return CandleBatch(tf, tok, start, o, h, lo, c, vol, oi_arr, np.ones(m, np.int64))
+
+
+def _sqlite(tmp_path):
+    from kiteohlc_lab.stores.sqlite import SQLiteHistory
+
+    return SQLiteHistory(tmp_path / "h" / "history.sqlite3")
+
+
+def _mongomock(tmp_path):
+    mongomock = pytest.importorskip("mongomock")
+    from kiteohlc_lab.stores.mongo import MongoHistory
+
+    return MongoHistory(mongomock.MongoClient(), db="kiteohlc_test")
+
+
+def _mongo_real(tmp_path):
+    uri = os.environ.get("KITEOHLC_TEST_MONGO_URI")
+    if not uri:
+        pytest.skip("set KITEOHLC_TEST_MONGO_URI to run the contract suite against a real MongoDB")
+    from kiteohlc_lab.stores.mongo import MongoHistory
+
+    store = MongoHistory(uri, db="kiteohlc_test", collection=f"candles_{uuid.uuid4().hex[:12]}")
+    store._cleanup = lambda: store._coll.drop()  # type: ignore[attr-defined]
+    return store
+
+
+@pytest.fixture(params=[_sqlite, _mongomock, pytest.param(_mongo_real, marks=pytest.mark.mongo)],
+                ids=["sqlite", "mongomock", "mongo"])
+def store(request, tmp_path):
+    s = request.param(tmp_path)
+    yield s
+    cleanup = getattr(s, "_cleanup", None)
+    if cleanup:
+        cleanup()
+    s.close()
+
+
+def test_satisfies_protocol(store):
+    assert isinstance(store, HistoryStore)
+
+
+def test_roundtrip_values_and_public_shape(store):
+    b = make_batch(n=10)
+    store.write(b)
+    df = store.read(256265, "1m")
+    assert list(df.columns) == ["open", "high", "low", "close", "volume"]
+    assert df.index.name == "date" and str(df.index.tz) == "Asia/Kolkata"
+    assert df.index[0] == pd.Timestamp("2025-01-01 09:15", tz="Asia/Kolkata")
+    pd.testing.assert_frame_equal(df, b.to_frame())
+
+
+def test_upsert_is_idempotent_and_last_write_wins(store):
+    store.write(make_batch(n=3, base=100.0))
+    store.write(make_batch(n=3, base=100.0))
+    second = make_batch(n=3, base=200.0)
+    store.write(second)
+    df = store.read(256265, "1m")
+    assert len(df) == 3
+    pd.testing.assert_frame_equal(df, second.to_frame())
+
+
+def test_range_read_is_start_inclusive_end_exclusive(store):
+    store.write(make_batch(n=10))
+    df = store.read(256265, "1m", start_ns=T0 + 2 * MIN, end_ns=T0 + 5 * MIN)
+    assert [int(x) for x in df.index.asi8] == [T0 + k * MIN for k in (2, 3, 4)]
+    assert len(store.read(256265, "1m", start_ns=T0 + 8 * MIN)) == 2
+    assert len(store.read(256265, "1m", end_ns=T0 + MIN)) == 1
+
+
+def test_keys_separate_token_and_timeframe(store):
+    store.write(make_batch(tokens=(1, 2), n=4))
+    store.write(make_batch(tf="5m", tokens=(1,), n=2, step=5 * MIN, base=300.0))
+    assert len(store.read(1, "1m")) == 4
+    assert len(store.read(2, "1m")) == 4
+    assert len(store.read(1, "5m")) == 2
+    assert store.last_start(1, "5m") == T0 + 5 * MIN
+    assert store.last_start(1, "1m") == T0 + 3 * MIN
+
+
+def test_empty_read_is_the_empty_public_frame(store):
+    df = store.read(999, "1m")
+    pd.testing.assert_frame_equal(df, empty_frame())
+    assert str(df.index.tz) == "Asia/Kolkata"
+    assert all(dt == np.float64 for dt in df.dtypes)
+    assert store.last_start(999, "1m") is None
+    store.write(CandleBatch.empty("1m"))  # no-op
+
+
+def test_oi_column_only_when_present(store):
+    store.write(make_batch(tokens=(1,), oi=True))
+    store.write(make_batch(tokens=(2,), oi=False))
+    with_oi = store.read(1, "1m")
+    assert "oi" in with_oi.columns and not with_oi["oi"].isna().any()
+    assert "oi" not in store.read(2, "1m").columns
+
+
+def test_nan_volume_round_trips(store):
+    b = make_batch(n=3)
+    b.volume[1] = np.nan
+    store.write(b)
+    df = store.read(256265, "1m")
+    assert np.isnan(df["volume"].iloc[1]) and df["volume"].iloc[0] == b.volume[0]
+
+
+def test_out_of_order_writes_read_sorted(store):
+    b = make_batch(n=20)
+    order = np.random.default_rng(1).permutation(20)
+    store.write(b.select(order[:10]))
+    store.write(b.select(order[10:]))
+    df = store.read(256265, "1m")
+    assert df.index.is_monotonic_increasing
+    pd.testing.assert_frame_equal(df, b.to_frame())
+
+
+def test_large_batch(store):
+    b = make_batch(tokens=(1, 2, 3, 4), n=6000)  # 24k rows, several bulk chunks
+    store.write(b)
+    df = store.read(3, "1m")
+    assert len(df) == 6000
+    pd.testing.assert_frame_equal(df, b.for_token(3).to_frame())
+
+
+def test_reads_from_another_thread_while_writing(store):
+    errors: list[BaseException] = []
+
+    def writer():
+        try:
+            for k in range(20):
+                store.write(make_batch(n=50, t0=T0 + k * 50 * MIN))
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    th = threading.Thread(target=writer)
+    th.start()
+    while th.is_alive():
+        store.read(256265, "1m")
+    th.join()
+    assert not errors
+    assert len(store.read(256265, "1m")) == 1000
+
+
+def test_sqlite_persists_across_reopen(tmp_path):
+    from kiteohlc_lab.stores.sqlite import SQLiteHistory
+
+    path = tmp_path / "history.sqlite3"
+    s = SQLiteHistory(path)
+    s.write(make_batch(n=4))
+    s.close()
+    s2 = SQLiteHistory(path)
+    assert len(s2.read(256265, "1m")) == 4
+    assert s2._conn().execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    s2.close()
