@@ -99,3 +99,13 @@ def live(symbol: str | int, tf: str) -> Any:
     from .notebook.live import LiveCandles
 
     return LiveCandles(symbol, tf)
+
+
+def reconcile(symbol: str | int, tf: str = "1m", start: Any = None, end: Any = None, *,
+              volume_tolerance: float = 0.02, **kw: Any) -> pd.DataFrame:
+    """Tick-built candles next to Kite's historical ones (``open_live``/``open_kite`` ...,
+    ``match``); see ``kiteohlc_lab.reconcile.reconcile``."""
+    from .reconcile import reconcile as _reconcile
+
+    kw.setdefault("manager", manager())
+    return _reconcile(symbol, tf, start, end, volume_tolerance=volume_tolerance, **kw)

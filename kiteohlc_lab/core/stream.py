@@ -13,7 +13,7 @@ import queue
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Callable, Protocol
 
 import numpy as np
 
@@ -23,6 +23,8 @@ from .ticks import TickBatch
 from .timeframes import NS, bucket_start, parse_timeframe
 
 log = logging.getLogger("kiteohlc_lab.stream")
+
+REPAIR_SETTLE_S = 12.0  # Kite's candle is final a little after it ends (Zerodha: wait > 10 s)
 
 
 class Listener(Protocol):
@@ -74,6 +76,8 @@ class Stream:
         live_store: Any = None,
         recorder: Any = None,
         symbols: dict[int, str] | None = None,
+        repair_fetch: Callable[[int, int, int], CandleBatch] | None = None,
+        repair_settle: float = REPAIR_SETTLE_S,
     ) -> None:
         self.name = name
         self.source = source
@@ -90,8 +94,20 @@ class Stream:
         self.stats = StreamStats()
         self.done = threading.Event()
         self._q: queue.SimpleQueue = queue.SimpleQueue()
+        # the live store (Redis) is written at most this often: coalesced, one round trip each
+        self.live_write_interval = 0.2
+        self._last_live_write = 0.0
+        self._pending_closed: list[CandleBatch] = []
+        self._pending_touched: set[int] = set()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"kiteohlc-{name}", daemon=True)
+        # gap repair of candles longer than a minute, or not closed yet when the minutes came:
+        # (token, tf, lo, hi) waits until [lo, hi) is over on Kite's side, then Kite's minutes for
+        # the whole buckets are fetched (repair thread) and come back as "repaired" items
+        self._repair_fetch = repair_fetch
+        self.repair_settle = float(repair_settle)
+        self._repairs: list[tuple[int, str, int, int]] = []
+        self._repair_q: queue.SimpleQueue | None = None
 
     # -- Sink (called from the source's thread: queue only)
     def on_batch(self, batch: TickBatch) -> None:
@@ -195,30 +211,50 @@ class Stream:
             elif kind == "history":
                 _, token, tf, candles = item
                 closed += self._rebucket(token, tf, candles)
+            elif kind == "repaired":
+                _, token, tf, lo, hi, candles = item
+                closed += self._rebucket(token, "1m", candles, only=(tf, lo, hi))
             elif kind == "stop":
                 keep_going = False
         if self.source.live and not finished:
             closed += eng.advance(time.time_ns())
+        if self._repairs:
+            self._due_repairs()
         closed = [c for c in closed if len(c)]
         for c in closed:
             touched.update(np.unique(c.token).tolist())
         if closed or touched:
             forming = [eng.forming(tf.label) for tf in eng.timeframes]
-            self._write_stores(closed, forming, touched)
+            self._write_history(closed)
+            self._pending_closed += closed
+            self._pending_touched |= touched
             if closed:
                 self.listener.on_closed(self, closed)
             self.listener.on_forming(self, forming)
+        if self._pending_touched or self._pending_closed:
+            now = time.monotonic()
+            if finished or not keep_going or now - self._last_live_write >= self.live_write_interval:
+                self._last_live_write = now
+                self._write_live()
         if finished:
             self.state = "done"
             self.done.set()
             return False
         return keep_going
 
-    def _rebucket(self, token: int, tf: str, minutes: CandleBatch) -> list[CandleBatch]:
-        """Historical minute candles (gap repair) re-aggregated to each timeframe >= 1 minute.
+    def _rebucket(self, token: int, tf: str, minutes: CandleBatch,
+                  only: tuple[str, int, int] | None = None) -> list[CandleBatch]:
+        """Gap repair: candles from Kite's historical minute candles, for each timeframe >= 1 minute.
 
-        Only candles before the instrument's forming candle are replaced; the forming one keeps
-        aggregating ticks.
+        Every candle from the one holding the last tick before an outage to the one holding the
+        first tick after is replaced by one built from Kite's minutes for its *whole* bucket, once
+        that bucket is over on Kite's side: the minutes the feed delivers (the outage's own) replace
+        closed candles of their timeframe at once; a longer candle, or one still forming, waits
+        (``_repairs``) until its end + ``repair_settle`` seconds and then gets its complete minutes
+        fetched. The engine's volume baseline is the cumulative volume of the last tick it saw, so
+        candles after the repaired ones are right as they are. Sub-minute timeframes are never
+        filled: the listener marks the gap. ``only=(tf, lo, hi)``: apply fetched minutes to that
+        timeframe's buckets in ``[lo, hi)``.
         """
         out: list[CandleBatch] = []
         if len(minutes) == 0:
@@ -226,14 +262,26 @@ class Stream:
         src = parse_timeframe(tf)
         eng = self.engine
         anchor = eng._anchor[eng.slot(token)] if eng.slot(token) is not None else None
+        order = np.argsort(minutes.start, kind="stable")
+        minutes = minutes.select(order)
         for t in eng.timeframes:
             if t.seconds < src.seconds or t.seconds % src.seconds:
+                continue
+            if only is not None and t.label != only[0]:
                 continue
             fb = eng.forming(t.label, token)
             limit = int(fb.start[0]) if len(fb) else None
             b = bucket_start(minutes.start, t, anchor if anchor is not None else 0)
-            order = np.argsort(minutes.start, kind="stable")
-            b, m = b[order], minutes.select(order)
+            m = minutes
+            if only is not None:
+                keep = (b >= only[1]) & (b < only[2])
+                b, m = b[keep], m.select(keep)
+                if not len(b):
+                    continue
+            elif t.seconds > src.seconds:
+                # the delivered minutes cover only part of these buckets: fetch them whole later
+                self._pend(token, t.label, int(b[0]), int(b[-1]) + t.ns)
+                continue
             st = np.flatnonzero(np.append(True, b[1:] != b[:-1]))
             ends = np.append(st[1:] - 1, len(b) - 1)
             cb = CandleBatch(
@@ -241,26 +289,85 @@ class Stream:
                 np.maximum.reduceat(m.high, st), np.minimum.reduceat(m.low, st), m.close[ends],
                 np.add.reduceat(m.volume, st), m.oi[ends], np.add.reduceat(m.ticks, st),
             )
-            if limit is not None:
+            if limit is not None and (cb.start >= limit).any():
+                # still forming here: replaced once it is over (the ticks miss the outage's part)
+                self._pend(token, t.label, limit, int(cb.start[-1]) + t.ns)
                 cb = cb.select(cb.start < limit)
             if len(cb):
                 out.append(cb)
         return out
 
-    def _write_stores(self, closed: list[CandleBatch], forming: list[CandleBatch], touched: set[int]) -> None:
+    def _pend(self, token: int, tf: str, lo: int, hi: int) -> None:
+        item = (int(token), tf, int(lo), int(hi))
+        if item not in self._repairs:
+            self._repairs.append(item)
+
+    def _due_repairs(self) -> None:
+        """Hand repairs whose buckets are over (on Kite's side, and closed here) to the fetcher."""
+        now = time.time_ns()
+        settle = int(self.repair_settle * NS)
+        for item in list(self._repairs):
+            token, tf, lo, hi = item
+            if now < hi + settle:
+                continue
+            fb = self.engine.forming(tf, token)
+            if len(fb) and int(fb.start[0]) < hi:
+                continue  # the engine has not closed it yet (grace): next round
+            self._repairs.remove(item)
+            fetch = self._repair_fetch or self._source_fetch()
+            if fetch is None:
+                self._record_error("gap repair of longer candles unavailable: no historical client")
+                continue
+            if self._repair_q is None:
+                self._repair_q = queue.SimpleQueue()
+                threading.Thread(target=self._repair_worker, args=(self._repair_q, fetch),
+                                 name=f"kiteohlc-repair-{self.name}", daemon=True).start()
+            self._repair_q.put(item)
+
+    def _source_fetch(self) -> Callable[[int, int, int], CandleBatch] | None:
+        client_of = getattr(self.source, "_history_client", None)  # KiteSource's historical client
+        if client_of is None:
+            return None
+        self._repair_fetch = lambda tok, a, b: client_of().fetch(tok, "1m", a, b)
+        return self._repair_fetch
+
+    def _repair_worker(self, q: queue.SimpleQueue, fetch: Callable) -> None:
+        # its own thread: Kite's 3 requests/s limit must not stall aggregation
+        while not self._stop.is_set():
+            try:
+                token, tf, lo, hi = q.get(timeout=0.5)
+            except queue.Empty:
+                continue
+            try:
+                minutes = fetch(token, lo, hi)
+            except Exception as exc:  # noqa: BLE001 - the gap stays marked
+                self.on_error(f"gap repair of {self.symbols.get(token, token)} {tf} failed: {exc}",
+                              False)
+                continue
+            self._q.put(("repaired", token, tf, lo, hi, minutes))
+
+    def _write_history(self, closed: list[CandleBatch]) -> None:
         if self.history is not None:
             for c in closed:
                 try:
                     self.history.write(c)
                 except Exception as exc:
                     self._record_error(f"history store write failed: {exc}")
-        if self.live_store is not None:
-            try:
-                toks = list(touched)
-                forming_t = [f.select(np.isin(f.token, toks)) for f in forming]
-                self.live_store.write(forming_t, closed, self.engine.export_state(toks))
-            except Exception as exc:
-                self._record_error(f"live store write failed: {exc}")
+
+    def _write_live(self) -> None:
+        """One pipelined write of everything since the last one (at most every live_write_interval)."""
+        closed, touched = self._pending_closed, self._pending_touched
+        self._pending_closed, self._pending_touched = [], set()
+        if self.live_store is None:
+            return
+        try:
+            toks = list(touched)
+            forming = [f.select(np.isin(f.token, toks)) for f in
+                       (self.engine.forming(tf.label) for tf in self.engine.timeframes)]
+            published = closed if self.source.live else [_newest_per_token(c) for c in closed]
+            self.live_store.write(forming, published, self.engine.export_state(toks))
+        except Exception as exc:
+            self._record_error(f"live store write failed: {exc}")
 
     def _record_error(self, message: str) -> None:
         if message not in self.errors:
@@ -307,3 +414,17 @@ class Stream:
             "error": self.error or src.get("error"),
             "feed": src,
         }
+
+
+def _newest_per_token(batch: CandleBatch) -> CandleBatch:
+    """The newest candle of each instrument in ``batch``.
+
+    A replay closes thousands of candles per second; followers of the live store need the latest
+    one (the history store has them all), so replays publish only that.
+    """
+    if len(batch) <= 1:
+        return batch
+    order = np.lexsort((batch.start, batch.token))
+    tok = batch.token[order]
+    last = np.append(tok[1:] != tok[:-1], True)
+    return batch.select(order[last])
