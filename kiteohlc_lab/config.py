@@ -224,32 +224,40 @@ def from_sources(
     env: Mapping[str, str] | None = None,
     dotenv: Mapping[str, str] | None = None,
     config_file: Mapping[str, Any] | None = None,
+    origins: dict[str, str] | None = None,
 ) -> KiteOHLC:
-    """Build a ``KiteOHLC`` for the command line: flag > env > .env > config file > default."""
+    """Build a ``KiteOHLC`` for the command line: flag > env > .env > config file > default.
+
+    ``origins``, when given, is filled with where each option came from: ``"flag"``,
+    ``"env KITEOHLC_X"``, ``".env KITE_API_KEY"``, ``"config file"`` or ``"default"``.
+    """
     env = os.environ if env is None else env
     dotenv = read_dotenv() if dotenv is None else dotenv
     cfg = KiteOHLC()
     names = KiteOHLC.option_names()
     for name in names:
         value: Any = None
+        origin = "default"
         if flags and flags.get(name) is not None:
-            value = flags[name]
+            value, origin = flags[name], "flag"
         else:
-            for source in (env, dotenv):
-                hit = next((source[n] for n in env_names(name) if source.get(n)), None)
+            for label, source in (("env", env), (".env", dotenv)):
+                hit = next((n for n in env_names(name) if source.get(n)), None)
                 if hit is not None:
-                    value = hit
+                    value, origin = source[hit], f"{label} {hit}"
                     break
             else:
                 if config_file and name in config_file:
-                    value = config_file[name]
+                    value, origin = config_file[name], "config file"
+        if origins is not None:
+            origins[name] = origin
         if value is None:
             # a dynamic default would read the real environment: pin it to the given sources
             trait = cfg.traits()[name]
             if name == "data_dir":
                 value = str(Path.home() / ".kiteohlc_lab")
             else:
-                value = trait.default_value
+                value = trait.default()  # (a Dict's default_value is Undefined)
         set_option(cfg, name, value)
     return cfg
 

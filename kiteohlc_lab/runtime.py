@@ -86,6 +86,10 @@ class Manager:
         self._tables: dict[str, Any] = {}
         self._tapes: dict[tuple[str, float], Any] = {}
         self._seq = 0
+        # one writer per instrument (kiteohlc_lab.lease): "strict" raises, "standby" (collector) waits
+        self.lease_policy = "strict"
+        self.lease_waiting: dict[str, int] = {}
+        self._lease_keeper: Any = None
         self.errors: list[tuple[str, str]] = []  # (stream, message), for the notebook to surface once
         self.messages: list[str] = []
 
@@ -192,6 +196,7 @@ class Manager:
             raise ConfigError(f"speed {speed} is not accepted; use 0 (as fast as possible) or a positive factor")
         if mode is not None and mode not in ("ltp", "quote", "full"):
             raise ConfigError(f"mode {mode!r} is not accepted; use ltp, quote or full")
+        auto = source is None
         if source is None:
             source = "replay" if tape else ("kite" if self.cfg.has_credentials() else "sim")
         if source == "replay" and not tape:
@@ -210,7 +215,17 @@ class Manager:
             return self._start_replay(syms, tfs, tape or "", speed, record)
         if source == "redis":
             return self._start_attached(syms, tfs)
-        return self._start_live(syms, tfs, source, mode, backfill, record)
+        attached = None
+        if auto:  # follow what another writer (a collector) already streams; the rest gets own feed
+            from .attach import attach_leased
+
+            syms, attached = attach_leased(self, syms, tfs)
+            if not syms:
+                return attached
+        info = self._start_live(syms, tfs, source, mode, backfill, record)
+        if attached is not None:
+            info.message = f"{attached.message}\n{info.message}"
+        return info
 
     def _engine(self, tfs: list) -> Engine:
         c = self.cfg
@@ -284,16 +299,21 @@ class Manager:
         from .feeds.kite import KiteSource
 
         c = self.cfg
-        if source == "sim":
+        if source == "sim" and not c.ticker_url:
             sim = self._simulator()
             api_key, token = sim.api_key, sim.access_token
             ticker_url, api_url = sim.ticker_url, sim.api_url
-        else:
-            api_key, token = c.api_key, c.access_token
+        else:  # Kite, or an external simulator (--source sim --ticker-url ws://...)
+            api_key, token = c.api_key or "sim", c.access_token or "sim-token"
             ticker_url, api_url = c.ticker_url or None, c.api_url or None
         kite = KiteConnect(api_key, access_token=token, root=api_url) if api_url else KiteConnect(api_key, access_token=token)
         table = self._table(kite, key=f"{source}:{api_url or 'kite'}")
         pairs = [(s.upper(), int(table.resolve(s).token)) for s in syms]
+        from .lease import claim
+
+        pairs = claim(self, pairs)  # one writer per instrument
+        if not pairs:  # standby: every instrument is written by another collector for now
+            return StreamInfo("", source, [], [t.label for t in tfs], "waiting for leases held by other writers")
         # extend a running live stream of the same source rather than opening another connection
         existing = next((s for s in self.streams.values() if s.alive and s.source.name == source), None)
         if existing is not None:
@@ -313,7 +333,7 @@ class Manager:
         src.name = source
         info = self._launch(source if source not in self.streams else self._name(source), src, pairs, tfs, record)
         self._backfill(self.streams[info.name], pairs, tfs, backfill, kite)
-        where = ("the built-in Kite simulator (no credentials configured)" if source == "sim"
+        where = ("the built-in Kite simulator (no credentials configured)" if source == "sim" and not c.ticker_url
                  else f"Kite ({ticker_url or 'wss://ws.kite.trade'})")
         info.message = (f"Streaming {', '.join(s for s, _ in pairs)} {' '.join(t.label for t in tfs)} "
                         f"from {where}; {self.stores()[2]}")
@@ -339,7 +359,9 @@ class Manager:
         threading.Thread(target=run, name="kiteohlc-backfill", daemon=True).start()
 
     def _start_attached(self, syms, tfs) -> StreamInfo:
-        raise ConfigError("--source redis (attach to a collector) is not available in this build")
+        from .attach import attach_leased
+
+        return attach_leased(self, syms, tfs, force=True)[1]
 
     def _prepare(self, stream: Stream | None, pairs, tfs, first_ts: int | None = None,
                  engine: Engine | None = None) -> None:
@@ -417,6 +439,9 @@ class Manager:
             for name, s in streams:
                 s.stop()
                 stopped.append(name)
+        from .lease import sync
+
+        sync(self)  # give back the leases of instruments no own stream writes any more
         return stopped
 
     def wait(self, timeout: float | None = None) -> bool:
@@ -547,6 +572,9 @@ class Manager:
         for s in list(self.streams.values()):
             s.stop()
         self.streams.clear()
+        from .lease import release_all
+
+        release_all(self)  # after the streams flushed: the next writer continues from their state
         if self._sim is not None:
             try:
                 self._sim.stop()
