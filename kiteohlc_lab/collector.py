@@ -243,9 +243,11 @@ class Collector:
         try:  # where the previous writer stopped, for gap repair of the outage
             known = published_tokens(live, self.symbols)
             for tok, st in live.load_states(list(known.values())).items():
-                ts = (st.get("vol") or {}).get("prev_ts")
-                if ts and ts > 0:
-                    resume[int(tok)] = int(ts)
+                stamps = [(st.get("vol") or {}).get("prev_ts")]  # indices have no volume baseline
+                stamps += [f.get("last_ts") for f in (st.get("forming") or {}).values()]
+                ts = max((int(x) for x in stamps if x is not None), default=0)
+                if ts > 0:
+                    resume[int(tok)] = ts
         except Exception as exc:  # noqa: BLE001
             log.debug("no previous state: %s", exc)
         info = m.start(self.symbols, self.timeframes, source=self.source, tape=self.tape,
