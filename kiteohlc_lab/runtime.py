@@ -8,6 +8,7 @@ keeps one ``SeriesBuffer`` per (instrument, timeframe) up to date from the strea
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
@@ -91,6 +92,7 @@ class Manager:
         self.lease_waiting: dict[str, int] = {}
         self._lease_keeper: Any = None
         self.errors: list[tuple[str, str]] = []  # (stream, message), for the notebook to surface once
+        self._health_cache: tuple[float, str] | None = None
         self.messages: list[str] = []
 
     # ------------------------------------------------------------------ configuration
@@ -150,6 +152,31 @@ class Manager:
         inst = t.resolve(symbol, extra)
         return int(inst.token)
 
+    def _symbols_file(self) -> Path:
+        return Path(self.cfg.data_dir) / "symbols.json"
+
+    def _remember_symbols(self, pairs: list[tuple[str, int]]) -> None:
+        """Keep symbol -> token across sessions, so candles('RELIANCE', ...) works after a restart."""
+        known = self._known_symbols()
+        new = {s.upper(): int(t) for s, t in pairs if known.get(s.upper()) != int(t)}
+        if not new:
+            return
+        known.update(new)
+        try:
+            path = self._symbols_file()
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(known, indent=0, sort_keys=True))
+            tmp.replace(path)
+        except OSError as exc:
+            log.debug("symbols not saved: %s", exc)
+
+    def _known_symbols(self) -> dict[str, int]:
+        try:
+            return {k: int(v) for k, v in json.loads(self._symbols_file().read_text()).items()}
+        except (OSError, ValueError):
+            return {}
+
     def token_of(self, symbol: str | int) -> int:
         """Token for a symbol the researcher reads (no network: streams, tapes, cache, aliases)."""
         if isinstance(symbol, (int, np.integer)):
@@ -157,6 +184,9 @@ class Manager:
         up = str(symbol).strip().upper()
         if up in self.symbol_tokens:
             return self.symbol_tokens[up]
+        known = self._known_symbols()
+        if up in known:
+            return known[up]
         extra: dict[str, int] = {}
         for tape in self._tapes.values():
             extra.update(tape.symbols)
@@ -367,6 +397,7 @@ class Manager:
                  engine: Engine | None = None) -> None:
         """Load history into the series and continue the live state from Redis."""
         live, hist, _ = self.stores()
+        self._remember_symbols(pairs)
         for sym, tok in pairs:
             self.names.setdefault(tok, sym)
             self.symbol_tokens[sym.upper()] = tok
@@ -467,6 +498,15 @@ class Manager:
     def _store_health(self) -> str:
         if self._stores is None:
             return "not opened"
+        cached = self._health_cache
+        if cached is not None and time.monotonic() - cached[0] < 1.0:
+            return cached[1]
+        text = self._probe_health()
+        self._health_cache = (time.monotonic(), text)
+        return text
+
+    def _probe_health(self) -> str:
+        assert self._stores is not None
         parts = []
         for s in self._stores[:2]:
             try:

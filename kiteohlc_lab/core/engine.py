@@ -146,15 +146,18 @@ class Engine:
         return t
 
     def _slots(self, tokens: np.ndarray) -> np.ndarray:
-        """Slot index of each token, registering new ones."""
-        uniq, inv = np.unique(tokens, return_inverse=True)
-        pos = np.searchsorted(self._tokens, uniq)
-        pos_c = np.minimum(pos, max(len(self._tokens) - 1, 0))
-        known = (len(self._tokens) > 0) & (self._tokens[pos_c] == uniq) if len(self._tokens) else np.zeros(len(uniq), bool)
-        if not known.all():
-            self._register(uniq[~known])
-            pos = np.searchsorted(self._tokens, uniq)
-        return self._slot_of_sorted[pos][inv]
+        """Slot index of each token, registering new ones (searchsorted: no sort of the batch)."""
+        if len(self._tokens):
+            pos = np.searchsorted(self._tokens, tokens)
+            np.minimum(pos, len(self._tokens) - 1, out=pos)
+            known = self._tokens[pos] == tokens
+            if known.all():
+                return self._slot_of_sorted[pos]
+            self._register(np.unique(tokens[~known]))
+        else:
+            self._register(np.unique(tokens))
+        pos = np.searchsorted(self._tokens, tokens)
+        return self._slot_of_sorted[pos]
 
     def _register(self, new: np.ndarray) -> None:
         start = self._n
@@ -212,7 +215,9 @@ class Engine:
         clock_arr = np.maximum.accumulate(batch.ts)
         if self.clock != NONE:
             np.maximum(clock_arr, self.clock, out=clock_arr)
-        order = np.argsort(slots_arr, kind="stable")
+        # stable sort by instrument; a 16-bit key lets numpy use its linear-time radix sort
+        key = slots_arr.astype(np.uint16) if self._n < 65_536 else slots_arr
+        order = np.argsort(key, kind="stable")
         slot = slots_arr[order]
         gstart = np.empty(len(slot), bool)
         gstart[0] = True

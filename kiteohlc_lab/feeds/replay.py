@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from ..core.ticks import TickBatch
-from ..core.timeframes import IST, NS
+from ..core.timeframes import IST, IST_OFFSET_NS, NS
 from ..errors import TapeError
 from .base import Sink
 
@@ -55,13 +55,19 @@ def read_tape(path: str | Path) -> Tape:
     if not p.is_file():
         raise TapeError(f"tape {str(path)!r} not found; give a CSV or Parquet file")
     suffix = p.suffix.lower()
+    if suffix in (".parquet", ".pq"):
+        fast = _read_parquet_fast(p)
+        if fast is not None:
+            return fast
     try:
         if suffix in (".parquet", ".pq"):
             df = pd.read_parquet(p)
             first_line = 1  # row numbers for Parquet are 1-based rows
             raw_lines = None
-        elif suffix in (".csv", ".txt", ".gz") or True:
-            df = pd.read_csv(p, dtype=str, keep_default_na=False, skipinitialspace=True)
+        else:
+            df = _read_csv_fast(p)
+            if df is None:  # something is malformed: read as text to find and name the row
+                df = pd.read_csv(p, dtype=str, keep_default_na=False, skipinitialspace=True)
             first_line = 2  # header is line 1
             raw_lines = p
     except Exception as exc:  # unreadable file: one line, no traceback
@@ -92,8 +98,12 @@ def read_tape(path: str | Path) -> Tape:
     for c in ("volume_traded", "oi"):
         if c in df.columns:
             raw = df[c]
-            empty = raw.isna() | (raw.astype("string").str.strip() == "")
-            val = pd.to_numeric(raw.where(~empty), errors="coerce")
+            if pd.api.types.is_numeric_dtype(raw):
+                empty = raw.isna()
+                val = raw.astype("float64")
+            else:
+                empty = raw.isna() | (raw.astype("string").str.strip() == "")
+                val = pd.to_numeric(raw.where(~empty), errors="coerce")
             colbad = (val.isna() & ~empty).to_numpy() | (val.to_numpy(dtype=float, na_value=0) < 0)
             reasons[c] = colbad
             bad |= colbad
@@ -123,10 +133,81 @@ def read_tape(path: str | Path) -> Tape:
     )
     symbols: dict[str, int] = {}
     if "tradingsymbol" in df.columns and n:
-        pairs = pd.DataFrame({"s": df["tradingsymbol"].iloc[:n].astype(str).str.strip().str.upper(),
-                              "t": ticks.token}).drop_duplicates("s")
-        symbols = {s: int(t) for s, t in zip(pairs["s"], pairs["t"]) if s and s != "NAN"}
+        pairs = pd.DataFrame({"s": df["tradingsymbol"].iloc[:n].to_numpy(), "t": ticks.token}).drop_duplicates()
+        for sym, tok in zip(pairs["s"], pairs["t"]):
+            if isinstance(sym, str) and sym.strip() and sym.strip().upper() != "NAN":
+                symbols.setdefault(sym.strip().upper(), int(tok))
     return Tape(str(p), ticks, symbols, error)
+
+
+def _read_parquet_fast(path: Path) -> Tape | None:
+    """Well-typed Parquet tapes straight from Arrow to numpy; None to take the checking path."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        table = pq.read_table(path)
+    except Exception:
+        return None
+    names = {n.strip().lower(): n for n in table.column_names}
+    if any(c not in names for c in REQUIRED):
+        return None
+    col = {k: table.column(v) for k, v in names.items()}
+    ts_type = col["timestamp"].type
+    if not pa.types.is_timestamp(ts_type):
+        return None
+    numeric = [c for c in ("instrument_token", "last_price", "volume_traded", "oi") if c in col]
+    if not all(pa.types.is_integer(col[c].type) or pa.types.is_floating(col[c].type) for c in numeric):
+        return None
+    if any(col[c].null_count for c in REQUIRED):
+        return None
+    ts = col["timestamp"].cast(pa.timestamp("ns", tz=ts_type.tz)).cast(pa.int64()).to_numpy()
+    if ts_type.tz is None:
+        ts = ts - IST_OFFSET_NS  # naive means IST wall-clock
+    token = col["instrument_token"].to_numpy().astype(np.int64)
+    price = col["last_price"].to_numpy().astype(np.float64)
+    if not (np.all(token > 0) and np.all(np.isfinite(price)) and np.all(price > 0)):
+        return None
+
+    def opt(name: str) -> np.ndarray | None:
+        if name not in col:
+            return None
+        arr = col[name].cast(pa.float64()).to_numpy(zero_copy_only=False)
+        return np.where(np.isnan(arr), np.nan, arr)
+
+    vol, oi = opt("volume_traded"), opt("oi")
+    if (vol is not None and np.any(vol < 0)) or (oi is not None and np.any(oi < 0)):
+        return None
+    symbols: dict[str, int] = {}
+    if "tradingsymbol" in col:
+        enc = col["tradingsymbol"].combine_chunks().dictionary_encode()
+        codes = enc.indices.to_numpy(zero_copy_only=False)
+        codes = np.where(np.isnan(codes.astype(float)), -1, codes).astype(np.int64)
+        uniq, first = np.unique(codes, return_index=True)
+        names = enc.dictionary.to_pylist()
+        for code, at in zip(uniq.tolist(), first.tolist()):
+            if code < 0:
+                continue
+            tok, sym = int(token[at]), names[code]
+            if isinstance(sym, str) and sym.strip() and sym.strip().upper() != "NAN":
+                symbols.setdefault(sym.strip().upper(), int(tok))
+    return Tape(str(path), TickBatch(token, ts, price, vol, oi), symbols, None)
+
+
+def _read_csv_fast(path: Path) -> pd.DataFrame | None:
+    """Typed read with pyarrow; None when a column does not parse as its type (a malformed row)."""
+    try:
+        df = pd.read_csv(path, engine="pyarrow", dtype_backend="numpy_nullable")
+    except Exception:
+        return None
+    cols = {c.strip().lower(): c for c in df.columns}
+    ts = df[cols["timestamp"]] if "timestamp" in cols else None
+    if ts is None or not pd.api.types.is_datetime64_any_dtype(ts):
+        return None
+    for name in ("instrument_token", "last_price", "volume_traded", "oi"):
+        if name in cols and not pd.api.types.is_numeric_dtype(df[cols[name]]):
+            return None
+    return df
 
 
 def _line(path: Path, lineno: int) -> str:
