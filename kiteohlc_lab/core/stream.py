@@ -197,7 +197,9 @@ class Stream:
                 closed += eng.process(batch)
                 touched.update(np.unique(batch.token).tolist())
             elif kind == "done":
-                closed += eng.flush()
+                # the tape ended, not the candles: by event time the last candles are still forming
+                # (no tick proved their end). They stay forming in the live store, so a replay of
+                # the rest of the day, in this kernel or the next, continues them exactly.
                 finished = True
             elif kind == "error":
                 _, message, fatal = item
