@@ -1,4 +1,5 @@
-"""IPython magics: ``%ohlc_stream``, ``%ohlc_stop``, ``%ohlc_status``, ``%ohlc_plot``, ``%ohlc_history``.
+"""IPython magics: ``%ohlc_stream``, ``%ohlc_stop``, ``%ohlc_status``, ``%ohlc_plot``, ``%ohlc_history``
+(``%ohlc_reconcile`` lives in ``reconcile_magic``).
 
 Each magic parses its arguments and calls the core's ``Manager``; nothing here knows about ticks or
 candles. Bad arguments and every ``KiteOHLCError`` become a one-line ``UsageError`` (no traceback).
@@ -353,6 +354,9 @@ def load_ipython_extension(ip: Any) -> None:
         cfg = next(c for c in ip.configurables if isinstance(c, KiteOHLC))
     magics = KiteOHLCMagics(ip, cfg)
     ip.register_magics(magics)
+    from .reconcile_magic import ReconcileMagics
+
+    ip.register_magics(ReconcileMagics(ip, magics))
     ip.events.register("post_run_cell", magics.check_errors)
     _register_figure_png(ip)
     if not _STATE.get("atexit"):
@@ -371,7 +375,8 @@ def unload_ipython_extension(ip: Any) -> None:
             ip.events.unregister("post_run_cell", magics.check_errors)
         except ValueError:
             pass
-        for name in ("ohlc_stream", "ohlc_stop", "ohlc_status", "ohlc_plot", "ohlc_history"):
+        for name in ("ohlc_stream", "ohlc_stop", "ohlc_status", "ohlc_plot", "ohlc_history",
+                     "ohlc_reconcile"):
             ip.magics_manager.magics["line"].pop(name, None)
     if cfg is not None and cfg in ip.configurables:
         ip.configurables.remove(cfg)
