@@ -122,6 +122,7 @@ class Engine:
         self._v = self._alloc_v(0)
         self.series: dict[str, _Series] = {}
         self.stats = {"ticks": 0, "batches": 0, "late": 0, "amended": 0, "closed": 0}
+        self._fill_prev: dict[str, dict[int, tuple[int, float]]] = {}  # tf -> token -> (start, close)
         for tf in timeframes:
             self.add_timeframe(tf)
 
@@ -468,7 +469,7 @@ class Engine:
         size = s.tf.ns
         if s.tf.is_day:
             return closed
-        prev_bucket = self._fill_prev.setdefault(s.tf.label, {})
+        prev_bucket = self._fill_prev.setdefault(s.tf.label, {})  # last emitted candle per token
         rows: list[Candle] = []
         for c in closed:
             pb = prev_bucket.get(c.token)
@@ -480,13 +481,6 @@ class Engine:
             rows.append(c)
             prev_bucket[c.token] = (c.start, c.close)
         return CandleBatch.from_candles(s.tf.label, rows)
-
-    @property
-    def _fill_prev(self) -> dict:
-        d = self.__dict__.get("_fill_prev_d")
-        if d is None:
-            d = self.__dict__["_fill_prev_d"] = {}
-        return d
 
     def _late(self, s, idx, slot, b, ts, price, inc, oi, out) -> None:
         if self.late_policy != "amend":
