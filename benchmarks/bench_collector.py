@@ -1,0 +1,189 @@
+"""Collector benchmark: close-to-reader latency and the collector's CPU share.
+
+    python benchmarks/bench_collector.py --instruments 9000 --seconds 40
+
+- a Kite-protocol simulator in its own process streams N instruments (full mode, one tick per second
+  each; Kite's limits put 9000 on 3 connections);
+- a collector subprocess (``kiteohlc-lab collect <tokens> 10s 1m --source sim``) aggregates them into
+  the Redis at ``--redis-url`` (unique prefix, keys deleted at the end);
+- 10 reader processes, each an own Manager attached with ``source="redis"`` to a slice of the
+  instruments, poll ``candles(..., closed_only=True)`` every ``--poll`` seconds. Latency = when the
+  reader's ``candles()`` first shows a closed 10s candle minus when the collector appended it to the
+  candle's Redis Stream (the entry id's millisecond clock, set by the Redis server on this host).
+- CPU: ``psutil`` over the measurement window, of the collector process (100% = one core).
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing as mp
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def _run_sim(n: int, q, stop) -> None:
+    from kiteohlc_lab.feeds.simulator import KiteSimulator, SimInstrument
+
+    instruments = [SimInstrument(((100_000 + i) << 8) | 1, f"SYM{i}", f"SYM{i}", "NSE", "NSE", "EQ",
+                                 100.0 + i % 500) for i in range(n)]
+    sim = KiteSimulator(instruments=instruments, tick_interval=1.0, api_key="bench",
+                        access_token="bench-token-secret").start()
+    q.put((sim.ticker_url, sim.api_url, [i.instrument_token for i in instruments]))
+    while not stop.wait(0.5):
+        q.put(("stats", len(sim._clients), sim.max_seen_connections))
+    sim.stop()
+
+
+def _reader(mine: list[int], url: str, prefix: str, data_dir: str, poll: float, go, end, out) -> None:
+    """One reader process: an own Manager attached through Redis, polling candles()."""
+    import redis
+
+    from kiteohlc_lab.config import KiteOHLC
+    from kiteohlc_lab.runtime import Manager
+
+    m = Manager(KiteOHLC(redis_url=url, redis_prefix=prefix, data_dir=data_dir))
+    m.start(",".join(map(str, mine)), ["10s"], source="redis")
+    bufs = {t: m.series(t, "10s") for t in mine}
+    last: dict[int, int | None] = {t: None for t in mine}
+    versions = {t: -1 for t in mine}
+    rc = redis.Redis.from_url(url)
+    lat: list[float] = []
+    out.put("ready")
+    go.wait()
+    while not end.is_set():
+        for t in mine:
+            v = bufs[t].version  # what a live view checks before re-reading
+            if v == versions[t]:
+                continue
+            versions[t] = v
+            df = m.candles(t, "10s", closed_only=True)
+            if not len(df):
+                continue
+            s = int(df.index[-1].value)
+            if last[t] is None:
+                last[t] = s
+            elif s != last[t]:
+                seen = time.time()
+                last[t] = s
+                e = rc.xrevrange(f"{prefix}{{{t}}}:closed:10s", count=1)
+                if e:
+                    lat.append(seen * 1000 - int(e[0][0].decode().split("-")[0]))
+        end.wait(poll)
+    out.put(lat)
+    rc.close()
+    m.shutdown()
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--instruments", type=int, default=3000)
+    ap.add_argument("--seconds", type=float, default=40.0, help="measurement window")
+    ap.add_argument("--warmup", type=float, default=12.0)
+    ap.add_argument("--readers", type=int, default=10)
+    ap.add_argument("--per-reader", type=int, default=20, help="instruments each reader follows")
+    ap.add_argument("--poll", type=float, default=0.01)
+    ap.add_argument("--redis-url", default="redis://127.0.0.1:6379/0")
+    args = ap.parse_args(argv)
+
+    import psutil
+    import redis
+
+    ctx = mp.get_context("spawn")
+    q, stop = ctx.Queue(), ctx.Event()
+    simp = ctx.Process(target=_run_sim, args=(args.instruments, q, stop), daemon=True)
+    simp.start()
+    ticker_url, api_url, tokens = q.get(timeout=60)
+    prefix = f"bench-{uuid.uuid4().hex[:8]}:"
+    tmp = Path(tempfile.mkdtemp(prefix="kohlc-bench-"))
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("KITEOHLC_", "KITE_"))}
+    env["PYTHONPATH"] = str(ROOT)
+    cmd = [sys.executable, "-m", "kiteohlc_lab.cli", "collect", ",".join(map(str, tokens)), "10s", "1m",
+           "--source", "sim", "--ticker-url", ticker_url, "--api-url", api_url, "--api-key", "bench",
+           "--access-token", "bench-token-secret", "--grace", "1", "--redis-url", args.redis_url,
+           "--redis-prefix", prefix, "--data-dir", str(tmp / "collector"), "--quiet"]
+    t_start = time.monotonic()
+    coll = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    r = redis.Redis.from_url(args.redis_url)
+    readers: list = []
+    try:
+        deadline = time.monotonic() + 120
+        while not r.exists(f"{prefix}{{{tokens[-1]}}}:state"):
+            if coll.poll() is not None or time.monotonic() > deadline:
+                raise SystemExit(f"collector did not start (rc {coll.poll()}); see {tmp}/collector/logs")
+            time.sleep(0.2)
+        print(f"collector streaming {args.instruments} instruments after {time.monotonic() - t_start:.1f} s")
+
+        go, end, out = ctx.Event(), ctx.Event(), ctx.Queue()
+        rng = np.random.default_rng(1)
+        picks = rng.choice(tokens, size=min(len(tokens), args.readers * args.per_reader), replace=False)
+        readers = [ctx.Process(target=_reader, daemon=True, args=(
+            [int(t) for t in picks[i * args.per_reader:(i + 1) * args.per_reader]], args.redis_url,
+            prefix, str(tmp / f"r{i}"), args.poll, go, end, out)) for i in range(args.readers)]
+        for p in readers:
+            p.start()
+        for _ in readers:
+            out.get(timeout=120)  # "ready"
+        time.sleep(args.warmup)
+        proc = psutil.Process(coll.pid)
+        proc.cpu_percent(None)
+        psutil.cpu_percent(None)
+        go.set()
+        t0 = time.monotonic()
+        time.sleep(args.seconds)
+        cpu = proc.cpu_percent(None)
+        machine = psutil.cpu_percent(None)
+        window = time.monotonic() - t0
+        end.set()
+        lat: list[float] = []
+        for _ in readers:
+            lat += out.get(timeout=30)
+        for p in readers:
+            p.join(10)
+        conns = None
+        while not q.empty():
+            item = q.get_nowait()
+            if item[0] == "stats":
+                conns = item[1:]
+        import json as _json
+
+        entry = next((_json.loads(v) for v in r.mget(list(r.scan_iter(match=f"{prefix}collector:*")))
+                      if v), {})
+        a = np.array(lat) if lat else np.array([np.nan])
+        print(f"instruments {args.instruments}, simulator connections now/max {conns}, window {window:.0f} s")
+        print(f"collector: ticks/s {entry.get('ticks_per_s')}, health {entry.get('health')!r}")
+        print(f"collector CPU {cpu:.1f}% of one core ({cpu / psutil.cpu_count():.1f}% of the machine's "
+              f"{psutil.cpu_count()} cores); whole machine busy {machine:.1f}%")
+        print(f"close -> reader candles() latency over {len(lat)} candles, {args.readers} readers: "
+              f"p50 {np.nanpercentile(a, 50):.1f} ms, p99 {np.nanpercentile(a, 99):.1f} ms, "
+              f"max {np.nanmax(a):.1f} ms")
+        return 0
+    finally:
+        for p in readers:
+            if p.is_alive():
+                p.terminate()
+        coll.terminate()
+        try:
+            rc = coll.wait(10)
+            print(f"collector exit code on SIGTERM: {rc}")
+        except subprocess.TimeoutExpired:
+            coll.kill()
+        stop.set()
+        simp.join(10)
+        keys = list(r.scan_iter(match=prefix + "*", count=5000))
+        for i in range(0, len(keys), 5000):
+            r.delete(*keys[i:i + 5000])
+        r.close()
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
