@@ -250,9 +250,19 @@ class AttachedStream:
         if not self._ids:
             self._stop.wait(self.block_ms / 1000)
             return False
-        resp = self.client.xread(dict(self._ids), count=1000, block=self.block_ms)
-        if not resp:
-            return False
+        if type(self.client).__name__ == "RedisCluster":
+            # keys of different instruments live in different slots: no multi-key blocking XREAD
+            pipe = self.client.pipeline(transaction=False)
+            for key, last in self._ids.items():
+                pipe.xread({key: last}, count=1000)
+            resp = [item for r in pipe.execute() if r for item in r]
+            if not resp:
+                self._stop.wait(min(self.block_ms / 1000, 0.05))
+                return False
+        else:
+            resp = self.client.xread(dict(self._ids), count=1000, block=self.block_ms)
+            if not resp:
+                return False
         by_tf: dict[str, list[tuple]] = {}
         for key, entries in resp:
             key = _s(key)

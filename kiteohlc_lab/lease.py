@@ -119,8 +119,6 @@ class LeaseKeeper:
         self._lock = threading.RLock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._renew = client.register_script(_RENEW)
-        self._release = client.register_script(_RELEASE)
 
     def key(self, token: int) -> str:
         return f"{self.prefix}{{{int(token)}}}:lease"
@@ -155,11 +153,11 @@ class LeaseKeeper:
                     continue
                 o = _s(o)
                 if o == self.owner:
-                    self._renew(keys=[self.key(t)], args=[self.owner, px])
+                    self.client.eval(_RENEW, 1, self.key(t), self.owner, px)
                     acquired.append(t)
                 elif attempt == 0 and not owner_alive(o):
                     log.info("breaking the lease of %s held by dead %s", t, o)
-                    self._release(keys=[self.key(t)], args=[o])
+                    self.client.eval(_RELEASE, 1, self.key(t), o)
                     broken.append(t)
                 else:
                     held[t] = o
@@ -197,10 +195,7 @@ class LeaseKeeper:
         if not toks:
             return []
         px = int(self.ttl * 1000)
-        pipe = self.client.pipeline(transaction=False)
-        for t in toks:
-            self._renew(keys=[self.key(t)], args=[self.owner, px], client=pipe)
-        results = pipe.execute()
+        results = self._eval_each(_RENEW, [(self.key(t), self.owner, px) for t in toks])
         lost = [t for t, ok in zip(toks, results) if not ok]
         if lost:
             # expired (we were stalled longer than ttl): take it back if still free
@@ -222,10 +217,17 @@ class LeaseKeeper:
             self.tokens.difference_update(toks)
         if not toks:
             return
+        self._eval_each(_RELEASE, [(self.key(t), self.owner) for t in toks])
+
+    def _eval_each(self, script: str, rows: list[tuple]) -> list:
+        """One single-key script call per row (key, *args): pipelined, or one by one on a Redis
+        Cluster client (whose pipeline has no EVAL)."""
+        if type(self.client).__name__ == "RedisCluster":
+            return [self.client.eval(script, 1, *row) for row in rows]
         pipe = self.client.pipeline(transaction=False)
-        for t in toks:
-            self._release(keys=[self.key(t)], args=[self.owner], client=pipe)
-        pipe.execute()
+        for row in rows:
+            pipe.eval(script, 1, *row)
+        return pipe.execute()
 
     # -- background renewal -------------------------------------------------------------------
     def start(self) -> None:

@@ -7,6 +7,7 @@ owner, so these run in seconds; tests/test_collector.py does the same with real 
 from __future__ import annotations
 
 import math
+import shutil
 import time
 import uuid
 
@@ -18,6 +19,7 @@ from kiteohlc_lab.core.candles import CandleBatch
 from kiteohlc_lab.lease import LeaseHeld, LeaseKeeper, owner_alive
 
 from conftest import redis_available
+from test_redis_cluster import cluster  # noqa: F401 - module-scoped fixture: a 3-master cluster
 
 pytestmark = pytest.mark.skipif(not redis_available(), reason="needs Redis at 127.0.0.1:6379")
 
@@ -264,3 +266,39 @@ def test_forming_written_before_a_close_is_not_shown_after_it(prefix, tmp_path):
     finally:
         s.stop()
         live.close()
+
+
+@pytest.mark.integration
+@pytest.mark.skipif(not shutil.which("redis-server") or not shutil.which("redis-cli"),
+                    reason="redis-server / redis-cli not installed")
+def test_leases_and_attach_on_redis_cluster(cluster, tmp_path):
+    """The same on a 3-master Redis Cluster: single-key scripts, no cross-slot XREAD."""
+    url = cluster
+    from kiteohlc_lab.attach import publish_symbols
+    from kiteohlc_lab.runtime import Manager
+    from kiteohlc_lab.stores.factory import open_stores
+
+    live, _hist, _ = open_stores(url, "", str(tmp_path / "w"), prefix="cl:", resilient=False)
+    a, b = LeaseKeeper(live.client, "cl:", ttl=2), LeaseKeeper(live.client, "cl:", ttl=2)
+    try:
+        assert a.acquire([1, 2, NIFTY]) == ([1, 2, NIFTY], {})
+        assert b.acquire([2, 4]) == ([4], {2: a.owner})
+        assert a.renew() == []
+        b.release([2])
+        assert a.holders([2]) == {2: a.owner}
+    finally:
+        a.stop()
+        b.stop()
+    live.client.set(f"cl:{{{NIFTY}}}:lease", OTHER, px=60_000)
+    live.client.set(f"cl:{{{738561}}}:lease", OTHER, px=60_000)
+    publish_symbols(live, [("NIFTY", NIFTY), ("RELIANCE", 738561)])
+    live.write([], [batch("1m", [M0], [100.0]), batch("1m", [M0], [200.0], token=738561)], {})
+    m = Manager(KiteOHLC(redis_url=url, redis_prefix="cl:", data_dir=str(tmp_path / "r")))
+    try:
+        assert m.start("NIFTY,RELIANCE", "1m").source == "redis"
+        wait_for(lambda: closes(m) == [100.0], 3, "the stored candle")
+        live.write([], [batch("1m", [M0 + MIN], [101.0]), batch("1m", [M0 + MIN], [201.0], token=738561)], {})
+        wait_for(lambda: closes(m) == [100.0, 101.0], 3, "a new candle")
+        wait_for(lambda: m.candles("RELIANCE", "1m")["close"].tolist() == [200.0, 201.0], 3, "RELIANCE")
+    finally:
+        m.shutdown()
