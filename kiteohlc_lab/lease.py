@@ -17,6 +17,7 @@ stream stops (``sync``/``release_all``); readers look at ``holders`` to decide w
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import socket
@@ -42,6 +43,8 @@ if redis.call('get', KEYS[1]) == ARGV[1] then
 end
 return 0
 """
+
+_SHA = {s: hashlib.sha1(s.encode()).hexdigest() for s in (_RENEW, _RELEASE)}
 
 
 class LeaseHeld(KiteOHLCError):
@@ -220,14 +223,24 @@ class LeaseKeeper:
         self._eval_each(_RELEASE, [(self.key(t), self.owner) for t in toks])
 
     def _eval_each(self, script: str, rows: list[tuple]) -> list:
-        """One single-key script call per row (key, *args): pipelined, or one by one on a Redis
-        Cluster client (whose pipeline has no EVAL)."""
+        """One single-key script call per row (key, *args): EVALSHA pipelined, or one by one on a
+        Redis Cluster client (whose pipeline has no EVAL)."""
         if type(self.client).__name__ == "RedisCluster":
             return [self.client.eval(script, 1, *row) for row in rows]
-        pipe = self.client.pipeline(transaction=False)
-        for row in rows:
-            pipe.eval(script, 1, *row)
-        return pipe.execute()
+        from redis.exceptions import NoScriptError
+
+        sha = _SHA[script]
+        for attempt in range(2):
+            pipe = self.client.pipeline(transaction=False)
+            for row in rows:
+                pipe.evalsha(sha, 1, *row)
+            try:
+                return pipe.execute()
+            except NoScriptError:  # first use, or the server restarted: load, then once more
+                if attempt:
+                    raise
+                self.client.script_load(script)
+        return []
 
     # -- background renewal -------------------------------------------------------------------
     def start(self) -> None:
