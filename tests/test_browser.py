@@ -1,0 +1,207 @@
+"""The live view in a real browser: JupyterLab + headless Chromium (Debian's), driven by Playwright.
+
+A JupyterLab server runs on a free loopback port with a token, from a temporary HOME with no Kite
+credentials (so ticks come from the built-in simulator). Chromium opens a small notebook, runs its
+cells (``%load_ext``, ``%ohlc_stream NIFTY 10s``, ``live.view()``) and the test takes two
+screenshots a few seconds apart: the chart image in the widget must have changed between them. The
+screenshots go to the test's temp dir; ``UPDATE_SCREENSHOTS=1 python3 -m pytest tests/test_browser.py``
+also copies them to ``docs/live_view.png`` and ``docs/live_view_later.png`` (shown in the README).
+
+Chromium comes from the system (``apt-get install chromium``, which ``.ci/run`` does); Playwright is
+only the driver, no browser is ever downloaded. The test skips when no Chromium can be found.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+DOCS = ROOT / "docs"
+TOKEN = "kiteohlc-browser-test"
+CELLS = [
+    "%load_ext kiteohlc_lab\n%config KiteOHLC.refresh_interval = 0.5",
+    "live = %ohlc_stream NIFTY 10s",
+    "live.view()",
+]
+MIN_CANDLES = 5  # on the chart before the first screenshot
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+def find_chromium() -> str | None:
+    for name in ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable"):
+        path = shutil.which(name)
+        if path:
+            return path
+    return "/usr/bin/chromium" if os.path.exists("/usr/bin/chromium") else None
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def write_notebook(path: Path) -> None:
+    import nbformat
+
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell(src) for src in CELLS]
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(nb, path)
+
+
+def lab_settings(settings: Path) -> None:
+    """No news/update toasts over the notebook."""
+    d = settings / "@jupyterlab" / "apputils-extension"
+    d.mkdir(parents=True)
+    (d / "notification.jupyterlab-settings").write_text(
+        json.dumps({"fetchNews": "false", "checkForUpdates": False}))
+
+
+def wait_until(pred, timeout: float, what: str, step: float = 0.25) -> None:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if pred():
+            return
+        time.sleep(step)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+@pytest.fixture
+def lab(tmp_path):
+    """A JupyterLab server in a fresh HOME; yields (base url, home); stopped with its kernels."""
+    home = tmp_path / "home"
+    home.mkdir()
+    write_notebook(home / "live.ipynb")
+    lab_settings(home / "lab-settings")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("KITE_", "KITEOHLC_", "JUPYTER"))}
+    env.update(HOME=str(home), JUPYTERLAB_SETTINGS_DIR=str(home / "lab-settings"),
+               JUPYTERLAB_WORKSPACES_DIR=str(home / "lab-workspaces"),
+               PYTHONPATH=os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep),
+               MPLBACKEND="module://matplotlib_inline.backend_inline")
+    port = free_port()
+    log = open(tmp_path / "lab.log", "wb")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "jupyterlab", "--no-browser", f"--port={port}", "--ip=127.0.0.1",
+         "--port-retries=0", f"--IdentityProvider.token={TOKEN}", f"--ServerApp.root_dir={home}",
+         "--LabApp.expose_app_in_browser=True", "--ServerApp.terminals_enabled=False",
+         *(["--allow-root"] if hasattr(os, "geteuid") and os.geteuid() == 0 else [])],
+        cwd=home, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    base = f"http://127.0.0.1:{port}"
+
+    def up() -> bool:
+        if proc.poll() is not None:
+            raise AssertionError(f"jupyter lab exited: {(tmp_path / 'lab.log').read_text()[-2000:]}")
+        try:
+            with urllib.request.urlopen(f"{base}/api/status?token={TOKEN}", timeout=2) as r:
+                return r.status == 200
+        except OSError:
+            return False
+
+    try:
+        wait_until(up, 60, "jupyter lab to answer")
+        yield base, home
+    finally:
+        proc.send_signal(signal.SIGTERM)  # the server shuts its kernels down (streams stop, flush)
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(5)
+        log.close()
+
+
+def changed_share(png_a: bytes, png_b: bytes) -> float:
+    """Share of pixels that differ visibly between two screenshots of the same element."""
+    import numpy as np
+    from PIL import Image
+
+    a, b = (np.asarray(Image.open(io.BytesIO(p)).convert("RGB"), dtype=np.int16)
+            for p in (png_a, png_b))
+    assert a.shape == b.shape and a.shape[1] > 300, (a.shape, b.shape)
+    return float((np.abs(a - b).sum(axis=2) > 30).mean())
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+def test_live_view_refreshes_in_a_real_browser(lab, tmp_path):
+    chromium = find_chromium()
+    if chromium is None:
+        pytest.skip("no Chromium found (apt-get install chromium); .ci/run installs it")
+    from playwright.sync_api import sync_playwright
+
+    base, home = lab
+    t0 = time.monotonic()
+    with sync_playwright() as pw:
+        ctx = pw.chromium.launch_persistent_context(
+            str(tmp_path / "chromium-profile"), executable_path=chromium, headless=True,
+            args=CHROMIUM_FLAGS, viewport={"width": 1280, "height": 900}, device_scale_factor=1)
+        try:
+            page = ctx.pages[0] if ctx.pages else ctx.new_page()
+            page.set_default_timeout(60_000)
+            page.goto(f"{base}/lab/tree/live.ipynb?token={TOKEN}")
+            page.wait_for_function("() => window.jupyterapp && window.jupyterapp.shell"
+                                   " && document.querySelector('.jp-Notebook .jp-Cell')")
+            # the kernel is up when the toolbar's status says idle
+            page.wait_for_selector(".jp-Notebook .jp-Cell", state="visible")
+            page.wait_for_function(
+                "() => { const p = window.jupyterapp.shell.currentWidget;"
+                " return p && p.sessionContext && p.sessionContext.session"
+                " && p.sessionContext.session.kernel"
+                " && p.sessionContext.session.kernel.status === 'idle'; }", timeout=90_000)
+            page.evaluate("() => window.jupyterapp.commands.execute('notebook:run-all-cells')")
+            page.evaluate("() => window.jupyterapp.commands.execute('application:toggle-left-area')"
+                          " .catch(() => null)")
+            chart = page.locator(".jp-OutputArea-output .widget-image, .jp-OutputArea-output img").first
+            chart.wait_for(state="visible", timeout=90_000)
+            page.wait_for_function(
+                "() => { const i = document.querySelector('.jp-OutputArea-output img');"
+                " return i && i.complete && i.naturalWidth > 100; }")
+            errors = page.locator(".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.stderr']"
+                                  " , .jp-RenderedText[data-mime-type='application/vnd.jupyter.error']")
+            assert errors.count() == 0, errors.first.inner_text()
+            # a few candles first (a sensible picture); the forming 10 s candle keeps moving after
+            page.wait_for_function(
+                "() => { const h = document.querySelector('.jp-OutputArea-output .widget-html');"
+                " const m = h && h.innerText.match(/(\\d+) candles/);"
+                f" return m && +m[1] >= {MIN_CANDLES}; }}", timeout=90_000)
+            header = page.locator(".jp-OutputArea-output .widget-html").first
+            chart.scroll_into_view_if_needed()
+            first = chart.screenshot()
+            page.screenshot(path=str(tmp_path / "live_view.png"))
+            status = [header.inner_text()]
+            # a few seconds later, then each second until the chart moved (a flat tick draws the same)
+            time.sleep(4)
+            deadline = time.monotonic() + 30
+            while True:
+                second = chart.screenshot()
+                changed = changed_share(first, second)
+                if changed > 0.001 or time.monotonic() > deadline:
+                    break
+                time.sleep(1)
+            page.screenshot(path=str(tmp_path / "live_view_later.png"))
+            status.append(header.inner_text())
+        finally:
+            ctx.close()
+
+    assert changed > 0.001, f"chart did not change in 30 s ({changed:.5f} of pixels): {status}"
+    assert all("NIFTY 10s" in s for s in status), status
+    if os.environ.get("UPDATE_SCREENSHOTS"):  # refresh the README's pictures
+        DOCS.mkdir(exist_ok=True)
+        for name in ("live_view.png", "live_view_later.png"):
+            shutil.copyfile(tmp_path / name, DOCS / name)
+    print(f"browser test: {time.monotonic() - t0:.1f} s in the browser, {changed:.2%} of chart pixels"
+          " changed", file=sys.stderr)
