@@ -81,7 +81,16 @@ def wait_until(pred, timeout: float, what: str, step: float = 0.25) -> None:
 
 
 @pytest.fixture
-def lab(tmp_path):
+def chromium() -> str:
+    """Path of the system Chromium; skips (before any server starts) when there is none."""
+    path = find_chromium()
+    if path is None:
+        pytest.skip("no Chromium found (apt-get install chromium); .ci/run installs it")
+    return path
+
+
+@pytest.fixture
+def lab(chromium, tmp_path):
     """A JupyterLab server in a fresh HOME; yields (base url, home); stopped with its kernels."""
     home = tmp_path / "home"
     home.mkdir()
@@ -137,10 +146,7 @@ def changed_share(png_a: bytes, png_b: bytes) -> float:
 
 @pytest.mark.slow
 @pytest.mark.timeout(240)
-def test_live_view_refreshes_in_a_real_browser(lab, tmp_path):
-    chromium = find_chromium()
-    if chromium is None:
-        pytest.skip("no Chromium found (apt-get install chromium); .ci/run installs it")
+def test_live_view_refreshes_in_a_real_browser(chromium, lab, tmp_path):
     from playwright.sync_api import sync_playwright
 
     base, home = lab
