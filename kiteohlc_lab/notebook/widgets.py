@@ -156,7 +156,8 @@ class LiveView(widgets.VBox):
             png = png_bytes(plot_candles(df, last=self.last, title=title))
             table = ("" if not len(df) else
                      marked_tail(df, self.rows).to_html(float_format=lambda x: f"{x:,.2f}"))
-            status = f"<b>{html.escape(title)}</b> · {html.escape(self.live.header(df))}"
+            head = self.live.header(df).removeprefix(f"{title}: ")
+            status = f"<b>{html.escape(title)}</b> · {html.escape(head)}"
             with contextlib.ExitStack() as batch:
                 for w in (self.status, self.chart, self.table):
                     batch.enter_context(w.hold_sync())
