@@ -19,6 +19,7 @@ import uuid
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from kiteohlc_lab.config import KiteOHLC
@@ -343,3 +344,73 @@ def test_logs_redact_the_token(tmp_path):
         for h in [h for h in root.handlers if getattr(h, "_kiteohlc", False)]:
             root.removeHandler(h)
             h.close()
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+@pytest.mark.skipif(not redis_available(), reason="needs Redis at 127.0.0.1:6379")
+def test_outage_after_kill_is_repaired_from_history(procs, tmp_path):
+    """No pause: the market moves while no collector runs. 10s candles equal what was sent; the
+    minutes of the outage are rebuilt from Kite's historical minutes (every tick the market made)."""
+    import redis
+
+    prefix = f"test-{uuid.uuid4().hex[:8]}:"
+    coll_dir = tmp_path / "c"
+    extra = ["--redis-url", REDIS_URL, "--redis-prefix", prefix, "--data-dir", str(coll_dir)]
+    r = redis.Redis.from_url(REDIS_URL)
+    sim = KiteSimulator(tick_interval=1.0, api_key="testkey", access_token=TOKEN).start()
+    m = reader(dict(redis_url=REDIS_URL, redis_prefix=prefix, data_dir=str(tmp_path / "reader")))
+    try:
+        c1 = procs.start(collector_cmd(sim, *extra))
+        wait_for(lambda: sim.connections == 1, 30, "the first collector")
+        wait_for(lambda: len(sim.sent()) >= 6, 15, "ticks")
+        assert m.start("NIFTY,RELIANCE", TFS).source == "redis"
+        wait_for(lambda: caught_up(sim, m), 10, "the reader")
+        n = len(sim.sent())
+        wait_for(lambda: len(sim.sent()) > n, 5, "a fresh tick batch")
+        wait_for(lambda: caught_up(sim, m), 0.8, "the batch in Redis")
+        c1.send_signal(signal.SIGKILL)  # the next batch is ~1 s away: nothing received is unwritten
+        c1.wait(10)
+        t0 = int(sim.sent().ts.max())
+        procs.start(collector_cmd(sim, *extra))
+        wait_for(lambda: int(sim.sent().ts.max()) > t0, 30, "ticks to the new collector")
+        sent = sim.sent()
+        t1 = int(sent.ts[sent.ts > t0].min())
+        assert t1 - t0 > 1_000_000_000, "no outage"
+        lo, hi = t0 // (60 * 10**9), t1 // (60 * 10**9)
+
+        def target() -> dict | None:
+            exp = expected(sim)
+            ref = ReferenceAggregator(["1m"], grace=1.0)
+            mk = sim.market()
+            ref.feed(mk.take(np.isin(mk.token, [NIFTY, RELIANCE])))
+            full = {(c.token, c.start): (c.open, c.high, c.low, c.close, c.volume) for c in ref.closed}
+            if any((tok, hi * 60 * 10**9) not in full for tok in (NIFTY, RELIANCE)):
+                return None  # the outage's last minute has not ended yet
+            for tok in (NIFTY, RELIANCE):
+                # volume as Kite's minute candles report it (the first minute of the simulated
+                # session counts its first tick's volume, which a tick baseline cannot)
+                vol = {int(pd.Timestamp(row[0]).value): float(row[5]) for row in
+                       sim.historical(tok, "minute", lo * 60 * 10**9, hi * 60 * 10**9)}
+                for s in list(exp[(tok, "1m")]):
+                    if lo <= s // (60 * 10**9) <= hi and (tok, s) in full:
+                        # repaired: OHLC of every tick the market made, not only those sent
+                        exp[(tok, "1m")][s] = (*full[(tok, s)][:4], vol[s])
+            return exp
+
+        try:  # repair waits for the outage's last minute to end + 12 s (Zerodha's advice)
+            wait_for(lambda: sim.historical_requests > 0, 100, "the new collector to fetch the outage")
+            wait_for(lambda: (t := target()) is not None and same(t, observed(m)), 30,
+                     "the outage minutes to be repaired")
+        except AssertionError as exc:
+            t = target()
+            raise AssertionError(f"{exc}\n" + (diff(t, observed(m)) if t else "")) from None
+        assert sim.max_seen_connections == 1
+    finally:
+        m.shutdown()
+        procs.stop_all()
+        sim.stop()
+        keys = list(r.scan_iter(match=prefix + "*", count=1000))
+        if keys:
+            r.delete(*keys)
+        r.close()
