@@ -7,6 +7,7 @@ Sub-commands::
     kiteohlc-lab status [--json]          running collectors: symbols, ticks/s, last tick age, health
     kiteohlc-lab history SYMBOL TF [--from T] [--to T] [--csv]
     kiteohlc-lab config                    effective configuration, secrets masked, with origins
+    kiteohlc-lab serve [--host H] [--port N]   read-only HTTP API (key from $KITEOHLC_SERVE_API_KEY)
 
 Every ``KiteOHLC`` option is a flag on every sub-command except ``sim`` (which takes the
 simulator's own flags): ``--redis-url``, ``--data-dir``, ``--api-key``, ``--access-token`` ...
@@ -37,7 +38,7 @@ from .config import SECRETS, KiteOHLC, from_sources, mask_url
 from .errors import KiteOHLCError
 
 PROG = "kiteohlc-lab"
-COMMANDS = ("collect", "sim", "status", "history", "config")
+COMMANDS = ("collect", "sim", "status", "history", "config", "serve")
 
 
 class UsageError(Exception):
@@ -99,6 +100,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_options(h)
     g = sub.add_parser("config", help="print the effective configuration and where each value came from")
     _add_options(g)
+    v = sub.add_parser("serve", help="read-only HTTP API over candles and status (kiteohlc_lab.serve)")
+    v.add_argument("--host", default="127.0.0.1")
+    v.add_argument("--port", type=int, default=8765)
+    _add_options(v)
     return p
 
 
@@ -208,6 +213,13 @@ def cmd_history(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    from .serve import main as serve_main
+
+    serve_main(config_from_args(args), host=args.host, port=args.port)
+    return 0
+
+
 def cmd_collect(args: argparse.Namespace) -> int:
     from .collector import Collector, setup_logging
     from .core.timeframes import parse_timeframe
@@ -246,7 +258,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not args.command:
             raise UsageError(f"{PROG}: a command is needed: {', '.join(COMMANDS)} (see {PROG} --help)")
         return {"collect": cmd_collect, "status": cmd_status, "history": cmd_history,
-                "config": cmd_config}[args.command](args)
+                "config": cmd_config, "serve": cmd_serve}[args.command](args)
     except SystemExit as exc:  # --help
         return int(exc.code or 0) if not isinstance(exc.code, str) else 2
     except UsageError as exc:

@@ -13,7 +13,7 @@ import pytest
 from kiteohlc_lab.cli import build_parser, main
 from kiteohlc_lab.config import KiteOHLC
 
-SUBCOMMANDS_WITH_OPTIONS = ("collect", "status", "history", "config")
+SUBCOMMANDS_WITH_OPTIONS = ("collect", "status", "history", "config", "serve")
 
 
 def run(capsys, *argv: str) -> tuple[int, str, str]:
@@ -112,6 +112,7 @@ def test_from_sources_origins_directly():
     (["status", "--late-policy", "maybe"], ["late_policy"]),
     (["history", "NIFTY", "2q"], ["2q"]),
     (["frobnicate"], ["frobnicate", "collect"]),
+    (["serve", "--port", "eighty"], ["--port", "eighty"]),
     ([], ["command"]),
 ])
 def test_bad_input_is_one_line_and_exit_2(capsys, tmp_path, argv, words):
