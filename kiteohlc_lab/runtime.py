@@ -429,12 +429,11 @@ class Manager:
                 continue
             usable[int(tok)] = st
         eng.import_state(usable)
-        for tok in usable:
+        for _sym, tok in pairs:
             for tf in eng.timeframes:
                 buf = self.buffers.get((tok, tf.label))
-                fb = eng.forming(tf.label, tok)
-                if buf is not None and len(fb):
-                    buf.set_forming(next(iter(fb)))
+                if buf is not None:
+                    buf.bind_engine(eng)
 
     def _launch(self, name, source, pairs, tfs, record, first_ts: int | None = None) -> StreamInfo:
         live, hist, _ = self.stores()
@@ -567,9 +566,12 @@ class Manager:
     # ------------------------------------------------------------------ Listener (stream threads)
     def on_closed(self, stream: Stream, batches: list[CandleBatch]) -> None:
         for b in batches:
-            for tok in np.unique(b.token):
-                tok = int(tok)
-                part = b.for_token(tok)
+            order = np.argsort(b.token, kind="stable")
+            toks = b.token[order]
+            cuts = np.flatnonzero(toks[1:] != toks[:-1]) + 1
+            for idx in np.split(order, cuts):
+                tok = int(b.token[idx[0]])
+                part = b.select(idx)
                 buf = self.buffers.get((tok, b.tf))
                 if buf is not None:
                     buf.upsert(part)

@@ -123,6 +123,8 @@ class Engine:
         self.series: dict[str, _Series] = {}
         self.stats = {"ticks": 0, "batches": 0, "late": 0, "amended": 0, "closed": 0}
         self._fill_prev: dict[str, dict[int, tuple[int, float]]] = {}  # tf -> token -> (start, close)
+        self._seq = np.zeros(0, np.int64)  # per slot: batch number of its last change
+        self._batch_no = 0
         for tf in timeframes:
             self.add_timeframe(tf)
 
@@ -177,6 +179,9 @@ class Engine:
             st = np.zeros(cap, np.int64)
             st[: self._n] = self._slot_tokens[: self._n]
             self._slot_tokens = st
+            seq = np.zeros(cap, np.int64)
+            seq[: self._n] = self._seq[: self._n]
+            self._seq = seq
             self._cap = cap
         slots = np.arange(start, need, dtype=np.int64)
         self._anchor[slots] = anchor_for_tokens(new, self.session_open)
@@ -242,6 +247,8 @@ class Engine:
         self.stats["ticks"] += n
         self.stats["batches"] += 1
         clock_arr, order, slot, gstart, gid = self._prepare(batch)
+        self._batch_no += 1
+        self._seq[slot[gstart]] = self._batch_no
         ts = batch.ts[order]
         price = batch.price[order]
         clock = clock_arr[order]
@@ -445,6 +452,8 @@ class Engine:
         )
         self._remember_closed(s, slots, *(F[k][slots] for k in _Series.FIELDS[:8]), F["last_ts"][slots])
         F["bucket"][slots] = NONE
+        self._batch_no += 1
+        self._seq[slots] = self._batch_no
         return batch
 
     def _remember_closed(self, s: _Series, slots, bucket, o, h, l, c, v, oi, ticks, last_ts) -> None:
@@ -547,32 +556,59 @@ class Engine:
             F["low"][sl], F["close"][sl], F["vol"][sl], F["oi"][sl], F["ticks"][sl], closed=False,
         )
 
+    def version_of(self, token: int) -> int:
+        """Batch number of the last change to ``token``'s forming candles (0: never)."""
+        sl = self.slot(token)
+        return 0 if sl is None else int(self._seq[sl])
+
+    def forming_candle(self, token: int, tf: str) -> Candle | None:
+        """The forming candle of one instrument and timeframe, or None."""
+        sl = self.slot(token)
+        s = self.series.get(tf)
+        if sl is None or s is None or s.f["bucket"][sl] == NONE:
+            return None
+        F = s.f
+        return Candle(int(token), tf, int(F["bucket"][sl]), float(F["open"][sl]), float(F["high"][sl]),
+                      float(F["low"][sl]), float(F["close"][sl]), float(F["vol"][sl]), float(F["oi"][sl]),
+                      int(F["ticks"][sl]), closed=False)
+
     def export_state(self, tokens: Iterable[int] | None = None) -> dict[int, dict]:
-        """JSON-able state per instrument: volume baseline and forming candles (live store)."""
-        toks = self._slot_tokens[: self._n] if tokens is None else tokens
-        out: dict[int, dict] = {}
-        for tok in toks:
-            sl = self.slot(int(tok))
-            if sl is None:
+        """JSON-able state per instrument: volume baseline and forming candles (live store).
+
+        Columns are read once per call (``tolist``), not per element: thousands of instruments
+        per write stay cheap.
+        """
+        if tokens is None:
+            slots = np.arange(self._n)
+        else:
+            toks = np.fromiter((int(t) for t in tokens), np.int64)
+            if not len(self._tokens) or not len(toks):
+                return {}
+            pos = np.minimum(np.searchsorted(self._tokens, toks), len(self._tokens) - 1)
+            slots = self._slot_of_sorted[pos][self._tokens[pos] == toks]
+        if not len(slots):
+            return {}
+        V = self._v
+        prev = V["prev"][slots]
+        vol = zip(np.where(np.isnan(prev), None, prev).tolist(), V["prev_ts"][slots].tolist(),
+                  V["segmax"][slots].tolist(), V["day"][slots].tolist())
+        clock = int(self.clock)
+        out: dict[int, dict] = {
+            tok: {"vol": {"prev": p, "prev_ts": t, "segmax": m, "day": d}, "forming": {}, "clock": clock}
+            for tok, (p, t, m, d) in zip(self._slot_tokens[slots].tolist(), vol)
+        }
+        for label, s in self.series.items():
+            F = s.f
+            have = F["bucket"][slots] != NONE
+            if not have.any():
                 continue
-            V = self._v
-            st: dict = {
-                "vol": {
-                    "prev": None if math.isnan(V["prev"][sl]) else float(V["prev"][sl]),
-                    "prev_ts": int(V["prev_ts"][sl]),
-                    "segmax": float(V["segmax"][sl]),
-                    "day": int(V["day"][sl]),
-                },
-                "forming": {},
-                "clock": int(self.clock),
-            }
-            for label, s in self.series.items():
-                if s.f["bucket"][sl] != NONE:
-                    st["forming"][label] = {
-                        k: (None if isinstance(v, float) and math.isnan(v) else v)
-                        for k, v in ((k, s.f[k][sl].item()) for k in _Series.FIELDS)
-                    }
-            out[int(tok)] = st
+            sl = slots[have]
+            cols = []
+            for k in _Series.FIELDS:
+                arr = F[k][sl]
+                cols.append(np.where(np.isnan(arr), None, arr).tolist() if arr.dtype.kind == "f" else arr.tolist())
+            for tok, row in zip(self._slot_tokens[sl].tolist(), zip(*cols)):
+                out[tok]["forming"][label] = dict(zip(_Series.FIELDS, row))
         return out
 
     def import_state(self, states: dict[int, dict]) -> None:
@@ -599,3 +635,5 @@ class Engine:
             clock = st.get("clock")
             if clock is not None and clock > self.clock:
                 self.clock = int(clock)
+        self._batch_no += 1
+        self._seq[slots] = self._batch_no

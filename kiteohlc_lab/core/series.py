@@ -31,12 +31,27 @@ class SeriesBuffer:
             k: np.empty(capacity, np.int64 if k == "start" else np.float64) for k in _COLS
         }
         self._forming: Candle | None = None
-        self.version = 0
+        self._version = 0
+        # forming candle read from a running engine on demand (no per-tick push to every series)
+        self._engine: Any = None
         self._cache: tuple[int, bool, pd.DataFrame] | None = None
         self.gaps: list[tuple[int, int]] = []  # marked, unrepaired outages (epoch ns)
 
     def __len__(self) -> int:
-        return self._n + (self._forming is not None)
+        return self._n + (self.forming is not None)
+
+    @property
+    def version(self) -> int:
+        """Changes whenever the frame would: closed candles, the forming candle, gaps."""
+        eng = self._engine
+        return self._version + (eng.version_of(self.token) if eng is not None else 0)
+
+    def bind_engine(self, engine: Any) -> None:
+        """Take the forming candle from ``engine`` (the stream writing this series) from now on."""
+        with self._lock:
+            self._engine = engine
+            self._forming = None
+            self._version += 1
 
     # -- writers
     def upsert(self, batch: CandleBatch | Any) -> None:
@@ -77,7 +92,7 @@ class SeriesBuffer:
             f = self._forming
             if f is not None and f.start <= self._cols["start"][self._n - 1]:
                 self._forming = None
-            self.version += 1
+            self._version += 1
 
     def _append(self, new: dict[str, np.ndarray]) -> None:
         m = len(new["start"])
@@ -98,17 +113,21 @@ class SeriesBuffer:
                 candle = None
             if candle != self._forming:
                 self._forming = candle
-                self.version += 1
+                self._version += 1
 
     def mark_gap(self, start_ns: int, end_ns: int) -> None:
         with self._lock:
             self.gaps.append((start_ns, end_ns))
-            self.version += 1
+            self._version += 1
 
     # -- readers
     @property
     def forming(self) -> Candle | None:
-        return self._forming
+        eng = self._engine
+        candle = self._forming if eng is None else eng.forming_candle(self.token, self.tf)
+        if candle is not None and self._n and candle.start <= self._cols["start"][self._n - 1]:
+            return None  # stale: the candle has been closed (or repaired) meanwhile
+        return candle
 
     def last_start(self) -> int | None:
         with self._lock:
@@ -123,7 +142,7 @@ class SeriesBuffer:
             version = self.version
             n = self._n
             cols = {k: self._cols[k][:n].copy() for k in _COLS}
-            forming = None if closed_only else self._forming
+        forming = None if closed_only else self.forming
         if forming is not None:
             for k, v in zip(_COLS, (forming.start, forming.open, forming.high, forming.low,
                                     forming.close, forming.volume, forming.oi)):

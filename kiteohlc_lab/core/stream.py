@@ -226,13 +226,12 @@ class Stream:
         for c in closed:
             touched.update(np.unique(c.token).tolist())
         if closed or touched:
-            forming = [eng.forming(tf.label) for tf in eng.timeframes]
+            # forming candles are read from the engine on demand (SeriesBuffer.bind_engine)
             self._write_history(closed)
             self._pending_closed += closed
             self._pending_touched |= touched
             if closed:
                 self.listener.on_closed(self, closed)
-            self.listener.on_forming(self, forming)
         if self._pending_touched or self._pending_closed:
             now = time.monotonic()
             if finished or not keep_going or now - self._last_live_write >= self.live_write_interval:
