@@ -27,6 +27,7 @@ Rules (the same as ``core.reference``, which states them one tick at a time):
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from typing import Iterable
 
 import numpy as np
@@ -572,6 +573,29 @@ class Engine:
                       float(F["low"][sl]), float(F["close"][sl]), float(F["vol"][sl]), float(F["oi"][sl]),
                       int(F["ticks"][sl]), closed=False)
 
+    def export_columns(self, tokens: Iterable[int] | None = None) -> "StateColumns":
+        """The same state as ``export_state``, as columns (the live store ships them as they are)."""
+        if tokens is None:
+            slots = np.arange(self._n)
+        else:
+            toks = np.fromiter((int(t) for t in tokens), np.int64)
+            if not len(self._tokens) or not len(toks):
+                slots = np.empty(0, np.int64)
+            else:
+                pos = np.minimum(np.searchsorted(self._tokens, toks), len(self._tokens) - 1)
+                slots = self._slot_of_sorted[pos][self._tokens[pos] == toks]
+        V = self._v
+        forming = {}
+        for label, s in self.series.items():
+            have = s.f["bucket"][slots] != NONE
+            idx = np.flatnonzero(have)
+            sl = slots[idx]
+            forming[label] = {"index": idx, **{k: s.f[k][sl] for k in _Series.FIELDS}}
+        return StateColumns(
+            tokens=self._slot_tokens[slots], prev=V["prev"][slots], prev_ts=V["prev_ts"][slots],
+            segmax=V["segmax"][slots], day=V["day"][slots], clock=int(self.clock), forming=forming,
+        )
+
     def export_state(self, tokens: Iterable[int] | None = None) -> dict[int, dict]:
         """JSON-able state per instrument: volume baseline and forming candles (live store).
 
@@ -637,3 +661,38 @@ class Engine:
                 self.clock = int(clock)
         self._batch_no += 1
         self._seq[slots] = self._batch_no
+
+
+class StateColumns(Mapping):
+    """Per-instrument engine state as columns; also a read-only mapping token -> state dict.
+
+    The mapping view builds the same dicts as ``Engine.export_state`` lazily, so any store can
+    treat it as ``dict[int, dict]``; a store that understands columns ships them as they are.
+    """
+
+    def __init__(self, tokens, prev, prev_ts, segmax, day, clock, forming) -> None:
+        self.tokens, self.prev, self.prev_ts, self.segmax, self.day = tokens, prev, prev_ts, segmax, day
+        self.clock = clock
+        self.forming = forming  # tf -> {"index": rows of tokens, bucket/open/.../last_ts arrays}
+        self._row = {int(t): i for i, t in enumerate(tokens.tolist())}
+
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+    def __iter__(self):
+        return iter(self._row)
+
+    def __getitem__(self, token: int) -> dict:
+        i = self._row[int(token)]
+        prev = float(self.prev[i])
+        st: dict = {"vol": {"prev": None if math.isnan(prev) else prev, "prev_ts": int(self.prev_ts[i]),
+                            "segmax": float(self.segmax[i]), "day": int(self.day[i])},
+                    "forming": {}, "clock": self.clock}
+        for label, f in self.forming.items():
+            at = np.flatnonzero(f["index"] == i)
+            if len(at):
+                j = int(at[0])
+                row = {k: f[k][j].item() for k in _Series.FIELDS}
+                st["forming"][label] = {k: (None if isinstance(v, float) and math.isnan(v) else v)
+                                        for k, v in row.items()}
+        return st

@@ -366,7 +366,7 @@ class Stream:
             forming = [f.select(np.isin(f.token, toks)) for f in
                        (self.engine.forming(tf.label) for tf in self.engine.timeframes)]
             published = closed if self.source.live else [_newest_per_token(c) for c in closed]
-            self.live_store.write(forming, published, self.engine.export_state(toks))
+            self.live_store.write(forming, published, self.engine.export_columns(toks))
         except Exception as exc:
             self._record_error(f"live store write failed: {exc}")
 
