@@ -675,6 +675,7 @@ class StateColumns(Mapping):
         self.clock = clock
         self.forming = forming  # tf -> {"index": rows of tokens, bucket/open/.../last_ts arrays}
         self._row = {int(t): i for i, t in enumerate(tokens.tolist())}
+        self._frow = {tf: {i: j for j, i in enumerate(f["index"].tolist())} for tf, f in forming.items()}
 
     def __len__(self) -> int:
         return len(self.tokens)
@@ -689,9 +690,8 @@ class StateColumns(Mapping):
                             "segmax": float(self.segmax[i]), "day": int(self.day[i])},
                     "forming": {}, "clock": self.clock}
         for label, f in self.forming.items():
-            at = np.flatnonzero(f["index"] == i)
-            if len(at):
-                j = int(at[0])
+            j = self._frow[label].get(i)
+            if j is not None:
                 row = {k: f[k][j].item() for k in _Series.FIELDS}
                 st["forming"][label] = {k: (None if isinstance(v, float) and math.isnan(v) else v)
                                         for k, v in row.items()}
