@@ -401,18 +401,28 @@ class Manager:
         for sym, tok in pairs:
             self.names.setdefault(tok, sym)
             self.symbol_tokens[sym.upper()] = tok
-            for tf in tfs:
-                key = (tok, tf.label)
-                if key not in self.buffers:
-                    buf = SeriesBuffer(tok, tf.label)
-                    try:
+        read_many = getattr(hist, "read_many", None)
+        for tf in tfs:
+            new = [tok for _sym, tok in pairs if (tok, tf.label) not in self.buffers]
+            if not new:
+                continue
+            try:
+                if read_many is not None:  # one query for thousands of instruments
+                    found = read_many(new, tf.label)
+                else:
+                    found = {}
+                    for tok in new:
                         df = hist.read(tok, tf.label)
-                    except Exception as exc:
-                        log.warning("history of %s %s not readable: %s", sym, tf.label, exc)
-                        df = None
-                    if df is not None and len(df):
-                        buf.upsert(_batch_from_frame(tok, tf.label, df))
-                    self.buffers[key] = buf
+                        if len(df):
+                            found[tok] = _batch_from_frame(tok, tf.label, df)
+            except Exception as exc:
+                log.warning("history at %s not readable: %s", tf.label, exc)
+                found = {}
+            for tok in new:
+                buf = SeriesBuffer(tok, tf.label)
+                if tok in found:
+                    buf.upsert(found[tok])
+                self.buffers[(tok, tf.label)] = buf
         eng = engine if engine is not None else (stream.engine if stream else None)
         if eng is None:
             return

@@ -183,3 +183,21 @@ def test_sqlite_persists_across_reopen(tmp_path):
     assert len(s2.read(256265, "1m")) == 4
     assert s2._conn().execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     s2.close()
+
+
+def test_sqlite_read_many_equals_reads(tmp_path):
+    """Stream start with thousands of instruments reads history in one query per 500 tokens."""
+    from kiteohlc_lab.stores.sqlite import SQLiteHistory
+
+    h = SQLiteHistory(str(tmp_path / "h.sqlite3"))
+    n = 40
+    for tok in (11, 22, 33):
+        start = (np.arange(n, dtype=np.int64) + 28_000_000) * 60 * 1_000_000_000
+        oi = np.full(n, np.nan) if tok != 33 else np.arange(n, dtype=float)
+        h.write(CandleBatch("1m", np.full(n, tok, np.int64), start, np.arange(n) + 1.0, np.arange(n) + 2.0,
+                            np.arange(n) + 0.5, np.arange(n) + 1.5, np.arange(n) * 10.0, oi, np.ones(n, np.int64)))
+    got = h.read_many([11, 33, 44] + list(range(1000, 1600)), "1m")
+    assert set(got) == {11, 33}
+    for tok in (11, 33):
+        pd.testing.assert_frame_equal(got[tok].to_frame(), h.read(tok, "1m"))
+    h.close()

@@ -43,6 +43,12 @@ _ROW = np.dtype(
     [("start", "i8"), ("open", "f8"), ("high", "f8"), ("low", "f8"), ("close", "f8"),
      ("volume", "f8"), ("oi", "f8")]
 )
+_READ_MANY_HEAD = (
+    "SELECT token, start, ifnull(open, 9e999), ifnull(high, 9e999), ifnull(low, 9e999), "
+    "ifnull(close, 9e999), ifnull(volume, 9e999), ifnull(oi, 9e999) FROM candles "
+    "WHERE tf = ? AND token IN ("
+)
+_ROW_T = np.dtype([("token", "i8"), *[(n, _ROW.fields[n][0]) for n in _ROW.names]])
 _I64_MIN = -(2**63)
 _I64_MAX = 2**63 - 1
 
@@ -135,6 +141,36 @@ class SQLiteHistory:
             np.ascontiguousarray(cols["start"]), cols["open"], cols["high"], cols["low"],
             cols["close"], cols["volume"], cols["oi"],
         )
+
+    def read_many(self, tokens: list[int], tf: str) -> dict[int, CandleBatch]:
+        """Every stored candle of ``tokens`` at ``tf`` in one query per 500 tokens (stream start
+        with thousands of instruments); tokens without candles are left out."""
+        out: dict[int, CandleBatch] = {}
+        toks = [int(t) for t in tokens]
+        conn = self._conn()
+        for i in range(0, len(toks), 500):
+            chunk = toks[i : i + 500]
+            sql = (_READ_MANY_HEAD + ",".join("?" * len(chunk)) + ") ORDER BY token, start")
+            if self._memory:
+                with self._write_lock:
+                    arr = np.fromiter(conn.execute(sql, (tf, *chunk)), dtype=_ROW_T)
+            else:
+                arr = np.fromiter(conn.execute(sql, (tf, *chunk)), dtype=_ROW_T)
+            if not len(arr):
+                continue
+            tok = arr["token"]
+            cuts = np.flatnonzero(tok[1:] != tok[:-1]) + 1
+            for part in np.split(arr, cuts):
+                n = len(part)
+                cols = {k: np.ascontiguousarray(part[k]) for k in _ROW.names}
+                for k in _ROW.names[1:]:
+                    cols[k][np.isinf(cols[k])] = np.nan
+                out[int(part["token"][0])] = CandleBatch(
+                    tf, np.full(n, int(part["token"][0]), np.int64), cols["start"], cols["open"],
+                    cols["high"], cols["low"], cols["close"], cols["volume"], cols["oi"],
+                    np.zeros(n, np.int64),
+                )
+        return out
 
     def last_start(self, token: int, tf: str) -> int | None:
         row = self._conn().execute(
