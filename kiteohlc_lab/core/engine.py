@@ -683,6 +683,22 @@ class StateColumns(Mapping):
     def __iter__(self):
         return iter(self._row)
 
+    def chunks(self, size: int) -> "list[StateColumns]":
+        """Split by instrument into parts of at most ``size`` (smaller server-side writes)."""
+        n = len(self.tokens)
+        if n <= size:
+            return [self]
+        out = []
+        for a in range(0, n, size):
+            b = min(n, a + size)
+            forming = {}
+            for tf, f in self.forming.items():
+                sel = (f["index"] >= a) & (f["index"] < b)
+                forming[tf] = {k: (v[sel] - a if k == "index" else v[sel]) for k, v in f.items()}
+            out.append(StateColumns(self.tokens[a:b], self.prev[a:b], self.prev_ts[a:b], self.segmax[a:b],
+                                    self.day[a:b], self.clock, forming))
+        return out
+
     def __getitem__(self, token: int) -> dict:
         i = self._row[int(token)]
         prev = float(self.prev[i])

@@ -27,6 +27,7 @@ import numpy as np
 from ..core.candles import Candle, CandleBatch
 
 STREAM_MAXLEN = 10_000
+SCRIPT_CHUNK = 1000  # instruments per server-side write script
 _CANDLE_FIELDS = ("start", "open", "high", "low", "close", "volume", "oi", "ticks")
 
 
@@ -341,39 +342,50 @@ class RedisLive:
     def _write_script(
         self, forming: list[CandleBatch], closed: list[CandleBatch], states: Any
     ) -> None:
-        """One EVALSHA. Engine state columns travel as raw float64 bytes (no per-value Python
-        work here: the server formats them), the rare closed candles as JSON."""
+        """EVALSHA calls in one pipelined round trip. Engine state columns travel as raw float64
+        bytes (no per-value Python work here: the server formats them), the rare closed candles as
+        JSON. Thousands of instruments are split into scripts of SCRIPT_CHUNK instruments, so the
+        server serves readers between them instead of blocking for one long script."""
         if self._script is None:
             self._script = self._r.register_script(_WRITE_LUA)
-        header: dict[str, Any] = {"x": [_json_cols(b, True) for b in closed if len(b)]}
-        blobs: list[bytes] = []
+        columns = hasattr(states, "segmax") and hasattr(states, "forming")  # core.engine.StateColumns
+        parts = states.chunks(SCRIPT_CHUNK) if columns else [states]
+        calls = []
         changed: dict[str, list[int]] = {}
-        if hasattr(states, "segmax") and hasattr(states, "forming"):  # core.engine.StateColumns
-            n = len(states.tokens)
-            blobs.append(_f64(states.tokens, states.prev, states.segmax, states.day,
-                              *_split_ns(states.prev_ts)))
-            tfs = []
-            for tf, f in states.forming.items():
-                m = len(f["index"])
-                if not m:
-                    continue
-                blobs.append(_f64(f["index"] + 1, f["bucket"] // 1_000_000_000, f["open"], f["high"],
-                                  f["low"], f["close"], f["vol"], f["oi"], f["ticks"], *_split_ns(f["last_ts"])))
-                tfs.append({"tf": tf, "m": m, "blob": len(blobs)})
-                changed[tf] = states.tokens[f["index"]].tolist()
-            header["sc"] = {"n": n, "clock": str(states.clock), "tfs": tfs}
-            header["f"] = []
-            header["st"] = {"t": [], "j": []}
-        else:
-            header["f"] = [_json_cols(b, False) for b in forming if len(b)]
-            header["st"] = {"t": [int(t) for t in states],
-                            "j": [json.dumps(st, separators=(",", ":")) for st in states.values()]}
-            changed = {b.tf: b.token.tolist() for b in forming if len(b)}
+        for k, part in enumerate(parts):
+            header: dict[str, Any] = {"x": [_json_cols(b, True) for b in closed if len(b)] if k == 0 else []}
+            blobs: list[bytes] = []
+            if columns:
+                blobs.append(_f64(part.tokens, part.prev, part.segmax, part.day, *_split_ns(part.prev_ts)))
+                tfs = []
+                for tf, f in part.forming.items():
+                    m = len(f["index"])
+                    if not m:
+                        continue
+                    blobs.append(_f64(f["index"] + 1, f["bucket"] // 1_000_000_000, f["open"], f["high"],
+                                      f["low"], f["close"], f["vol"], f["oi"], f["ticks"],
+                                      *_split_ns(f["last_ts"])))
+                    tfs.append({"tf": tf, "m": m, "blob": len(blobs)})
+                    changed.setdefault(tf, []).extend(part.tokens[f["index"]].tolist())
+                header["sc"] = {"n": len(part.tokens), "clock": str(part.clock), "tfs": tfs}
+                header["f"] = []
+                header["st"] = {"t": [], "j": []}
+            else:
+                header["f"] = [_json_cols(b, False) for b in forming if len(b)]
+                header["st"] = {"t": [int(t) for t in part],
+                                "j": [json.dumps(st, separators=(",", ":")) for st in part.values()]}
+                changed = {b.tf: b.token.tolist() for b in forming if len(b)}
+            calls.append((header, blobs))
         # subscribers are told which instruments' forming candles changed; the hashes hold them
         text = (json.dumps({"tfs": {tf: {"token": t} for tf, t in changed.items()}}, separators=(",", ":"))
                 if self.publish_forming and changed else "")
-        self._script(args=[self.prefix, str(time.time_ns()), json.dumps(header, separators=(",", ":")),
-                           text, STREAM_MAXLEN, *blobs])
+        now = str(time.time_ns())
+        pipe = self._r.pipeline(transaction=False) if len(calls) > 1 else None
+        for k, (header, blobs) in enumerate(calls):
+            self._script(args=[self.prefix, now, json.dumps(header, separators=(",", ":")),
+                               text if k == len(calls) - 1 else "", STREAM_MAXLEN, *blobs], client=pipe)
+        if pipe is not None:
+            pipe.execute()
 
     # -- reads ------------------------------------------------------------------------------------
     def load_states(self, tokens: list[int]) -> dict[int, dict]:
