@@ -13,6 +13,7 @@ Secrets (``access_token``, ``api_secret``) never appear in reprs, help text or l
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -50,6 +51,8 @@ def read_dotenv(path: str | os.PathLike | None = None) -> dict[str, str]:
         value = value.strip()
         if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
             value = value[1:-1]
+        elif " #" in value:  # an inline comment after an unquoted value
+            value = value.split(" #", 1)[0].rstrip()
         out[key.strip()] = value
     return out
 
@@ -72,14 +75,9 @@ def lookup(option: str, env: Mapping[str, str] | None = None,
 
 
 def mask_url(url: str) -> str:
-    """``redis://user:pw@host`` -> ``redis://user:***@host`` (for status lines and logs)."""
-    if "@" not in url or "://" not in url:
-        return url
-    scheme, rest = url.split("://", 1)
-    cred, _, host = rest.rpartition("@")
-    if ":" in cred:
-        cred = cred.split(":", 1)[0] + ":***"
-    return f"{scheme}://{cred}@{host}"
+    """Hide passwords in a URL: ``redis://u:secret@h`` -> ``redis://u:***@h`` (also ``?password=``)."""
+    out = re.sub(r"(//[^:/@?#]*):[^@/]*@", r"\1:***@", url)
+    return re.sub(r"(?i)([?&](?:password|authSource_password)=)[^&]*", r"\1***", out)
 
 
 class KiteOHLC(Configurable):

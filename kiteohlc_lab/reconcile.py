@@ -29,7 +29,7 @@ import numpy as np
 import pandas as pd
 
 from .core.candles import CandleBatch
-from .core.timeframes import IST, NS, parse_timeframe
+from .core.timeframes import IST, NS, bound_ns, parse_timeframe
 from .errors import ConfigError
 
 log = logging.getLogger("kiteohlc_lab.reconcile")
@@ -109,15 +109,6 @@ def tick_size_of(manager: Any, symbol: str | int) -> float:
     return DEFAULT_TICK
 
 
-def _ns(value: Any) -> int | None:
-    if value is None or value == "":
-        return None
-    ts = pd.Timestamp(value)
-    if ts.tzinfo is None:
-        ts = ts.tz_localize(IST)
-    return int(ts.value)
-
-
 def reconcile(symbol: str | int, tf: str = "1m", start: Any = None, end: Any = None, *,
               volume_tolerance: float = 0.02, manager: Any = None, client: Any = None,
               tick_size: float | None = None, now: Callable[[], int] = time.time_ns,
@@ -155,9 +146,9 @@ def reconcile(symbol: str | int, tf: str = "1m", start: Any = None, end: Any = N
     live = live[live.index.asi8 < final_before] if len(live) else live
     if not len(live):
         return compare(live, live, tick_size=tick_size or DEFAULT_TICK)
-    lo = _ns(start)
+    lo = bound_ns(start)
     lo = int(live.index[0].value) if lo is None else lo
-    hi = _ns(end)
+    hi = bound_ns(end)
     hi = min(final_before, int(live.index[-1].value) + t.ns) if hi is None else min(hi, final_before)
     client = client or historical_client(manager)
     kite = client.fetch(token, t.label, lo, hi).to_frame()

@@ -25,7 +25,7 @@ from .core.candles import Candle, CandleBatch, empty_frame
 from .core.engine import Engine
 from .core.series import SeriesBuffer
 from .core.stream import Stream
-from .core.timeframes import IST, NS, parse_timeframe
+from .core.timeframes import bound_ns, parse_timeframe
 
 log = logging.getLogger("kiteohlc_lab")
 
@@ -44,16 +44,6 @@ class StreamInfo:
 
     def __repr__(self) -> str:
         return self.message
-
-
-def _to_ns(value: Any) -> int | None:
-    """A date/time bound -> epoch ns; naive values are IST wall-clock."""
-    if value is None or value == "":
-        return None
-    ts = pd.Timestamp(value)
-    if ts.tzinfo is None:
-        ts = ts.tz_localize(IST)
-    return int(ts.value)
 
 
 def split_symbols(symbols: str | list[str] | tuple[str, ...]) -> list[str]:
@@ -548,13 +538,13 @@ class Manager:
     def candles(self, symbol: str | int, tf: str, closed_only: bool = False,
                 start: Any = None, end: Any = None) -> pd.DataFrame:
         """History + closed + forming candles of ``symbol`` at ``tf`` (see ``kiteohlc_lab.candles``)."""
-        return self.series(symbol, tf).frame(closed_only=closed_only, start=_to_ns(start), end=_to_ns(end))
+        return self.series(symbol, tf).frame(closed_only=closed_only, start=bound_ns(start), end=bound_ns(end))
 
     def history(self, symbol: str | int, tf: str, start: Any = None, end: Any = None) -> pd.DataFrame:
         """Closed candles straight from the history store (no stream needed)."""
         tok = self.token_of(symbol)
         label = parse_timeframe(tf).label
-        df = self.stores()[1].read(tok, label, _to_ns(start), _to_ns(end))
+        df = self.stores()[1].read(tok, label, bound_ns(start), bound_ns(end))
         df.attrs["forming"] = None
         return df
 

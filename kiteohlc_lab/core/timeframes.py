@@ -161,3 +161,15 @@ def bucket_start(ts: np.ndarray, tf: Timeframe, anchor: np.ndarray | int) -> np.
 def trading_day(ts: np.ndarray) -> np.ndarray:
     """IST calendar day number (days since epoch) of each timestamp."""
     return (np.asarray(ts, dtype=np.int64) + IST_OFFSET_NS) // DAY_NS
+
+
+def bound_ns(value: object) -> int | None:
+    """A date/time bound (``start=``/``end=``) -> epoch ns; naive values are IST wall-clock."""
+    if value is None or value == "":
+        return None
+    import pandas as pd
+
+    ts = pd.Timestamp(value)
+    if ts.tzinfo is None:
+        ts = ts.tz_localize(IST)
+    return int(ts.value)

@@ -10,9 +10,9 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Mapping
 
+from ..config import read_dotenv
 from ..errors import CredentialsError
 
 LOGIN_HINT = (
@@ -85,28 +85,6 @@ def guard_logging(*secrets: str | None) -> None:
         lg = logging.getLogger(name)
         if _FILTER not in lg.filters:
             lg.addFilter(_FILTER)
-
-
-def read_dotenv(path: str | os.PathLike) -> dict[str, str]:
-    """Parse simple ``KEY=VALUE`` lines (``export``, quotes and ``#`` comments allowed)."""
-    p = Path(path)
-    if not p.is_file():
-        return {}
-    out: dict[str, str] = {}
-    for raw in p.read_text(encoding="utf-8").splitlines():
-        line = raw.strip()
-        if not line or line.startswith("#") or "=" not in line:
-            continue
-        if line.startswith("export "):
-            line = line[7:].lstrip()
-        key, _, value = line.partition("=")
-        value = value.strip()
-        if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
-            value = value[1:-1]
-        elif " #" in value:
-            value = value.split(" #", 1)[0].rstrip()
-        out[key.strip()] = value
-    return out
 
 
 def load_credentials(

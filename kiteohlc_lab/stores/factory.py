@@ -27,22 +27,16 @@ server that is down or goes away never raises into the stream thread.
 from __future__ import annotations
 
 import os
-import re
 import threading
 from typing import Any
 from urllib.parse import urlsplit
 
+from ..config import mask_url
 from ..errors import ConfigError
 from .base import HistoryStore, LiveStore
 
 _MOCKS: dict[str, Any] = {}
 _MOCK_LOCK = threading.Lock()
-
-
-def mask_url(url: str) -> str:
-    """Hide passwords in a URL: ``redis://u:secret@h`` -> ``redis://u:***@h``."""
-    out = re.sub(r"(//[^:/@?#]*):[^@/]*@", r"\1:***@", url)
-    return re.sub(r"(?i)([?&](?:password|authSource_password)=)[^&]*", r"\1***", out)
 
 
 def _home(path: str) -> str:

@@ -108,6 +108,12 @@ local function key(t, kind, tf)
   return k
 end
 local function oi(x) if x < 0 then return 'nan' end return num(x) end
+local function write_last(last)  -- token -> {price, oi, start, tf}
+  for t, v in pairs(last) do
+    redis.call('HSET', p .. '{' .. t .. '}:last', 'price', v[1], 'oi', v[2], 'start', v[3], 'tf', v[4],
+      'updated', now)
+  end
+end
 for _, g in ipairs(d.x) do
   for i = 1, #g.t do
     redis.call('XADD', key(g.t[i], 'closed', g.tf), 'MAXLEN', '~', maxlen, '*',
@@ -126,10 +132,7 @@ for _, g in ipairs(d.f) do
     last[int(g.t[i])] = {c, o, s, g.tf}
   end
 end
-for t, v in pairs(last) do
-  redis.call('HSET', p .. '{' .. t .. '}:last', 'price', v[1], 'oi', v[2], 'start', v[3], 'tf', v[4],
-    'updated', now)
-end
+write_last(last)
 for i = 1, #d.st.t do
   local t = int(d.st.t[i])
   redis.call('SET', p .. '{' .. t .. '}:state', d.st.j[i])
@@ -183,10 +186,7 @@ if sc then
       if parts[i] then parts[i] = parts[i] .. ',' .. s else parts[i] = s end
     end
   end
-  for t, v in pairs(last) do
-    redis.call('HSET', p .. '{' .. t .. '}:last', 'price', v[1], 'oi', v[2], 'start', v[3], 'tf', v[4],
-      'updated', now)
-  end
+  write_last(last)
   for i = 1, n do
     local t = int(col(1, n, 1, i))
     local prev = col(1, n, 2, i)
