@@ -125,6 +125,7 @@ class Engine:
         self.stats = {"ticks": 0, "batches": 0, "late": 0, "amended": 0, "closed": 0}
         self._fill_prev: dict[str, dict[int, tuple[int, float]]] = {}  # tf -> token -> (start, close)
         self._seq = np.zeros(0, np.int64)  # per slot: batch number of its last change
+        self.last_tokens = np.empty(0, np.int64)
         self._batch_no = 0
         for tf in timeframes:
             self.add_timeframe(tf)
@@ -213,6 +214,7 @@ class Engine:
                 bounds = np.unique(np.concatenate([[0], cuts, cuts + 1, [len(batch)]]))
                 for a, z in zip(bounds[:-1], bounds[1:]):
                     out += self._process(batch.take(slice(int(a), int(z))))
+                self.last_tokens = np.unique(batch.token)
                 return out
         return self._process(batch)
 
@@ -250,6 +252,7 @@ class Engine:
         clock_arr, order, slot, gstart, gid = self._prepare(batch)
         self._batch_no += 1
         self._seq[slot[gstart]] = self._batch_no
+        self.last_tokens = self._slot_tokens[slot[gstart]]  # instruments of this batch (sorted once)
         ts = batch.ts[order]
         price = batch.price[order]
         clock = clock_arr[order]

@@ -195,7 +195,7 @@ class Stream:
                 if self.recorder is not None:
                     self.recorder.write(batch)
                 closed += eng.process(batch)
-                touched.update(np.unique(batch.token).tolist())
+                touched.update(eng.last_tokens.tolist())
             elif kind == "done":
                 # the tape ended, not the candles: by event time the last candles are still forming
                 # (no tick proved their end). They stay forming in the live store, so a replay of
