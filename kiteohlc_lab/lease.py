@@ -44,7 +44,25 @@ end
 return 0
 """
 
-_SHA = {s: hashlib.sha1(s.encode()).hexdigest() for s in (_RENEW, _RELEASE)}
+# the same checks over many keys in one call (single server: thousands of instruments per renewal
+# would otherwise be thousands of commands for the writer to pack and parse)
+_RENEW_MANY = """
+local out = {}
+for i, k in ipairs(KEYS) do
+  if redis.call('get', k) == ARGV[1] then out[i] = redis.call('pexpire', k, ARGV[2]) else out[i] = 0 end
+end
+return out
+"""
+_RELEASE_MANY = """
+local out = {}
+for i, k in ipairs(KEYS) do
+  if redis.call('get', k) == ARGV[1] then out[i] = redis.call('del', k) else out[i] = 0 end
+end
+return out
+"""
+_MANY = {_RENEW: _RENEW_MANY, _RELEASE: _RELEASE_MANY}
+_SHA = {s: hashlib.sha1(s.encode()).hexdigest() for s in (_RENEW, _RELEASE, _RENEW_MANY, _RELEASE_MANY)}
+_CHUNK = 1000
 
 
 class LeaseHeld(KiteOHLCError):
@@ -223,23 +241,28 @@ class LeaseKeeper:
         self._eval_each(_RELEASE, [(self.key(t), self.owner) for t in toks])
 
     def _eval_each(self, script: str, rows: list[tuple]) -> list:
-        """One single-key script call per row (key, *args): EVALSHA pipelined, or one by one on a
-        Redis Cluster client (whose pipeline has no EVAL)."""
+        """Run ``script`` for each row (key, *args; the args are the same on every row): multi-key
+        calls of up to _CHUNK keys on one server, one single-key call per row on a Redis Cluster
+        client (keys in many slots; its pipeline has no EVAL)."""
         if type(self.client).__name__ == "RedisCluster":
             return [self.client.eval(script, 1, *row) for row in rows]
         from redis.exceptions import NoScriptError
 
-        sha = _SHA[script]
+        # rows share their arguments (owner, ttl): one multi-key call per _CHUNK keys
+        many = _MANY[script]
+        sha = _SHA[many]
+        args = rows[0][1:] if rows else ()
         for attempt in range(2):
             pipe = self.client.pipeline(transaction=False)
-            for row in rows:
-                pipe.evalsha(sha, 1, *row)
+            for i in range(0, len(rows), _CHUNK):
+                keys = [r[0] for r in rows[i : i + _CHUNK]]
+                pipe.evalsha(sha, len(keys), *keys, *args)
             try:
-                return pipe.execute()
+                return [int(x) for part in pipe.execute() for x in part]
             except NoScriptError:  # first use, or the server restarted: load, then once more
                 if attempt:
                     raise
-                self.client.script_load(script)
+                self.client.script_load(many)
         return []
 
     # -- background renewal -------------------------------------------------------------------
