@@ -274,11 +274,11 @@ class Manager:
             raise TapeError(tape.error)
         table = self._table()
         if [s.upper() for s in syms] in (["ALL"], ["*"]):
-            tokens = [int(t) for t in np.unique(tape.ticks.token)]
+            tokens = sorted(tape.tokens())
             inv = {v: k for k, v in tape.symbols.items()}
             pairs = [(inv.get(t, str(t)), t) for t in tokens]
         else:
-            present = set(np.unique(tape.ticks.token).tolist())
+            present = tape.tokens()
             pairs, missing = [], []
             for s in syms:
                 try:

@@ -34,6 +34,13 @@ class Tape:
     ticks: TickBatch
     symbols: dict[str, int] = field(default_factory=dict)  # tradingsymbol (upper) -> token
     error: str | None = None  # "tape.csv line 7: ..." when a malformed row stopped the read
+    _tokens: set[int] | None = None
+
+    def tokens(self) -> set[int]:
+        """The instruments on the tape (hashed once, not sorted)."""
+        if self._tokens is None:
+            self._tokens = set(pd.unique(self.ticks.token).tolist())
+        return self._tokens
 
 
 def _parse_timestamps(raw: pd.Series) -> pd.Series:
@@ -243,8 +250,8 @@ class ReplaySource:
 
     def _selected(self) -> TickBatch:
         t = self.tape.ticks
-        if self._tokens is None:
-            return t
+        if self._tokens is None or self._tokens >= self.tape.tokens():
+            return t  # every instrument of the tape: no copy
         return t.take(np.isin(t.token, np.fromiter(self._tokens, np.int64)))
 
     def start(self, sink: Sink) -> None:
