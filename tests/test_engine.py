@@ -269,3 +269,17 @@ def test_engine_equals_reference_on_random_tapes(policy, data, grace):
     want = sorted(key(c) for c in ref.closed)
     assert got == want
     assert eng.stats["late"] == ref.late
+
+
+def test_tokens_whose_hashes_collide_keep_their_own_candles():
+    from kiteohlc_lab.core.engine import _hash
+
+    a, b = 514229, 1346269  # same slot in the engine's token hash table
+    assert _hash(np.array([a]))[0] == _hash(np.array([b]))[0]
+    rows = [(a, "09:15:01", 100, 10), (b, "09:15:02", 200, 5), (a, "09:15:30", 101, 20), (b, "09:15:40", 199, 9),
+            (a, "09:16:01", 102, 30), (b, "09:16:02", 201, 12)]
+    e = Engine(["1m"])
+    out = e.process(batch(rows)) + e.flush()
+    ca, cb = closed(out, token=a), closed(out, token=b)
+    assert [(c.open, c.close, c.volume) for c in ca] == [(100, 101, 10), (102, 102, 10)]
+    assert [(c.open, c.close, c.volume) for c in cb] == [(200, 199, 4), (201, 201, 3)]

@@ -44,6 +44,13 @@ from .timeframes import (
 )
 
 NONE = np.iinfo(np.int64).min
+_HASH_BITS = 20
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+
+
+def _hash(tokens: np.ndarray) -> np.ndarray:
+    """Fibonacci hashing of instrument tokens into _HASH_BITS bits."""
+    return ((tokens.astype(np.uint64) * _GOLDEN) >> np.uint64(64 - _HASH_BITS)).astype(np.intp)
 _VOL_BITS = 42  # cumulative volumes below 2**42 (4.4e12 shares) per instrument per day
 
 
@@ -124,6 +131,7 @@ class Engine:
         self.series: dict[str, _Series] = {}
         self.stats = {"ticks": 0, "batches": 0, "late": 0, "amended": 0, "closed": 0}
         self._fill_prev: dict[str, dict[int, tuple[int, float]]] = {}  # tf -> token -> (start, close)
+        self._table = np.full(1 << _HASH_BITS, -1, np.int32)  # hash(token) -> slot
         self._seq = np.zeros(0, np.int64)  # per slot: batch number of its last change
         self.last_tokens = np.empty(0, np.int64)
         self._batch_no = 0
@@ -151,7 +159,24 @@ class Engine:
         return t
 
     def _slots(self, tokens: np.ndarray) -> np.ndarray:
-        """Slot index of each token, registering new ones (searchsorted: no sort of the batch)."""
+        """Slot index of each token, registering new ones.
+
+        A multiplicative-hash table answers almost every lookup in a few vector operations; tokens
+        it cannot answer (new ones, the rare hash collision) go through the sorted-token search.
+        """
+        if self._n:
+            guess = self._table[_hash(tokens)]
+            safe = np.maximum(guess, 0)
+            hit = (guess >= 0) & (self._slot_tokens[safe] == tokens)
+            if hit.all():
+                return guess.astype(np.int64)
+            miss = ~hit
+            out = guess.astype(np.int64)
+            out[miss] = self._search(tokens[miss])
+            return out
+        return self._search(tokens)
+
+    def _search(self, tokens: np.ndarray) -> np.ndarray:
         if len(self._tokens):
             pos = np.searchsorted(self._tokens, tokens)
             np.minimum(pos, len(self._tokens) - 1, out=pos)
@@ -189,6 +214,9 @@ class Engine:
         self._anchor[slots] = anchor_for_tokens(new, self.session_open)
         self._slot_tokens[slots] = new
         self._n = need
+        h = _hash(new)
+        free = self._table[h] < 0
+        self._table[h[free]] = slots[free]  # colliding tokens are found by _search instead
         allt = np.concatenate([self._tokens, new])
         alls = np.concatenate([self._slot_of_sorted, slots])
         order = np.argsort(allt, kind="stable")
@@ -331,31 +359,33 @@ class Engine:
         tf = s.tf
         F = s.f
         b, late = self._lateness(s, slot, ts, clock, gstart, gid)
-        ok = np.flatnonzero(~late)
-        if len(ok) == 0:
-            if late.any():
+        any_late = bool(late.any())
+        if any_late:
+            ok = np.flatnonzero(~late)
+            if len(ok) == 0:
                 self._late(s, np.flatnonzero(late), slot, b, ts, price, inc, oi, out)
-            return late
-        slot_ok, b_ok = slot[ok], b[ok]
-        m = len(ok)
+                return late
+            slot_ok, b_ok, p, inc_ok, ts_ok, o = slot[ok], b[ok], price[ok], inc[ok], ts[ok], oi[ok]
+        else:  # the usual case: no copies
+            slot_ok, b_ok, p, inc_ok, ts_ok, o = slot, b, price, inc, ts, oi
+        m = len(slot_ok)
         st = np.empty(m, bool)
         st[0] = True
-        st[1:] = (slot_ok[1:] != slot_ok[:-1]) | (b_ok[1:] != b_ok[:-1])
+        np.not_equal(b_ok[1:], b_ok[:-1], out=st[1:])
+        st[1:] |= gstart[1:] if not any_late else (slot_ok[1:] != slot_ok[:-1])
         starts = np.flatnonzero(st)
         ends = np.empty(len(starts), np.int64)
         ends[:-1] = starts[1:] - 1
         ends[-1] = m - 1
-        p = price[ok]
         g_slot = slot_ok[starts]
         g_bucket = b_ok[starts]
         g_open = p[starts]
         g_close = p[ends]
         g_high = np.maximum.reduceat(p, starts)
         g_low = np.minimum.reduceat(p, starts)
-        g_vol = np.add.reduceat(inc[ok], starts)
+        g_vol = np.add.reduceat(inc_ok, starts)
         g_ticks = (ends - starts + 1).astype(np.int64)
-        g_last_ts = ts[ok][ends]
-        o = oi[ok]
+        g_last_ts = ts_ok[ends]
         if np.isnan(o).all():
             g_oi = np.full(len(starts), np.nan)
         else:
@@ -417,7 +447,7 @@ class Engine:
         if parts:
             closed = CandleBatch.concat(parts)
             out.extend(self._emit(s, closed))
-        if late.any():
+        if any_late:
             self._late(s, np.flatnonzero(late), slot, b, ts, price, inc, oi, out)
         return late
 
