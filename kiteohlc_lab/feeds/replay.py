@@ -179,8 +179,7 @@ def _read_parquet_fast(path: Path) -> Tape | None:
     def opt(name: str) -> np.ndarray | None:
         if name not in col:
             return None
-        arr = col[name].cast(pa.float64()).to_numpy(zero_copy_only=False)
-        return np.where(np.isnan(arr), np.nan, arr)
+        return col[name].cast(pa.float64()).to_numpy(zero_copy_only=False)  # nulls become NaN
 
     vol, oi = opt("volume_traded"), opt("oi")
     if (vol is not None and np.any(vol < 0)) or (oi is not None and np.any(oi < 0)):
@@ -188,12 +187,14 @@ def _read_parquet_fast(path: Path) -> Tape | None:
     symbols: dict[str, int] = {}
     if "tradingsymbol" in col:
         enc = col["tradingsymbol"].combine_chunks().dictionary_encode()
-        codes = enc.indices.to_numpy(zero_copy_only=False)
-        codes = np.where(np.isnan(codes.astype(float)), -1, codes).astype(np.int64)
-        uniq, first = np.unique(codes, return_index=True)
+        codes = enc.indices.fill_null(-1).to_numpy().astype(np.int64)
         names = enc.dictionary.to_pylist()
-        for code, at in zip(uniq.tolist(), first.tolist()):
-            if code < 0:
+        # first row of each symbol without sorting: reversed assignment, the first row writes last
+        first = np.full(len(names), -1, np.int64)
+        valid = np.flatnonzero(codes >= 0)
+        first[codes[valid][::-1]] = valid[::-1]
+        for code, at in enumerate(first.tolist()):
+            if at < 0:
                 continue
             tok, sym = int(token[at]), names[code]
             if isinstance(sym, str) and sym.strip() and sym.strip().upper() != "NAN":
