@@ -226,6 +226,7 @@ class Stream:
         for c in closed:
             touched.update(np.unique(c.token).tolist())
         if closed or touched:
+            closed = _merge_by_tf(closed)  # one write and one upsert per timeframe per drain
             # forming candles are read from the engine on demand (SeriesBuffer.bind_engine)
             self._write_history(closed)
             self._pending_closed += closed
@@ -429,3 +430,13 @@ def _newest_per_token(batch: CandleBatch) -> CandleBatch:
     tok = batch.token[order]
     last = np.append(tok[1:] != tok[:-1], True)
     return batch.select(order[last])
+
+
+def _merge_by_tf(batches: list[CandleBatch]) -> list[CandleBatch]:
+    """Closed candles of a drain, one batch per timeframe (amended ones kept after the originals)."""
+    if len(batches) <= 1:
+        return batches
+    by_tf: dict[str, list[CandleBatch]] = {}
+    for b in batches:
+        by_tf.setdefault(b.tf, []).append(b)
+    return [parts[0] if len(parts) == 1 else CandleBatch.concat(parts) for parts in by_tf.values()]
