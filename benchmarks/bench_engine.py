@@ -137,12 +137,12 @@ def main() -> None:
         assert kiteohlc_lab.wait(600)
         return time.perf_counter() - t
 
-    def timed(fn, path, repeat=2):
+    def timed(fn, path, repeat=3):
         return min(fn(path) for _ in range(repeat))
 
-    t_pd_pq = best_of(lambda: pandas_path(tape_pq), repeat=1)
+    t_pd_pq = best_of(lambda: pandas_path(tape_pq), repeat=3)
     t_replay_pq = timed(replay_path, tape_pq)
-    t_pd_csv = best_of(lambda: pandas_path(tape_csv), repeat=1)
+    t_pd_csv = best_of(lambda: pandas_path(tape_csv), repeat=3)
     t_replay_csv = timed(replay_path, tape_csv)
     api.reset()
 

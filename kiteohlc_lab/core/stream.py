@@ -99,6 +99,7 @@ class Stream:
         self._last_live_write = 0.0
         self._pending_closed: list[CandleBatch] = []
         self._pending_touched: set[int] = set()
+        self._writer = _Writer(self._write_history, f"kiteohlc-{name}-history")
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"kiteohlc-{name}", daemon=True)
         # gap repair of candles longer than a minute, or not closed yet when the minutes came:
@@ -183,6 +184,7 @@ class Stream:
 
     def _handle(self, items: list[tuple]) -> bool:
         closed: list[CandleBatch] = []
+        written: list[CandleBatch] = []  # already handed to the history writer
         touched: set[int] = set()
         keep_going = True
         finished = False
@@ -194,7 +196,10 @@ class Stream:
                 self.stats.count(len(batch))
                 if self.recorder is not None:
                     self.recorder.write(batch)
-                closed += eng.process(batch)
+                got = eng.process(batch)
+                if got:  # stored by the writer thread while the next batch aggregates
+                    self._writer.put(_merge_by_tf(got))
+                    written += got
                 touched.update(eng.last_tokens.tolist())
             elif kind == "done":
                 # the tape ended, not the candles: by event time the last candles are still forming
@@ -225,10 +230,12 @@ class Stream:
         closed = [c for c in closed if len(c)]
         for c in closed:
             touched.update(np.unique(c.token).tolist())
+        if closed:
+            self._writer.put(_merge_by_tf(closed))
+        closed = [c for c in written + closed if len(c)]
         if closed or touched:
-            closed = _merge_by_tf(closed)  # one write and one upsert per timeframe per drain
+            closed = _merge_by_tf(closed)  # one upsert per timeframe per drain
             # forming candles are read from the engine on demand (SeriesBuffer.bind_engine)
-            self._write_history(closed)
             self._pending_closed += closed
             self._pending_touched |= touched
             if closed:
@@ -237,7 +244,11 @@ class Stream:
             now = time.monotonic()
             if finished or not keep_going or now - self._last_live_write >= self.live_write_interval:
                 self._last_live_write = now
+                # the live state may say a candle is closed only once history holds it
+                self._writer.drain()
                 self._write_live()
+        if finished or not keep_going:
+            self._writer.drain()
         if finished:
             self.state = "done"
             self.done.set()
@@ -382,6 +393,7 @@ class Stream:
         self._record_error(message)
 
     def _close_outputs(self) -> None:
+        self._writer.close()
         if self.recorder is not None:
             try:
                 self.recorder.close()
@@ -430,6 +442,45 @@ def _newest_per_token(batch: CandleBatch) -> CandleBatch:
     tok = batch.token[order]
     last = np.append(tok[1:] != tok[:-1], True)
     return batch.select(order[last])
+
+
+class _Writer:
+    """A thread that writes closed candles to the history store, in order, while the stream
+    thread aggregates the next batch. ``drain()`` waits until everything handed over is written."""
+
+    def __init__(self, write: Any, name: str) -> None:
+        self._write = write
+        self._q: queue.SimpleQueue = queue.SimpleQueue()
+        self._cv = threading.Condition()
+        self._pending = 0
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+
+    def put(self, closed: list[CandleBatch]) -> None:
+        with self._cv:
+            self._pending += 1
+        self._q.put(closed)
+
+    def _run(self) -> None:
+        while True:
+            item = self._q.get()
+            if item is None:
+                return
+            try:
+                self._write(item)
+            finally:
+                with self._cv:
+                    self._pending -= 1
+                    self._cv.notify_all()
+
+    def drain(self, timeout: float | None = None) -> bool:
+        with self._cv:
+            return self._cv.wait_for(lambda: self._pending == 0, timeout)
+
+    def close(self) -> None:
+        self.drain(timeout=30)
+        self._q.put(None)
+        self._thread.join(timeout=5)
 
 
 def _merge_by_tf(batches: list[CandleBatch]) -> list[CandleBatch]:
