@@ -176,6 +176,7 @@ class Manager:
             return self.symbol_tokens[up]
         known = self._known_symbols()
         if up in known:
+            self.symbol_tokens[up] = known[up]
             return known[up]
         extra: dict[str, int] = {}
         for tape in self._tapes.values():
@@ -199,8 +200,12 @@ class Manager:
         mode: str | None = None,
         backfill: str | None = None,
         record: str | None = None,
+        progress: Callable[[float, str], Any] | None = None,
     ) -> StreamInfo:
-        """Start (or extend) a stream; returns at once, the stream runs in a background thread."""
+        """Start (or extend) a stream; returns at once, the stream runs in a background thread.
+
+        ``progress(fraction, text)`` is called from the backfill thread as ``backfill`` loads.
+        """
         syms = split_symbols(symbols)
         tf_list = [timeframes] if isinstance(timeframes, str) else list(timeframes)
         tfs = [parse_timeframe(t) for t in tf_list]
@@ -242,7 +247,7 @@ class Manager:
             syms, attached = attach_leased(self, syms, tfs)
             if not syms:
                 return attached
-        info = self._start_live(syms, tfs, source, mode, backfill, record)
+        info = self._start_live(syms, tfs, source, mode, backfill, record, progress)
         if attached is not None:
             info.message = f"{attached.message}\n{info.message}"
         return info
@@ -313,7 +318,7 @@ class Manager:
                 self._sim = KiteSimulator().start()
             return self._sim
 
-    def _start_live(self, syms, tfs, source, mode, backfill, record) -> StreamInfo:
+    def _start_live(self, syms, tfs, source, mode, backfill, record, progress=None) -> StreamInfo:
         from kiteconnect import KiteConnect
 
         from .feeds.kite import KiteSource
@@ -341,7 +346,7 @@ class Manager:
                 existing.engine.add_timeframe(tf)
             self._prepare(existing, pairs, [t for t in existing.engine.timeframes])
             existing.subscribe([t for _, t in pairs], {t: s for s, t in pairs})
-            self._backfill(existing, pairs, tfs, backfill, kite)
+            self._backfill(existing, pairs, tfs, backfill, kite, progress)
             return StreamInfo(existing.name, source, pairs, [t.label for t in existing.engine.timeframes],
                               f"Added {', '.join(s for s, _ in pairs)} {' '.join(t.label for t in tfs)} "
                               f"to the running {source} stream (no reconnect)")
@@ -352,29 +357,46 @@ class Manager:
                          mode=mode or c.mode, stall_timeout=c.stall_timeout, history=hist_client)
         src.name = source
         info = self._launch(source if source not in self.streams else self._name(source), src, pairs, tfs, record)
-        self._backfill(self.streams[info.name], pairs, tfs, backfill, kite)
+        self._backfill(self.streams[info.name], pairs, tfs, backfill, kite, progress)
         where = ("the built-in Kite simulator (no credentials configured)" if source == "sim" and not c.ticker_url
                  else f"Kite ({ticker_url or 'wss://ws.kite.trade'})")
         info.message = (f"Streaming {', '.join(s for s, _ in pairs)} {' '.join(t.label for t in tfs)} "
                         f"from {where}; {self.stores()[2]}")
         return info
 
-    def _backfill(self, stream: Stream, pairs, tfs, backfill: str | None, kite: Any) -> None:
+    def _backfill(self, stream: Stream, pairs, tfs, backfill: str | None, kite: Any,
+                  progress: Callable[[float, str], Any] | None = None) -> None:
         if not backfill:
             return
-        from .feeds.historical import HistoricalClient
+        from .feeds.historical import HistoricalClient, parse_span
 
+        try:  # a bad span is one clear line now, not an error in the thread
+            parse_span(backfill)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
         client = HistoricalClient(kite)
+        jobs = [(sym, tok, tf) for sym, tok in pairs for tf in tfs]
+
+        def report(k: int, done: int, total: int, what: str) -> None:
+            if progress is not None:
+                try:
+                    progress((k + (done / total if total else 1.0)) / len(jobs), what)
+                except Exception:  # a closed progress widget must not stop the backfill
+                    pass
 
         def run() -> None:
-            for sym, tok in pairs:
-                for tf in tfs:
-                    try:
-                        cb = client.backfill(tok, tf.label, backfill)
-                    except Exception as exc:
-                        stream.on_error(f"backfill of {sym} {tf.label} failed: {exc}", False)
-                        continue
-                    stream.on_history(tok, tf.label, cb)
+            for k, (sym, tok, tf) in enumerate(jobs):
+                what = f"backfill {sym} {tf.label} ({backfill})"
+                try:
+                    cb = client.backfill(tok, tf.label, backfill,
+                                         progress=lambda d, t, k=k, w=what: report(k, d, t, w))
+                except Exception as exc:
+                    stream.on_error(f"backfill of {sym} {tf.label} failed: {exc}", False)
+                    continue
+                stream.on_history(tok, tf.label, cb)
+                report(k, 1, 1, what)
+            if progress is not None:
+                report(len(jobs) - 1, 1, 1, f"backfill {backfill} done")
 
         threading.Thread(target=run, name="kiteohlc-backfill", daemon=True).start()
 

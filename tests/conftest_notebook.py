@@ -92,13 +92,14 @@ class FakeManager:
 
     def start(self, symbols: Any, timeframes: Any, *, source: str | None = None, tape: str | None = None,
               speed: float = 0.0, mode: str | None = None, backfill: str | None = None,
-              record: str | None = None) -> SimpleNamespace:
+              record: str | None = None, progress: Any = None) -> SimpleNamespace:
         symbols = [symbols] if isinstance(symbols, str) else list(symbols)
         timeframes = [timeframes] if isinstance(timeframes, str) else list(timeframes)
         tfs = [parse_timeframe(t).label for t in timeframes]
         keys = [self._key(s, t) for s in symbols for t in tfs]
         self.started.append(dict(symbols=symbols, timeframes=tfs, source=source, tape=tape, speed=speed,
                                  mode=mode, backfill=backfill, record=record))
+        self.progress = progress
         for k in keys:
             self.buffers.setdefault(k, FakeSeries(k[1], n=3))
         name = f"{source or 'sim'}-{len(self.streams) + 1}"

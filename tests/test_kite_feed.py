@@ -339,3 +339,31 @@ def test_timestamps_identical_under_utc_and_ist() -> None:
     assert utc["starts"] == ist["starts"] == [start + i * MINUTE for i in range(5)]
     assert utc["close"] == ist["close"]
     assert utc["frame_first"] == "2025-01-06 09:15:00+05:30"
+
+
+def test_backfill_through_the_manager_reports_progress_and_fills_history(tmp_path):
+    """%ohlc_stream ... --backfill 1d: earlier candles from the historical API, with progress."""
+    import kiteohlc_lab
+    from kiteohlc_lab import api
+    from kiteohlc_lab.errors import ConfigError
+
+    seen: list[tuple[float, str]] = []
+    done = threading.Event()
+
+    def progress(fraction: float, text: str) -> None:
+        seen.append((fraction, text))
+        if fraction >= 1.0:
+            done.set()
+
+    with pytest.raises(ConfigError, match="backfill span"):
+        api.manager().start("NIFTY", ["5m"], source="sim", backfill="5x")
+    api.manager().start("NIFTY", ["5m"], source="sim", backfill="1d", progress=progress)
+    assert done.wait(60), seen[-3:]
+    fractions = [f for f, _ in seen]
+    assert fractions == sorted(fractions) and fractions[-1] == 1.0
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and len(kiteohlc_lab.candles("NIFTY", "5m", closed_only=True)) < 10:
+        time.sleep(0.1)
+    hist = kiteohlc_lab.candles("NIFTY", "5m", closed_only=True)
+    assert len(hist) >= 10  # a day of 5-minute candles from Kite, before the first live one
+    assert (hist.index.minute % 5 == 0).all()

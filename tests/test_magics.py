@@ -30,6 +30,8 @@ def test_stream_passes_every_option(shell, fake_manager, tmp_path):
     call = fake_manager.started[-1]
     assert call == dict(symbols=["NSE:RELIANCE"], timeframes=["5m"], source="replay", tape=str(tape),
                         speed=60.0, mode="ltp", backfill="5d", record=str(tmp_path / "rec.csv"))
+    assert callable(fake_manager.progress)  # --backfill shows a progress bar in the cell
+    fake_manager.progress(0.5, "backfill NSE:RELIANCE 5m (5d)")  # the thread's update must not raise
 
 
 @pytest.mark.parametrize("line, expected", [

@@ -144,6 +144,27 @@ class StatusTable:
         return "\n".join("  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip() for r in rows)
 
 
+def _progress_bar() -> Any:
+    """A progress bar shown in the cell, updated from the backfill thread (only values change
+    there; the widget is displayed here, in the cell)."""
+    import ipywidgets as w
+    from IPython.display import display
+
+    bar = w.FloatProgress(value=0.0, min=0.0, max=1.0, description="backfill",
+                          layout=w.Layout(width="60%"))
+    label = w.Label("")
+    display(w.HBox([bar, label]))
+
+    def update(fraction: float, text: str) -> None:
+        with bar.hold_sync():
+            bar.value = min(1.0, max(0.0, fraction))
+            if fraction >= 1.0:
+                bar.bar_style = "success"
+        label.value = text
+
+    return update
+
+
 @magics_class
 class KiteOHLCMagics(Magics):
     """Magics of kiteohlc_lab; ``%ohlc_stream?`` etc. show each one's arguments."""
@@ -188,7 +209,8 @@ class KiteOHLCMagics(Magics):
         m.configure(self.cfg)  # %config changes take effect at each new stream
         self._configured = True
         info = m.start(symbols, list(args.timeframes), source=args.source, tape=args.tape,
-                       speed=args.speed, mode=args.mode, backfill=args.backfill, record=args.record)
+                       speed=args.speed, mode=args.mode, backfill=args.backfill, record=args.record,
+                       progress=_progress_bar() if args.backfill else None)
         if getattr(info, "message", ""):
             print(" ".join(str(info.message).split()))
         from .live import LiveCandles
