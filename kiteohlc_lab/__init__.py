@@ -19,6 +19,8 @@ __all__ = [
     "live",
     "on_candle",
     "history",
+    "login",
+    "reconcile",
     "load_ipython_extension",
     "unload_ipython_extension",
 ]
@@ -26,7 +28,7 @@ __all__ = [
 
 def __getattr__(name: str) -> Any:
     if name in {"candles", "wait", "status", "stream", "stop", "live", "on_candle", "history",
-                "reconcile", "manager"}:
+                "reconcile", "manager", "login"}:
         from . import api
 
         return getattr(api, name)

@@ -109,3 +109,24 @@ def reconcile(symbol: str | int, tf: str = "1m", start: Any = None, end: Any = N
 
     kw.setdefault("manager", manager())
     return _reconcile(symbol, tf, start, end, volume_tolerance=volume_tolerance, **kw)
+
+
+def login(request_token: str, api_key: str | None = None, api_secret: str | None = None) -> str:
+    """Turn a Kite login ``request_token`` into today's access token and use it from now on.
+
+    ``api_key``/``api_secret`` default to ``KiteOHLC.api_key``/``api_secret`` (env ``KITE_API_KEY``,
+    ``KITE_API_SECRET``, ``.env``). The token is stored in the configuration, never printed; the
+    return value is a one-line confirmation (tokens expire daily around 06:00 IST).
+    """
+    from .errors import CredentialsError
+    from .feeds.auth import login as _login
+
+    m = manager()
+    key = api_key or m.cfg.api_key
+    secret = api_secret or m.cfg.api_secret
+    if not key or not secret:
+        raise CredentialsError("login needs the API key and API secret: pass them, or set "
+                               "KITE_API_KEY and KITE_API_SECRET (or KiteOHLC.api_key/api_secret)")
+    m.cfg.api_key = key
+    m.cfg.access_token = _login(key, secret, request_token, api_url=m.cfg.api_url or None)
+    return "logged in: the access token is set for this session (it expires around 06:00 IST)"

@@ -367,3 +367,22 @@ def test_backfill_through_the_manager_reports_progress_and_fills_history(tmp_pat
     hist = kiteohlc_lab.candles("NIFTY", "5m", closed_only=True)
     assert len(hist) >= 10  # a day of 5-minute candles from Kite, before the first live one
     assert (hist.index.minute % 5 == 0).all()
+
+
+def test_login_exchanges_a_request_token_and_never_shows_the_secret(caplog):
+    import kiteohlc_lab
+    from kiteohlc_lab import api
+    from kiteohlc_lab.errors import CredentialsError
+    from kiteohlc_lab.feeds.simulator import KiteSimulator
+
+    with KiteSimulator(api_key="k1", access_token="tok-SECRET-123", api_secret="sec-SECRET-456") as sim:
+        m = api.manager()
+        m.cfg.api_url = sim.api_url
+        with caplog.at_level(logging.DEBUG):
+            with pytest.raises(CredentialsError) as bad:
+                kiteohlc_lab.login("req-1", api_key="k1", api_secret="wrong-secret")
+            msg = kiteohlc_lab.login("req-1", api_key="k1", api_secret="sec-SECRET-456")
+        assert "logged in" in msg and "tok-SECRET" not in msg
+        assert m.cfg.access_token == "tok-SECRET-123"
+        assert "SECRET" not in str(bad.value) and "SECRET" not in repr(m.cfg)
+        assert "SECRET" not in caplog.text

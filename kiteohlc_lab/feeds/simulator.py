@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime as dt
+import hashlib
 import json
 import signal
 import threading
@@ -246,9 +247,10 @@ class KiteSimulator:
                  api_key: str = "sim", access_token: str = "sim-token",
                  instruments: list[SimInstrument] | None = None, tick_interval: float = 1.0,
                  heartbeat_interval: float = 1.0, seed: int = 0, tape: str | None = None,
-                 speed: float = 1.0, max_connections: int = 3) -> None:
+                 speed: float = 1.0, max_connections: int = 3, api_secret: str = "sim-secret") -> None:
         self.host, self.ws_port, self.http_port = host, ws_port, http_port
         self.api_key, self.access_token = api_key, access_token
+        self.api_secret = api_secret  # POST /session/token checks Kite's checksum with it
         self.tick_interval = float(tick_interval)
         self.heartbeat_interval = float(heartbeat_interval)
         self.seed = seed
@@ -767,6 +769,25 @@ def _make_http_server(sim: KiteSimulator) -> ThreadingHTTPServer:
             except Exception as exc:  # noqa: BLE001 - a bug in the simulator is a 500, not a hang
                 self._json(500, {"status": "error", "error_type": "GeneralException",
                                  "message": f"simulator error: {exc}", "data": None})
+
+        def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+            """``POST /session/token`` (the login exchange): checksum = sha256(key + request + secret)."""
+            try:
+                size = int(self.headers.get("Content-Length") or 0)
+                form = {k: v[-1] for k, v in parse_qs(self.rfile.read(size).decode()).items()}
+                if urlsplit(self.path).path.rstrip("/") != "/session/token":
+                    raise _ApiError(404, "GeneralException", f"Route not found: {self.path}")
+                want = hashlib.sha256((sim.api_key + form.get("request_token", "") + sim.api_secret)
+                                      .encode()).hexdigest()
+                if form.get("api_key") != sim.api_key or not form.get("request_token") \
+                        or form.get("checksum") != want:
+                    raise _ApiError(403, "TokenException", "Invalid `checksum` or `request_token`.")
+                data = {**_PROFILE, "access_token": sim.access_token, "public_token": "sim-public",
+                        "refresh_token": "", "login_time": "2026-11-26 09:00:00", "api_key": sim.api_key}
+                return self._json(200, {"status": "success", "data": data})
+            except _ApiError as err:
+                self._json(err.status, {"status": "error", "error_type": err.error_type,
+                                        "message": err.message, "data": None})
 
         def _historical(self, token_s: str, interval: str, query: dict[str, str]) -> dict:
             with sim._lock:
