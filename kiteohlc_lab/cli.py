@@ -85,6 +85,10 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--heartbeat", type=float, default=1.0, help="seconds between registry updates")
     c.add_argument("--lease-ttl", type=float, default=5.0, help="seconds an instrument lease lives")
     c.add_argument("--quiet", action="store_true", help="log to the file only, not stderr")
+    c.add_argument("--reconcile", action="store_true",
+                   help="check each closed minute against Kite's historical candle; record mismatches")
+    c.add_argument("--reconcile-replace", action="store_true",
+                   help="with --reconcile: replace mismatching candles by Kite's (source kept)")
     _add_options(c)
     sub.add_parser("sim", help="run the Kite-protocol simulator (kiteohlc-lab sim --help)", add_help=False)
     s = sub.add_parser("status", help="list running collectors")
@@ -237,7 +241,9 @@ def cmd_collect(args: argparse.Namespace) -> int:
     guard_logging(cfg.access_token, cfg.api_secret)
     setup_logging(cfg.data_dir, stderr=not args.quiet)
     col = Collector(cfg, args.symbols, tfs, source=args.source, tape=args.tape, speed=args.speed,
-                    heartbeat=args.heartbeat, lease_ttl=args.lease_ttl)
+                    heartbeat=args.heartbeat, lease_ttl=args.lease_ttl,
+                    reconcile=args.reconcile or args.reconcile_replace,
+                    reconcile_replace=args.reconcile_replace)
     return col.run()
 
 

@@ -154,7 +154,8 @@ class Collector:
 
     def __init__(self, cfg: KiteOHLC, symbols: str | list[str], timeframes: list[str], *,
                  source: str | None = None, tape: str | None = None, speed: float = 1.0,
-                 heartbeat: float = 1.0, lease_ttl: float = 5.0, shutdown_timeout: float = 4.5) -> None:
+                 heartbeat: float = 1.0, lease_ttl: float = 5.0, shutdown_timeout: float = 4.5,
+                 reconcile: bool = False, reconcile_replace: bool = False) -> None:
         from .runtime import Manager, split_symbols
 
         if source == "redis":
@@ -175,6 +176,10 @@ class Collector:
         self.stop_event = threading.Event()
         self.pairs: dict[str, int] = {}
         self.message = ""
+        # background check of each closed minute against Kite's own candle (mismatches recorded
+        # in Redis; candles replaced only with reconcile_replace)
+        self.reconcile, self.reconcile_replace = reconcile, reconcile_replace
+        self.reconciler: Any = None
 
     # -- heartbeat ----------------------------------------------------------------------------
     def entry(self) -> dict:
@@ -260,6 +265,12 @@ class Collector:
             log.debug("symbols not published: %s", exc)
         self._seed_repair(resume)
         self.message = info.message
+        if self.reconcile and self.source != "replay":
+            from .reconcile import Reconciler
+
+            self.reconciler = Reconciler(m, replace=self.reconcile_replace)
+            self.reconciler.start()
+            self.message += "; reconciling each closed minute with Kite's historical candles"
         if m.lease_waiting:
             self.message += (f"; standing by for {', '.join(sorted(m.lease_waiting))} "
                              "(streamed by another writer)")
@@ -345,6 +356,8 @@ class Collector:
             threading.Thread(target=hard_stop, name="kiteohlc-shutdown-guard", daemon=True).start()
         try:
             self.unpublish()
+            if self.reconciler is not None:
+                self.reconciler.stop()
             live = self.manager._stores[0] if self.manager._stores else None
             self.manager.shutdown()  # streams stop (final write), leases released, stores closed
             if live is not None and getattr(live, "spool", None) is not None and len(live.spool):

@@ -14,6 +14,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -414,3 +415,23 @@ def test_outage_after_kill_is_repaired_from_history(procs, tmp_path):
         if keys:
             r.delete(*keys)
         r.close()
+
+
+def test_collector_reconcile_option_runs_the_background_check(tmp_path):
+    """`collect --reconcile`: a Reconciler follows the collector's instruments and stops with it."""
+    from kiteohlc_lab.collector import Collector
+    from kiteohlc_lab.config import from_sources
+
+    cfg = from_sources(env={}, dotenv={}, flags={"data_dir": str(tmp_path / "d")})
+    col = Collector(cfg, "NIFTY", ["1m"], source="sim", reconcile=True)
+    runner = threading.Thread(target=col.run, kwargs={"install_signals": False}, daemon=True)
+    runner.start()
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and col.reconciler is None:
+        time.sleep(0.05)
+    assert col.reconciler is not None and "reconciling" in col.message
+    assert col.reconciler.tokens() == [256265]
+    col.stop_event.set()
+    runner.join(10)
+    assert not runner.is_alive()
+    assert not col.reconciler._thread.is_alive()
