@@ -123,23 +123,7 @@ def test_registered_with_the_other_magics_and_unloaded(fake_manager):
 
 
 # ------------------------------------------------------------------------------------ simulator
-class ShiftedClock:
-    """``time`` stand-in running ``offset_ns`` away from the real clock (as in test_reconcile)."""
-
-    def __init__(self) -> None:
-        self.offset_ns = 0
-
-    def time_ns(self) -> int:
-        return _time.time_ns() + self.offset_ns
-
-    def time(self) -> float:
-        return self.time_ns() / NS
-
-    def jump_to(self, target_ns: int) -> None:
-        self.offset_ns += target_ns - self.time_ns()
-
-    def __getattr__(self, name: str):
-        return getattr(_time, name)
+from test_reconcile import ShiftedClock  # noqa: E402  (one clock stand-in for both tests)
 
 
 def wait_for(pred, timeout: float = 10.0) -> bool:
