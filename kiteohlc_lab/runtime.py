@@ -485,7 +485,11 @@ class Manager:
                     s.stop()
                     stopped.append(name)
                 elif set(s.tokens) & toks:
-                    s.tokens = [t for t in s.tokens if t not in toks]
+                    gone = sorted(toks & set(s.tokens))
+                    if hasattr(s, "unsubscribe"):
+                        s.unsubscribe(gone)
+                    else:  # an attached stream just stops following them
+                        s.tokens = [t for t in s.tokens if t not in toks]
                     stopped.append(f"{name} ({', '.join(self.names.get(t, str(t)) for t in toks)})")
         else:
             for name, s in streams:

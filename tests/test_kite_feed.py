@@ -386,3 +386,31 @@ def test_login_exchanges_a_request_token_and_never_shows_the_secret(caplog):
         assert m.cfg.access_token == "tok-SECRET-123"
         assert "SECRET" not in str(bad.value) and "SECRET" not in repr(m.cfg)
         assert "SECRET" not in caplog.text
+
+
+def test_stopping_one_symbol_unsubscribes_it_and_keeps_the_rest(tmp_path):
+    import kiteohlc_lab
+    from kiteohlc_lab import api
+
+    m = api.manager()
+    m.start("NIFTY,RELIANCE", ["10s"], source="sim")
+    [stream] = m.streams.values()
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and stream.stats.ticks < 4:
+        time.sleep(0.05)
+    stopped = kiteohlc_lab.stop("RELIANCE")
+    assert stopped and "RELIANCE" in stopped[0]
+    assert stream.alive and stream.tokens == [256265]
+    assert stream.source.status()["instruments"] == 1
+    sim = m._sim
+    deadline = time.monotonic() + 10  # the server has the unsubscribe once no client holds RELIANCE
+    while time.monotonic() < deadline and any(738561 in c.modes for c in list(sim._clients)):
+        time.sleep(0.05)
+    assert not any(738561 in c.modes for c in list(sim._clients))
+    before = int((sim.sent().token == 738561).sum())
+    n0 = len(sim.sent())
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and len(sim.sent()) < n0 + 3:
+        time.sleep(0.05)
+    assert int((sim.sent().token == 738561).sum()) == before  # the simulator sends RELIANCE no more
+    assert len(sim.sent()) >= n0 + 3  # NIFTY goes on

@@ -140,6 +140,14 @@ class Stream:
         if new:
             self.source.subscribe(new)
 
+    def unsubscribe(self, tokens: list[int]) -> None:
+        """Stop following some instruments; their candles so far stay (forming ones in Redis)."""
+        drop = {int(t) for t in tokens}
+        self.tokens = [t for t in self.tokens if t not in drop]
+        unsub = getattr(self.source, "unsubscribe", None)
+        if unsub is not None:
+            unsub(sorted(drop))
+
     def stop(self, timeout: float = 5.0) -> None:
         """Stop the source, process what it already delivered, flush stores, end the thread."""
         try:

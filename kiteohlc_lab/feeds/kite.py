@@ -163,6 +163,29 @@ class KiteSource:
         if self._running and new:
             call_in_reactor(self._subscribe_in_reactor, self._gen, new)
 
+    def unsubscribe(self, tokens: list[int]) -> None:
+        """Stop receiving instruments (``%ohlc_stop SYMBOL``) without reconnecting."""
+        drop = {int(t) for t in tokens} & set(self.tokens)
+        if not drop:
+            return
+        self.tokens = [t for t in self.tokens if t not in drop]
+        placed: dict[int, list[int]] = {}
+        for conn in self._conns:
+            gone = [t for t in conn.tokens if t in drop]
+            if gone:
+                conn.tokens = [t for t in conn.tokens if t not in drop]
+                placed[conn.index] = gone
+        if self._running and placed:
+            call_in_reactor(self._unsubscribe_in_reactor, self._gen, placed)
+
+    def _unsubscribe_in_reactor(self, gen: int, placed: dict[int, list[int]]) -> None:
+        if gen != self._gen or not self._running:
+            return
+        for idx, toks in placed.items():
+            ticker = self._conns[idx].ticker
+            if ticker is not None and ticker.is_connected():
+                ticker.unsubscribe(toks)
+
     def stop(self) -> None:
         """Close every socket (the reactor keeps running); idempotent and quick."""
         if not self._running:
