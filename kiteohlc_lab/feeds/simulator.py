@@ -664,7 +664,9 @@ class KiteSimulator:
         if not len(days):
             return _empty_minutes()
         tok, seed, tick = inst.instrument_token, self.seed, inst.tick_size or 0.05
-        level = inst.last_price * (0.9 + 0.2 * _hash_uniform(seed, tok, days, -1))
+        # each day opens within 0.5% of the live starting price, so backfilled history joins the
+        # live candles without a jump on the chart
+        level = inst.last_price * (0.995 + 0.01 * _hash_uniform(seed, tok, days, -1))
         m = np.arange(per_day)
         steps = np.rint((_hash_uniform(seed, tok, days[:, None], m[None, :]) - 0.5) * 6)
         path = np.rint(level / tick)[:, None] + np.cumsum(steps, axis=1)
