@@ -111,15 +111,8 @@ class CandleBatch:
         if not candles:
             return cls.empty(tf, closed)
         cols = {k: np.array([getattr(c, k) for c in candles]) for k in _ARRAYS}
-        return cls(
-            tf,
-            cols["token"].astype(np.int64),
-            cols["start"].astype(np.int64),
-            *(cols[k].astype(np.float64) for k in ("open", "high", "low", "close", "volume", "oi")),
-            cols["ticks"].astype(np.int64),
-            closed,
-            np.array([c.amended for c in candles], dtype=bool),
-        )
+        return cls(tf, **_typed(cols), closed=closed,
+                   amended=np.array([c.amended for c in candles], dtype=bool))
 
     @classmethod
     def concat(cls, batches: list["CandleBatch"]) -> "CandleBatch":
@@ -131,20 +124,13 @@ class CandleBatch:
             amended = np.concatenate(
                 [b.amended if b.amended is not None else np.zeros(len(b), bool) for b in bs]
             )
-        return cls(
-            bs[0].tf,
-            *(np.concatenate([getattr(b, k) for b in bs]) for k in _ARRAYS),
-            bs[0].closed,
-            amended,
-        )
+        cols = {k: np.concatenate([getattr(b, k) for b in bs]) for k in _ARRAYS}
+        return cls(bs[0].tf, **cols, closed=bs[0].closed, amended=amended)
 
     def select(self, mask: np.ndarray) -> "CandleBatch":
-        return CandleBatch(
-            self.tf,
-            *(getattr(self, k)[mask] for k in _ARRAYS),
-            self.closed,
-            None if self.amended is None else self.amended[mask],
-        )
+        cols = {k: getattr(self, k)[mask] for k in _ARRAYS}
+        return CandleBatch(self.tf, **cols, closed=self.closed,
+                           amended=None if self.amended is None else self.amended[mask])
 
     def for_token(self, token: int) -> "CandleBatch":
         return self.select(self.token == token)
@@ -179,6 +165,12 @@ class CandleBatch:
             self.oi,
             token=self.token if with_token else None,
         )
+
+
+def _typed(cols: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Candle columns with their dtypes: int64 token/start/ticks, float64 the rest."""
+    ints = ("token", "start", "ticks")
+    return {k: v.astype(np.int64 if k in ints else np.float64) for k, v in cols.items()}
 
 
 def frame_from_arrays(

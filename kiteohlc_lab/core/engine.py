@@ -484,7 +484,9 @@ class Engine:
             F["oi"][slots].copy(),
             F["ticks"][slots].copy(),
         )
-        self._remember_closed(s, slots, *(F[k][slots] for k in _Series.FIELDS[:8]), F["last_ts"][slots])
+        self._remember_closed(s, slots, F["bucket"][slots], F["open"][slots], F["high"][slots],
+                              F["low"][slots], F["close"][slots], F["vol"][slots], F["oi"][slots],
+                              F["ticks"][slots], F["last_ts"][slots])
         F["bucket"][slots] = NONE
         self._batch_no += 1
         self._seq[slots] = self._batch_no
@@ -646,9 +648,8 @@ class Engine:
         if not len(slots):
             return {}
         V = self._v
-        prev = V["prev"][slots]
-        vol = zip(np.where(np.isnan(prev), None, prev).tolist(), V["prev_ts"][slots].tolist(),
-                  V["segmax"][slots].tolist(), V["day"][slots].tolist())
+        prev = [None if math.isnan(x) else x for x in V["prev"][slots].tolist()]
+        vol = zip(prev, V["prev_ts"][slots].tolist(), V["segmax"][slots].tolist(), V["day"][slots].tolist())
         clock = int(self.clock)
         out: dict[int, dict] = {
             tok: {"vol": {"prev": p, "prev_ts": t, "segmax": m, "day": d}, "forming": {}, "clock": clock}
@@ -660,22 +661,24 @@ class Engine:
             if not have.any():
                 continue
             sl = slots[have]
-            cols = []
+            cols: list[list] = []
             for k in _Series.FIELDS:
-                arr = F[k][sl]
-                cols.append(np.where(np.isnan(arr), None, arr).tolist() if arr.dtype.kind == "f" else arr.tolist())
+                vals = F[k][sl].tolist()
+                if F[k].dtype.kind == "f":
+                    vals = [None if math.isnan(x) else x for x in vals]
+                cols.append(vals)
             for tok, row in zip(self._slot_tokens[sl].tolist(), zip(*cols)):
-                out[tok]["forming"][label] = dict(zip(_Series.FIELDS, row))
+                out[int(tok)]["forming"][label] = dict(zip(_Series.FIELDS, row))
         return out
 
-    def import_state(self, states: dict[int, dict]) -> None:
+    def import_state(self, states: "Mapping[int, dict] | Mapping[str, dict]") -> None:
         """Continue from exported state (a kernel that died mid-candle is continued by the next)."""
         if not states:
             return
         toks = np.array([int(t) for t in states], np.int64)
         slots = self._slots(toks)
         for tok, sl in zip(toks, slots):
-            st = states[int(tok)] if int(tok) in states else states[str(tok)]
+            st = states.get(int(tok)) or states.get(str(tok)) or {}  # type: ignore[call-overload]
             v = st.get("vol") or {}
             if v.get("prev") is not None:
                 self._v["prev"][sl] = v["prev"]

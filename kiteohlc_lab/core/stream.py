@@ -409,12 +409,12 @@ class Stream:
                 self._record_error(f"recording failed: {exc}")
 
     def status(self) -> dict:
-        src = {}
+        src: dict[str, Any] = {}
         try:
             src = self.source.status() or {}
         except Exception as exc:
             src = {"error": str(exc)}
-        age = None
+        age: Any = None
         if self.stats.last_tick_wall is not None:
             age = time.monotonic() - self.stats.last_tick_wall
         if src.get("last_tick_age") is not None:

@@ -13,6 +13,7 @@ import re
 from dataclasses import dataclass
 
 import numpy as np
+import numpy.typing as npt
 
 from ..errors import TimeframeError
 
@@ -134,7 +135,7 @@ def exchange_of_token(token: int) -> str:
     return SEGMENTS.get(int(token) & 0xFF, "NSE")
 
 
-def anchor_for_tokens(tokens: np.ndarray, session_open: dict[str, str] | None = None) -> np.ndarray:
+def anchor_for_tokens(tokens: npt.ArrayLike, session_open: dict[str, str] | None = None) -> np.ndarray:
     """Session-open offset (ns after 00:00 IST) for each token, by its exchange segment."""
     opens = {**DEFAULT_SESSION_OPEN, **(session_open or {})}
     seg_anchor = np.full(256, parse_hhmm(opens["NSE"]), dtype=np.int64)
@@ -144,7 +145,7 @@ def anchor_for_tokens(tokens: np.ndarray, session_open: dict[str, str] | None = 
     return seg_anchor[np.asarray(tokens, dtype=np.int64) & 0xFF]
 
 
-def bucket_start(ts: np.ndarray, tf: Timeframe, anchor: np.ndarray | int) -> np.ndarray:
+def bucket_start(ts: npt.ArrayLike, tf: Timeframe, anchor: npt.ArrayLike) -> np.ndarray:
     """Start (epoch ns) of the bucket holding each timestamp.
 
     ``anchor`` is the session-open offset in ns after 00:00 IST (scalar or per tick).
@@ -154,11 +155,12 @@ def bucket_start(ts: np.ndarray, tf: Timeframe, anchor: np.ndarray | int) -> np.
     if tf.is_day:
         return day - IST_OFFSET_NS
     size = tf.ns
-    off = local - day - anchor
-    return day + anchor + (off // size) * size - IST_OFFSET_NS
+    a = np.asarray(anchor, dtype=np.int64)
+    off = local - day - a
+    return day + a + (off // size) * size - IST_OFFSET_NS
 
 
-def trading_day(ts: np.ndarray) -> np.ndarray:
+def trading_day(ts: npt.ArrayLike) -> np.ndarray:
     """IST calendar day number (days since epoch) of each timestamp."""
     return (np.asarray(ts, dtype=np.int64) + IST_OFFSET_NS) // DAY_NS
 
