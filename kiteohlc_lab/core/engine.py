@@ -318,6 +318,22 @@ class Engine:
         fs = s[first]
         prev[first], prev_ts[first], prev_day[first] = V["prev"][fs], V["prev_ts"][fs], V["day"][fs]
         never = np.isnan(prev)  # the stream's very first volume tick of this instrument
+        last = np.empty(m, bool)
+        last[-1] = True
+        last[:-1] = first[1:]
+        ls = s[last]
+        # the usual case, ticks in order within one day: each tick adds its increase over the
+        # previous one (the first over the baseline), no resets or running maxima needed
+        seg_first = V["segmax"][fs]
+        if (not never.any() and (day == prev_day).all() and (v >= prev).all() and (t >= prev_ts).all()
+                and (v[first] >= seg_first).all()):
+            base = prev.copy()
+            base[first] = seg_first
+            inc[idx] = v - base
+            V["prev"][ls] = V["segmax"][ls] = v[last]
+            V["prev_ts"][ls] = t[last]
+            V["day"][ls] = day[last]
+            return inc
         reset = ~never & ((day != prev_day) | ((v < prev) & (t >= prev_ts)))
         segstart = first | reset
         base = np.zeros(m)
@@ -333,10 +349,6 @@ class Engine:
         excl[1:] = incl[:-1]
         excl[segstart] = base[segstart]
         inc[idx] = np.maximum(0.0, v - excl)
-        last = np.empty(m, bool)
-        last[-1] = True
-        last[:-1] = first[1:]
-        ls = s[last]
         V["prev"][ls] = v[last]
         V["prev_ts"][ls] = t[last]
         V["segmax"][ls] = incl[last]
@@ -456,6 +468,16 @@ class Engine:
         or its candle already closed by the clock)."""
         tf = s.tf
         b = bucket_start(ts, tf, self._anchor[slot])
+        late_clock = b + (tf.ns + self.grace_ns) <= clock
+        # the usual case: buckets never go back within an instrument, nor behind its forming candle
+        up = np.empty(len(b), bool)
+        up[0] = True
+        np.greater_equal(b[1:], b[:-1], out=up[1:])
+        up |= gstart
+        if up.all():
+            gs = np.flatnonzero(gstart)
+            if (b[gs] >= s.f["bucket"][slot[gs]]).all():
+                return b, late_clock
         sb = s.f["bucket"][slot]
         # running max bucket per instrument (incl. its forming candle), via an offset key in seconds
         bs = b // NS
@@ -466,8 +488,7 @@ class Engine:
         gs = np.flatnonzero(gstart)
         key[gs] = np.maximum(key[gs], gid[gs] * span + (sbs[gs] - lo))
         run = np.maximum.accumulate(key) - gid * span + lo
-        late = (bs < run) | (b + tf.ns + self.grace_ns <= clock)
-        return b, late
+        return b, (bs < run) | late_clock
 
     def _take_forming(self, s: _Series, slots: np.ndarray) -> CandleBatch:
         """Close the forming candles of ``slots`` (remembering them as last closed)."""
