@@ -23,7 +23,7 @@ from .base import Sink
 
 REQUIRED = ("timestamp", "instrument_token", "last_price")
 OPTIONAL = ("tradingsymbol", "volume_traded", "oi")
-CHUNK = 65_536
+CHUNK = 131_072
 
 
 @dataclass
@@ -153,7 +153,10 @@ def _read_parquet_fast(path: Path) -> Tape | None:
     import pyarrow.parquet as pq
 
     try:
-        table = pq.read_table(path)
+        names0 = pq.ParquetFile(path).schema_arrow.names
+        sym_col = [n for n in names0 if n.strip().lower() == "tradingsymbol"]
+        # symbols come dictionary-encoded straight from the file (no re-encoding of 1M strings)
+        table = pq.read_table(path, read_dictionary=sym_col)
     except Exception:
         return None
     names = {n.strip().lower(): n for n in table.column_names}
@@ -186,7 +189,11 @@ def _read_parquet_fast(path: Path) -> Tape | None:
         return None
     symbols: dict[str, int] = {}
     if "tradingsymbol" in col:
-        enc = col["tradingsymbol"].combine_chunks().dictionary_encode()
+        sym = col["tradingsymbol"]
+        if pa.types.is_dictionary(sym.type):
+            enc = sym.unify_dictionaries().combine_chunks()
+        else:
+            enc = sym.combine_chunks().dictionary_encode()
         codes = enc.indices.fill_null(-1).to_numpy().astype(np.int64)
         names = enc.dictionary.to_pylist()
         # first row of each symbol without sorting: reversed assignment, the first row writes last
