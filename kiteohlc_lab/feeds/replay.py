@@ -62,19 +62,18 @@ def read_tape(path: str | Path) -> Tape:
     if not p.is_file():
         raise TapeError(f"tape {str(path)!r} not found; give a CSV or Parquet file")
     suffix = p.suffix.lower()
-    if suffix in (".parquet", ".pq"):
-        fast = _read_parquet_fast(p)
-        if fast is not None:
-            return fast
+    # well-typed tapes go straight from Arrow to numpy; anything odd takes the checking path below,
+    # which finds and names the first malformed row
+    fast = _read_fast(p, parquet=suffix in (".parquet", ".pq"))
+    if fast is not None:
+        return fast
     try:
         if suffix in (".parquet", ".pq"):
             df = pd.read_parquet(p)
             first_line = 1  # row numbers for Parquet are 1-based rows
             raw_lines = None
         else:
-            df = _read_csv_fast(p)
-            if df is None:  # something is malformed: read as text to find and name the row
-                df = pd.read_csv(p, dtype=str, keep_default_na=False, skipinitialspace=True)
+            df = pd.read_csv(p, dtype=str, keep_default_na=False, skipinitialspace=True)
             first_line = 2  # header is line 1
             raw_lines = p
     except Exception as exc:  # unreadable file: one line, no traceback
@@ -147,16 +146,23 @@ def read_tape(path: str | Path) -> Tape:
     return Tape(str(p), ticks, symbols, error)
 
 
-def _read_parquet_fast(path: Path) -> Tape | None:
-    """Well-typed Parquet tapes straight from Arrow to numpy; None to take the checking path."""
+def _read_fast(path: Path, parquet: bool) -> Tape | None:
+    """A well-typed CSV or Parquet tape read by Arrow; None to take the checking path."""
     import pyarrow as pa
-    import pyarrow.parquet as pq
 
     try:
-        names0 = pq.ParquetFile(path).schema_arrow.names
-        sym_col = [n for n in names0 if n.strip().lower() == "tradingsymbol"]
-        # symbols come dictionary-encoded straight from the file (no re-encoding of 1M strings)
-        table = pq.read_table(path, read_dictionary=sym_col)
+        if parquet:
+            import pyarrow.parquet as pq
+
+            names0 = pq.ParquetFile(path).schema_arrow.names
+            sym_col = [n for n in names0 if n.strip().lower() == "tradingsymbol"]
+            # symbols come dictionary-encoded straight from the file (no re-encoding of 1M strings)
+            table = pq.read_table(path, read_dictionary=sym_col)
+        else:
+            from pyarrow import csv
+
+            table = csv.read_csv(path, convert_options=csv.ConvertOptions(
+                auto_dict_encode=True, auto_dict_max_cardinality=1 << 20))
     except Exception:
         return None
     names = {n.strip().lower(): n for n in table.column_names}
@@ -207,22 +213,6 @@ def _read_parquet_fast(path: Path) -> Tape | None:
             if isinstance(sym, str) and sym.strip() and sym.strip().upper() != "NAN":
                 symbols.setdefault(sym.strip().upper(), int(tok))
     return Tape(str(path), TickBatch(token, ts, price, vol, oi), symbols, None)
-
-
-def _read_csv_fast(path: Path) -> pd.DataFrame | None:
-    """Typed read with pyarrow; None when a column does not parse as its type (a malformed row)."""
-    try:
-        df = pd.read_csv(path, engine="pyarrow", dtype_backend="numpy_nullable")
-    except Exception:
-        return None
-    cols = {c.strip().lower(): c for c in df.columns}
-    ts = df[cols["timestamp"]] if "timestamp" in cols else None
-    if ts is None or not pd.api.types.is_datetime64_any_dtype(ts):
-        return None
-    for name in ("instrument_token", "last_price", "volume_traded", "oi"):
-        if name in cols and not pd.api.types.is_numeric_dtype(df[cols[name]]):
-            return None
-    return df
 
 
 def _line(path: Path, lineno: int) -> str:
