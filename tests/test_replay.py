@@ -201,3 +201,12 @@ def test_same_candles_whatever_the_machine_zone(tz, tmp_path):
     if not hasattr(test_same_candles_whatever_the_machine_zone, "seen"):
         test_same_candles_whatever_the_machine_zone.seen = got
     assert got == test_same_candles_whatever_the_machine_zone.seen
+
+
+def test_fractional_token_is_a_malformed_row_not_a_truncated_token(tmp_path):
+    p = tmp_path / "frac.csv"
+    p.write_text("timestamp,instrument_token,last_price\n"
+                 "2026-11-25T09:15:00,738561,100\n"
+                 "2026-11-25T09:15:01,738561.5,101\n")
+    t = read_tape(p)
+    assert len(t.ticks) == 1 and "line 3" in t.error and "instrument_token" in t.error

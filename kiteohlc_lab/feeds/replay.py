@@ -175,6 +175,8 @@ def _read_fast(path: Path, parquet: bool) -> Tape | None:
     numeric = [c for c in ("instrument_token", "last_price", "volume_traded", "oi") if c in col]
     if not all(pa.types.is_integer(col[c].type) or pa.types.is_floating(col[c].type) for c in numeric):
         return None
+    if not pa.types.is_integer(col["instrument_token"].type):
+        return None  # e.g. 738561.5: the checking path names the row
     if any(col[c].null_count for c in REQUIRED):
         return None
     ts = col["timestamp"].cast(pa.timestamp("ns", tz=ts_type.tz)).cast(pa.int64()).to_numpy()
