@@ -17,6 +17,7 @@ import pytest
 from kiteohlc_lab.config import KiteOHLC
 from kiteohlc_lab.core.candles import CandleBatch
 from kiteohlc_lab.lease import LeaseHeld, LeaseKeeper, owner_alive
+from kiteohlc_lab.stores.redis_live import RedisLive
 
 from conftest import redis_available
 from test_redis_cluster import cluster  # noqa: F401 - module-scoped fixture: a 3-master cluster
@@ -47,9 +48,7 @@ def prefix():
     p = f"test-{uuid.uuid4().hex[:8]}:"
     yield p
     r = redis.Redis.from_url(URL)
-    keys = list(r.scan_iter(match=p + "*", count=1000))
-    if keys:
-        r.delete(*keys)
+    RedisLive(r, prefix=p).delete_all()  # SCAN + UNLINK, never FLUSHALL
     r.close()
 
 

@@ -23,6 +23,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from kiteohlc_lab.stores.redis_live import RedisLive
+
 from kiteohlc_lab.config import KiteOHLC
 from kiteohlc_lab.core.reference import ReferenceAggregator
 from kiteohlc_lab.feeds.simulator import KiteSimulator
@@ -258,9 +260,7 @@ def test_kill_restart_on_redis_server(sim, procs, tmp_path):
         check_history(sim, coll_dir)
         check_logs(tmp_path, coll_dir)
     finally:
-        keys = list(r.scan_iter(match=prefix + "*", count=1000))
-        if keys:
-            r.delete(*keys)
+        RedisLive(r, prefix=prefix).delete_all()  # SCAN + UNLINK, never FLUSHALL
         r.close()
 
 
@@ -321,9 +321,7 @@ def test_second_collector_stands_by_then_takes_over(sim, procs, tmp_path):
         assert sim.max_seen_connections == 1
     finally:
         procs.stop_all()
-        keys = list(r.scan_iter(match=prefix + "*", count=1000))
-        if keys:
-            r.delete(*keys)
+        RedisLive(r, prefix=prefix).delete_all()  # SCAN + UNLINK, never FLUSHALL
         r.close()
 
 
@@ -411,9 +409,7 @@ def test_outage_after_kill_is_repaired_from_history(procs, tmp_path):
         m.shutdown()
         procs.stop_all()
         sim.stop()
-        keys = list(r.scan_iter(match=prefix + "*", count=1000))
-        if keys:
-            r.delete(*keys)
+        RedisLive(r, prefix=prefix).delete_all()  # SCAN + UNLINK, never FLUSHALL
         r.close()
 
 

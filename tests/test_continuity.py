@@ -14,6 +14,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from kiteohlc_lab.stores.redis_live import RedisLive
+
 from conftest import redis_available
 from kiteohlc_lab.core.reference import ReferenceAggregator
 from kiteohlc_lab.feeds.synthetic import make_ticks, write_tape
@@ -106,9 +108,8 @@ def test_kernel_killed_mid_candle_is_continued_by_the_next(store, tmp_path):
             import redis
 
             r = redis.Redis.from_url("redis://127.0.0.1:6379/0")
-            keys = list(r.scan_iter(match=env["KITEOHLC_REDIS_PREFIX"] + "*", count=1000))
-            if keys:
-                r.delete(*keys)
+            RedisLive(r, prefix=env["KITEOHLC_REDIS_PREFIX"]).delete_all()  # SCAN + UNLINK, never FLUSHALL
+            r.close()
     want = reference(ticks)
     for key, (index, rows) in want.items():
         assert got[key]["index"] == index, key
