@@ -408,33 +408,13 @@ class Manager:
     def _prepare(self, stream: Stream | None, pairs, tfs, first_ts: int | None = None,
                  engine: Engine | None = None) -> None:
         """Load history into the series and continue the live state from Redis."""
-        live, hist, _ = self.stores()
+        live = self.stores()[0]
         self._remember_symbols(pairs)
         for sym, tok in pairs:
             self.names.setdefault(tok, sym)
             self.symbol_tokens[sym.upper()] = tok
-        read_many = getattr(hist, "read_many", None)
         for tf in tfs:
-            new = [tok for _sym, tok in pairs if (tok, tf.label) not in self.buffers]
-            if not new:
-                continue
-            try:
-                if read_many is not None:  # one query for thousands of instruments
-                    found = read_many(new, tf.label)
-                else:
-                    found = {}
-                    for tok in new:
-                        df = hist.read(tok, tf.label)
-                        if len(df):
-                            found[tok] = _batch_from_frame(tok, tf.label, df)
-            except Exception as exc:
-                log.warning("history at %s not readable: %s", tf.label, exc)
-                found = {}
-            for tok in new:
-                buf = SeriesBuffer(tok, tf.label)
-                if tok in found:
-                    buf.upsert(found[tok])
-                self.buffers[(tok, tf.label)] = buf
+            self._load_buffers([tok for _sym, tok in pairs], tf.label)
         eng = engine if engine is not None else (stream.engine if stream else None)
         if eng is None:
             return
@@ -549,17 +529,34 @@ class Manager:
         tok = self.token_of(symbol)
         label = parse_timeframe(tf).label
         with self._lock:
-            buf = self.buffers.get((tok, label))
-            if buf is None:
-                buf = SeriesBuffer(tok, label)
-                try:
-                    df = self.stores()[1].read(tok, label)
+            self._load_buffers([tok], label)
+            return self.buffers[(tok, label)]
+
+    def _load_buffers(self, tokens: list[int], tf: str) -> None:
+        """Create the series of ``tokens`` at ``tf`` that do not exist yet, with their stored history
+        (one query for thousands of instruments where the store can)."""
+        new = [tok for tok in tokens if (tok, tf) not in self.buffers]
+        if not new:
+            return
+        hist = self.stores()[1]
+        read_many = getattr(hist, "read_many", None)
+        try:
+            if read_many is not None:
+                found = read_many(new, tf)
+            else:
+                found = {}
+                for tok in new:
+                    df = hist.read(tok, tf)
                     if len(df):
-                        buf.upsert(_batch_from_frame(tok, label, df))
-                except Exception as exc:
-                    log.warning("history not readable: %s", exc)
-                self.buffers[(tok, label)] = buf
-            return buf
+                        found[tok] = _batch_from_frame(tok, tf, df)
+        except Exception as exc:
+            log.warning("history at %s not readable: %s", tf, exc)
+            found = {}
+        for tok in new:
+            buf = SeriesBuffer(tok, tf)
+            if tok in found:
+                buf.upsert(found[tok])
+            self.buffers[(tok, tf)] = buf
 
     def candles(self, symbol: str | int, tf: str, closed_only: bool = False,
                 start: Any = None, end: Any = None) -> pd.DataFrame:
