@@ -19,10 +19,10 @@ from kiteohlc_lab.core.candles import CandleBatch
 from kiteohlc_lab.lease import LeaseHeld, LeaseKeeper, owner_alive
 from kiteohlc_lab.stores.redis_live import RedisLive
 
-from conftest import redis_available
+from conftest import needs, redis_available
 from test_redis_cluster import cluster  # noqa: F401 - module-scoped fixture: a 3-master cluster
 
-pytestmark = pytest.mark.skipif(not redis_available(), reason="needs Redis at 127.0.0.1:6379")
+pytestmark = needs(redis_available(), "needs Redis at 127.0.0.1:6379")
 
 URL = "redis://127.0.0.1:6379/0"
 NIFTY = 256265
@@ -268,8 +268,8 @@ def test_forming_written_before_a_close_is_not_shown_after_it(prefix, tmp_path):
 
 
 @pytest.mark.integration
-@pytest.mark.skipif(not shutil.which("redis-server") or not shutil.which("redis-cli"),
-                    reason="redis-server / redis-cli not installed")
+@needs(shutil.which("redis-server") and shutil.which("redis-cli"),
+       "redis-server / redis-cli not installed")
 def test_leases_and_attach_on_redis_cluster(cluster, tmp_path):
     """The same on a 3-master Redis Cluster: single-key scripts, no cross-slot XREAD."""
     url = cluster

@@ -27,6 +27,8 @@ from pathlib import Path
 
 import pytest
 
+from conftest import need
+
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
 TOKEN = "kiteohlc-browser-test"
@@ -84,8 +86,7 @@ def wait_until(pred, timeout: float, what: str, step: float = 0.25) -> None:
 def chromium() -> str:
     """Path of the system Chromium; skips (before any server starts) when there is none."""
     path = find_chromium()
-    if path is None:
-        pytest.skip("no Chromium found (apt-get install chromium); .ci/run installs it")
+    need(path is not None, "no Chromium found (apt-get install chromium); .ci/run installs it")
     return path
 
 

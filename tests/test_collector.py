@@ -29,7 +29,7 @@ from kiteohlc_lab.config import KiteOHLC
 from kiteohlc_lab.core.reference import ReferenceAggregator
 from kiteohlc_lab.feeds.simulator import KiteSimulator
 
-from conftest import redis_available
+from conftest import needs, redis_available
 
 NIFTY, RELIANCE = 256265, 738561
 TFS = ["10s", "1m"]
@@ -242,7 +242,7 @@ def check_logs(tmp_path: Path, data_dir: Path) -> None:
 
 @pytest.mark.slow
 @pytest.mark.integration
-@pytest.mark.skipif(not redis_available(), reason="needs Redis at 127.0.0.1:6379")
+@needs(redis_available(), "needs Redis at 127.0.0.1:6379")
 def test_kill_restart_on_redis_server(sim, procs, tmp_path):
     import redis
 
@@ -293,7 +293,7 @@ def test_kill_restart_on_embedded_redis(sim, procs, tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.integration
-@pytest.mark.skipif(not redis_available(), reason="needs Redis at 127.0.0.1:6379")
+@needs(redis_available(), "needs Redis at 127.0.0.1:6379")
 def test_second_collector_stands_by_then_takes_over(sim, procs, tmp_path):
     import redis
 
@@ -347,7 +347,7 @@ def test_logs_redact_the_token(tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.integration
-@pytest.mark.skipif(not redis_available(), reason="needs Redis at 127.0.0.1:6379")
+@needs(redis_available(), "needs Redis at 127.0.0.1:6379")
 def test_outage_after_kill_is_repaired_from_history(procs, tmp_path):
     """No pause: the market moves while no collector runs. 10s candles equal what was sent; the
     minutes of the outage are rebuilt from Kite's historical minutes (every tick the market made)."""

@@ -16,7 +16,7 @@ import pytest
 
 from kiteohlc_lab.stores.redis_live import RedisLive
 
-from conftest import redis_available
+from conftest import need, redis_available
 from kiteohlc_lab.core.reference import ReferenceAggregator
 from kiteohlc_lab.feeds.synthetic import make_ticks, write_tape
 
@@ -82,8 +82,8 @@ def shutdown_embedded(data_dir: Path) -> None:
 @pytest.mark.slow
 @pytest.mark.parametrize("store", ["embedded", "redis-server"])
 def test_kernel_killed_mid_candle_is_continued_by_the_next(store, tmp_path):
-    if store == "redis-server" and not redis_available():
-        pytest.skip("no Redis server on 127.0.0.1:6379")
+    if store == "redis-server":
+        need(redis_available(), "no Redis server on 127.0.0.1:6379")
     ticks, names = make_ticks(8000, seed=21)
     # cut in the middle of a 15-minute candle (and so of the 5m and 1m ones around it)
     ts_local = pd.to_datetime(ticks.ts, utc=True).tz_convert("Asia/Kolkata")

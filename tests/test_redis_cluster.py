@@ -16,9 +16,11 @@ import pytest
 
 from kiteohlc_lab.core.candles import CandleBatch
 
+from conftest import needs
+
 pytestmark = [pytest.mark.integration,
-              pytest.mark.skipif(not shutil.which("redis-server") or not shutil.which("redis-cli"),
-                                 reason="redis-server / redis-cli not installed")]
+              needs(shutil.which("redis-server") and shutil.which("redis-cli"),
+                    "redis-server / redis-cli not installed")]
 
 NIFTY, RELIANCE, INFY = 256265, 738561, 408065
 T0 = 1_795_000_020 * 10**9

@@ -14,9 +14,10 @@ import pytest
 
 from kiteohlc_lab.core.candles import CandleBatch
 from kiteohlc_lab.stores.base import LiveStore
+from conftest import need, need_import
 from test_stores_history import MIN, T0, make_batch
 
-redis = pytest.importorskip("redis")
+redis = need_import("redis")
 
 
 def _shared_redis():
@@ -24,7 +25,7 @@ def _shared_redis():
     try:
         r.ping()
     except redis.ConnectionError:
-        pytest.skip("no Redis server on 127.0.0.1:6379 (start one to run these tests)")
+        need(False, "no Redis server on 127.0.0.1:6379 (start one to run these tests)")
     return r
 
 
@@ -110,9 +111,9 @@ def test_recent_closed_keeps_latest_amendment(live):
     assert len(live.recent_closed(8, "1m", 5)) == 0
 
 
+@pytest.mark.parametrize("live", ["server"], indirect=True)  # sends are counted on the TCP client
 def test_one_round_trip_per_write(live):
-    if not isinstance(live.client.connection_pool.connection_class(), CountingConnection):
-        pytest.skip("round trips are counted on the TCP server client")
+    assert live.client.connection_pool.connection_class is CountingConnection
     forming, closed, states = _engine_batch(tokens=tuple(range(1, 51)))
     live.write(forming, closed, states)  # warm the connection
     before = CountingConnection.sends

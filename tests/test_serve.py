@@ -7,8 +7,10 @@ import io
 import pandas as pd
 import pytest
 
-pytest.importorskip("starlette")
-pytest.importorskip("httpx")
+from conftest import need_import  # noqa: E402
+
+need_import("starlette")
+need_import("httpx")
 
 from starlette.testclient import TestClient  # noqa: E402
 

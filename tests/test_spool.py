@@ -14,6 +14,7 @@ import pytest
 
 from kiteohlc_lab.errors import StoreError
 from kiteohlc_lab.stores.spool import Resilient, Spool, decode_batch, encode_batch
+from conftest import needs
 from test_stores_history import MIN, T0, make_batch
 
 
@@ -141,7 +142,7 @@ def _start_redis(port: int) -> subprocess.Popen:
 
 
 @pytest.mark.integration
-@pytest.mark.skipif(shutil.which("redis-server") is None, reason="redis-server is not installed")
+@needs(shutil.which("redis-server"), "redis-server is not installed")
 def test_redis_killed_mid_stream_nothing_lost(tmp_path, caplog):
     from kiteohlc_lab.stores.redis_live import RedisLive
 

@@ -6,7 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
+from conftest import need_import
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -17,12 +17,12 @@ def _run(*args: str) -> subprocess.CompletedProcess:
 
 
 def test_core_type_checks():
-    pytest.importorskip("mypy")
+    need_import("mypy")
     res = _run("mypy", "kiteohlc_lab/core", "--ignore-missing-imports", "--follow-imports=silent")
     assert res.returncode == 0, res.stdout[-3000:]
 
 
 def test_package_has_no_undefined_names_or_unused_imports():
-    pytest.importorskip("ruff")
+    need_import("ruff")
     res = _run("ruff", "check", "kiteohlc_lab", "--select", "F", "--no-cache")
     assert res.returncode == 0, res.stdout[-3000:]

@@ -15,6 +15,8 @@ from kiteohlc_lab.core.candles import CandleBatch, empty_frame
 from kiteohlc_lab.core.timeframes import NS
 from kiteohlc_lab.stores.base import HistoryStore
 
+from conftest import need_import
+
 T0 = 1_735_703_100 * NS  # 2025-01-01 09:15 IST
 MIN = 60 * NS
 
@@ -40,7 +42,7 @@ def _sqlite(tmp_path):
 
 
 def _mongomock(tmp_path):
-    mongomock = pytest.importorskip("mongomock")
+    mongomock = need_import("mongomock")
     from kiteohlc_lab.stores.mongo import MongoHistory
 
     return MongoHistory(mongomock.MongoClient(), db="kiteohlc_test")
