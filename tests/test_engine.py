@@ -74,12 +74,35 @@ def test_volume_resets_at_day_change_and_never_negative():
     assert all(c.volume >= 0 for c in cs)
 
 
-def test_volume_resets_when_cumulative_drops_while_time_moves_on():
+def test_volume_drop_within_the_day_is_a_glitch_not_a_reset():
+    # a 0, a stale snapshot after a reconnect: the day's running maximum stays, nothing is added
     e = Engine(["1m"])
     out = e.process(batch([(EQ, "09:15:01", 100, 5000), (EQ, "09:15:30", 100, 5100),
-                           (EQ, "09:16:01", 100, 40), (EQ, "09:16:30", 100, 90), (EQ, "09:17:00", 100, 95)]))
+                           (EQ, "09:16:01", 100, 40), (EQ, "09:16:30", 100, 0), (EQ, "09:16:40", 100, 5130),
+                           (EQ, "09:17:00", 100, 5140)]))
     c1, c2 = closed(out)
-    assert (c1.volume, c2.volume) == (100, 90)
+    assert (c1.volume, c2.volume) == (100, 30)
+    assert e.stats["volume_glitches"] == 2
+    assert e.glitches() == {EQ: 2}
+
+
+def test_first_tick_after_resume_adds_no_volume():
+    e = Engine(["1m"])
+    e.process(batch([(EQ, "09:15:01", 100, 5000), (EQ, "09:15:30", 100, 5100)]))
+    e.resume([EQ])  # e.g. a restart at 10:00: what traded in between is unknown
+    out = e.process(batch([(EQ, "10:00:01", 100, 90_000), (EQ, "10:00:30", 100, 90_050)]))
+    out += e.flush()
+    cs = closed(out)
+    assert [c.volume for c in cs] == [100, 50]
+
+
+def test_fractional_volumes_are_exact():
+    e = Engine(["1m"])
+    out = e.process(batch([(EQ, "09:15:01", 100, 10.25), (EQ, "09:15:30", 100, 11.5),
+                           (EQ, "09:15:31", 100, 11.0), (EQ, "09:15:40", 100, 12.125)]))
+    out += e.flush()
+    [c] = closed(out)
+    assert c.volume == 1.875
 
 
 def test_out_of_order_tick_with_lower_cumulative_is_no_reset():

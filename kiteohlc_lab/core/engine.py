@@ -1,27 +1,30 @@
 """The aggregation engine: whole tick batches in, closed candles out, for many instruments and timeframes.
 
-Rules (the same as ``core.reference``, which states them one tick at a time):
+The rules are README.md "Candle conventions" (tests/oracle.py restates them one tick at a time, sharing
+no code with this module). In short:
 
-* A tick belongs to the bucket holding its timestamp (``timeframes.bucket_start``; intraday buckets
-  anchored to the exchange's session open, day buckets at 00:00 IST).
+* A tick belongs to the bucket holding its timestamp (``timeframes.bucket_start``: intraday buckets on
+  the session-open grid of the tick's IST day, cut at midnight; day buckets at 00:00 IST).
 * open/high/low/close come from ``last_price`` in arrival order among the ticks accepted into a candle.
-* Volume is built from the cumulative day volume ``volume_traded``: each tick adds
-  ``max(0, v - m)`` where ``m`` is the highest cumulative seen since the last reset. A reset (baseline 0)
-  happens when the IST trading day changes or the cumulative figure drops while time moves forward; an
-  out-of-order tick (older timestamp) never resets. The very first tick a stream ever sees sets the
-  baseline (adds 0): history before it is unknown. Volume is never negative; indices have volume 0.
+* Volume: per instrument, M is the running maximum of the cumulative day volume ``volume_traded`` over
+  the current IST day; a tick adds ``max(0, v - M)``. A lower figure is a glitch (adds 0, counted in
+  ``stats['volume_glitches']``); only a later IST day resets M to 0. The first tick ever, and the first
+  after ``resume()`` (a gap of unknown length), adds 0 and sets the baseline. Indices have volume 0.
 * ``oi`` is the last open interest seen in the candle (NaN where the feed has none).
 * Lifecycle: a candle is forming until a tick of the same instrument for a later bucket arrives, or the
   clock passes ``end + grace``; then it is closed and emitted once. The clock is event time (the
-  highest tick timestamp seen, any instrument) and, for live sources, also the wall clock through
+  highest tick timestamp seen, any instrument) and, for live sources, also the exchange clock through
   ``advance``. A replay therefore yields exactly what a live run would.
-* Late ticks (for a bucket older than the instrument's forming candle, or whose candle the clock has
+* Late ticks (for a bucket older than the instrument's newest candle, or whose candle the clock has
   already closed) follow ``late_policy``: ``"drop"`` (default) counts them in ``stats['late']``;
   ``"amend"`` folds them into the instrument's most recently closed candle when it is that bucket
   (high/low, close if not older than its last tick, volume) and re-emits it with ``amended=True``;
   older ones are dropped and counted. Duplicates change nothing (same price; no volume increment).
 * Empty buckets produce no candle unless ``fill_empty=True``: then flat candles (previous close,
   volume 0) fill the gaps between two candles of the same instrument on the same IST day.
+
+Bad ticks (NaN/zero/negative prices, bogus stamps) never reach the engine: ``core.sanity.TickFilter``
+rejects them first.
 """
 
 from __future__ import annotations
@@ -35,9 +38,12 @@ import numpy as np
 from .candles import Candle, CandleBatch
 from .ticks import TickBatch
 from .timeframes import (
+    DAY_NS,
+    IST_OFFSET_NS,
     NS,
     Timeframe,
     anchor_for_tokens,
+    bucket_end,
     bucket_start,
     parse_timeframe,
     trading_day,
@@ -129,7 +135,8 @@ class Engine:
         # per-instrument volume state
         self._v = self._alloc_v(0)
         self.series: dict[str, _Series] = {}
-        self.stats = {"ticks": 0, "batches": 0, "late": 0, "amended": 0, "closed": 0}
+        self.stats = {"ticks": 0, "batches": 0, "late": 0, "amended": 0, "closed": 0,
+                      "volume_glitches": 0}
         self._fill_prev: dict[str, dict[int, tuple[int, float]]] = {}  # tf -> token -> (start, close)
         self._table = np.full(1 << _HASH_BITS, -1, np.int32)  # hash(token) -> slot
         self._seq = np.zeros(0, np.int64)  # per slot: batch number of its last change
@@ -146,6 +153,8 @@ class Engine:
             "prev_ts": np.full(n, NONE, np.int64),
             "segmax": np.zeros(n),  # highest cumulative since the last reset
             "day": np.full(n, NONE, np.int64),
+            "resume": np.zeros(n, bool),  # the next tick follows a gap of unknown length (adds 0)
+            "glitches": np.zeros(n, np.int64),  # volume figures below the day's running maximum
         }
 
     @property
@@ -299,6 +308,13 @@ class Engine:
     def _volume_increments(
         self, slot: np.ndarray, ts: np.ndarray, vol: np.ndarray, gstart: np.ndarray, gid: np.ndarray
     ) -> np.ndarray:
+        """Each tick's contribution to its candle's volume (README "Candle conventions", rule 4).
+
+        Per instrument, M is the running maximum of the cumulative day volume over the current IST
+        day; a tick adds ``max(0, v - M)``. A lower figure is a glitch (adds 0, counted); a later IST
+        day starts from M = 0; a tick of an earlier day adds 0 and changes nothing; the first tick
+        ever, or the first after ``resume``, adds 0 and sets the baseline.
+        """
         inc = np.zeros(len(slot))
         has = ~np.isnan(vol)
         if not has.any():
@@ -311,48 +327,94 @@ class Engine:
         first[0] = True
         np.not_equal(s[1:], s[:-1], out=first[1:])
         V = self._v
-        prev = np.empty(m)
-        prev_ts = np.empty(m, np.int64)
-        prev_day = np.empty(m, np.int64)
-        prev[1:], prev_ts[1:], prev_day[1:] = v[:-1], t[:-1], day[:-1]
         fs = s[first]
-        prev[first], prev_ts[first], prev_day[first] = V["prev"][fs], V["prev_ts"][fs], V["day"][fs]
-        never = np.isnan(prev)  # the stream's very first volume tick of this instrument
         last = np.empty(m, bool)
         last[-1] = True
         last[:-1] = first[1:]
         ls = s[last]
-        # the usual case, ticks in order within one day: each tick adds its increase over the
-        # previous one (the first over the baseline), no resets or running maxima needed
+        # the usual case, ticks of one day, each figure at least the one before (the first at least
+        # the running maximum): each tick adds its increase over the previous one
         seg_first = V["segmax"][fs]
-        if (not never.any() and (day == prev_day).all() and (v >= prev).all() and (t >= prev_ts).all()
-                and (v[first] >= seg_first).all()):
-            base = prev.copy()
-            base[first] = seg_first
-            inc[idx] = v - base
+        prev = np.empty(m)
+        prev[1:] = v[:-1]
+        prev[first] = seg_first
+        if (not np.isnan(V["prev"][fs]).any() and not V["resume"][fs].any()
+                and (day[first] == V["day"][fs]).all() and (day[1:] == day[:-1]).all()
+                and (v >= prev).all()):
+            inc[idx] = v - prev
             V["prev"][ls] = V["segmax"][ls] = v[last]
             V["prev_ts"][ls] = t[last]
             V["day"][ls] = day[last]
             return inc
-        reset = ~never & ((day != prev_day) | ((v < prev) & (t >= prev_ts)))
-        segstart = first | reset
-        base = np.zeros(m)
-        cont = first & ~reset & ~never
-        base[cont] = V["segmax"][s[cont]]
-        base[never] = v[never]
+        return self._volume_slow(inc, idx, s, t, v, day, first, last)
+
+    def _volume_slow(self, inc, idx, s, t, v, day, first, last) -> np.ndarray:
+        V = self._v
+        m = len(idx)
+        g = np.cumsum(first) - 1  # group (instrument) number of each volume tick
+        fs = s[first]
+        never = np.isnan(V["prev"][fs])  # per group: no tick of this instrument yet
+        resumed = V["resume"][fs] & ~never
+        state_day = np.where(never, NONE, V["day"][fs])
+        # running IST day per instrument (seeded with its state's day): a tick of an earlier day is stale
+        dmin = int(min(day.min(), state_day[~never].min() if (~never).any() else day.min())) - 1
+        span = int(day.max()) - dmin + 2
+        key = g * span + (day - dmin)
+        seed = np.where(never, 0, state_day - dmin)
+        gi = np.flatnonzero(first)
+        key[gi] = np.maximum(key[gi], g[gi] * span + seed)
+        run_day = np.maximum.accumulate(key) - g * span + dmin  # inclusive running day
+        stale = day < run_day
+        ok = ~stale
+        if not ok.any():
+            return inc
+        # among non-stale ticks: the first of each instrument, and new days
+        sel = np.flatnonzero(ok)
+        s2, v2, d2, g2 = s[sel], v[sel], day[sel], g[sel]
+        n2 = len(sel)
+        gfirst = np.empty(n2, bool)
+        gfirst[0] = True
+        np.not_equal(g2[1:], g2[:-1], out=gfirst[1:])
+        prev_day = np.empty(n2, np.int64)
+        prev_day[1:] = d2[:-1]
+        gg = g2[gfirst]
+        prev_day[gfirst] = state_day[gg]
+        newday = d2 > prev_day
+        segstart = gfirst | newday
+        base = np.zeros(n2)  # running maximum before a segment's first tick
+        cont = gfirst & ~newday  # continues the state's day
+        base[cont] = V["segmax"][s2[cont]]
+        # the first tick ever, or the first after a resume, adds 0: its figure becomes the baseline
+        blind = np.zeros(n2, bool)
+        fpos = np.flatnonzero(gfirst)
+        blind[fpos] = never[gg] | resumed[gg]
+        base[blind] = np.where(newday[blind] | never[g2[blind]], v2[blind],
+                               np.maximum(V["segmax"][s2[blind]], v2[blind]))
+        a = v2.copy()
+        a[segstart] = np.maximum(a[segstart], base[segstart])
         seg = np.cumsum(segstart) - 1
-        x = v.astype(np.int64)
-        x[segstart] = np.maximum(x[segstart], base[segstart].astype(np.int64))
-        key = (seg << _VOL_BITS) + x
-        incl = np.maximum.accumulate(key) - (seg << _VOL_BITS)
-        excl = np.empty(m)
+        # segmented running maximum, exact for any float: on order-preserving integer codes
+        uniq, code = np.unique(a, return_inverse=True)
+        k2 = (seg.astype(np.int64) << _VOL_BITS) + code.astype(np.int64)
+        incl = uniq[np.maximum.accumulate(k2) - (seg.astype(np.int64) << _VOL_BITS)]
+        excl = np.empty(n2)
         excl[1:] = incl[:-1]
         excl[segstart] = base[segstart]
-        inc[idx] = np.maximum(0.0, v - excl)
-        V["prev"][ls] = v[last]
-        V["prev_ts"][ls] = t[last]
-        V["segmax"][ls] = incl[last]
-        V["day"][ls] = day[last]
+        inc[idx[sel]] = np.maximum(0.0, v2 - excl)
+        glitch = (v2 < excl) & ~blind
+        if glitch.any():
+            gs = s2[glitch]
+            np.add.at(V["glitches"], gs, 1)
+            self.stats["volume_glitches"] += int(glitch.sum())
+        glast = np.empty(n2, bool)
+        glast[-1] = True
+        glast[:-1] = gfirst[1:]
+        ls = s2[glast]
+        V["prev"][ls] = v2[glast]
+        V["prev_ts"][ls] = t[sel][glast]
+        V["segmax"][ls] = incl[glast]
+        V["day"][ls] = d2[glast]
+        V["resume"][ls] = False
         return inc
 
     def _aggregate(
@@ -467,8 +529,15 @@ class Engine:
         """Bucket of each tick, and whether it is late (older than its instrument's newest bucket,
         or its candle already closed by the clock)."""
         tf = s.tf
-        b = bucket_start(ts, tf, self._anchor[slot])
+        anchor = self._anchor[slot]
+        b = bucket_start(ts, tf, anchor)
         late_clock = b + (tf.ns + self.grace_ns) <= clock
+        if not tf.is_day and not late_clock.all():
+            # a bucket cut at midnight ends before start + size: only those near 24:00 IST can be
+            tod = (b + IST_OFFSET_NS) % DAY_NS
+            near = tod > DAY_NS - tf.ns
+            if near.any():
+                late_clock[near] = bucket_end(b[near], tf, anchor[near]) + self.grace_ns <= clock[near]
         # the usual case: buckets never go back within an instrument, nor behind its forming candle
         up = np.empty(len(b), bool)
         up[0] = True
@@ -540,10 +609,11 @@ class Engine:
         for c in closed:
             pb = prev_bucket.get(c.token)
             if pb is not None and c.start - pb[0] > size and trading_day(np.int64(pb[0])) == trading_day(np.int64(c.start)):
-                t = pb[0] + size
+                anchor = self._anchor[self.slot(c.token)]
+                t = int(bucket_end(np.int64(pb[0]), s.tf, anchor))
                 while t < c.start:
                     rows.append(Candle(c.token, c.tf, t, pb[1], pb[1], pb[1], pb[1], 0.0, math.nan, 0))
-                    t += size
+                    t = int(bucket_end(np.int64(t), s.tf, anchor))
             rows.append(c)
             prev_bucket[c.token] = (c.start, c.close)
         return CandleBatch.from_candles(s.tf.label, rows)
@@ -583,7 +653,9 @@ class Engine:
             fb = s.f["bucket"][:n]
             have = fb != NONE
             if not everything:
-                have &= fb + s.tf.ns + self.grace_ns <= self.clock
+                due = np.flatnonzero(have)
+                end = bucket_end(fb[due], s.tf, self._anchor[due])
+                have[due] = end + self.grace_ns <= self.clock
             if have.any():
                 out.extend(self._emit(s, self._take_forming(s, np.flatnonzero(have))))
         return out
@@ -597,6 +669,23 @@ class Engine:
     def flush(self) -> list[CandleBatch]:
         """Close every forming candle (a replay tape has ended: its clock runs on forever)."""
         return self._sweep(everything=True)
+
+    def resume(self, tokens: Iterable[int] | None = None) -> None:
+        """The next tick of ``tokens`` (all known instruments: None) follows a gap of unknown length
+        (a live restart, a reconnect after an outage): it adds no volume and sets the baseline, so
+        the gap's volume is never lumped into one candle."""
+        if tokens is None:
+            self._v["resume"][: self._n] = True
+            return
+        toks = np.fromiter((int(t) for t in tokens), np.int64)
+        if len(toks):
+            self._v["resume"][self._slots(toks)] = True
+
+    def glitches(self) -> dict[int, int]:
+        """Volume glitches per instrument token (only those with any)."""
+        g = self._v["glitches"][: self._n]
+        nz = np.flatnonzero(g)
+        return dict(zip(self._slot_tokens[nz].tolist(), g[nz].tolist()))
 
     # ------------------------------------------------------------------ views and state
     def forming(self, tf: str | Timeframe, token: int | None = None) -> CandleBatch:

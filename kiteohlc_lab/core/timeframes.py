@@ -50,9 +50,10 @@ DEFAULT_SESSION_OPEN: dict[str, str] = {
     "MCX": "09:00",
     "MCXSX": "09:00",
     "INDICES": "09:15",
+    "NCO": "09:00",
 }
 # instrument_token & 0xFF -> exchange segment name
-SEGMENTS = {1: "NSE", 2: "NFO", 3: "CDS", 4: "BSE", 5: "BFO", 6: "BCD", 7: "MCX", 8: "MCXSX", 9: "INDICES"}
+SEGMENTS = {1: "NSE", 2: "NFO", 3: "CDS", 4: "BSE", 5: "BFO", 6: "BCD", 7: "MCX", 8: "MCXSX", 9: "INDICES", 12: "NCO"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,7 +149,10 @@ def anchor_for_tokens(tokens: npt.ArrayLike, session_open: dict[str, str] | None
 def bucket_start(ts: npt.ArrayLike, tf: Timeframe, anchor: npt.ArrayLike) -> np.ndarray:
     """Start (epoch ns) of the bucket holding each timestamp.
 
-    ``anchor`` is the session-open offset in ns after 00:00 IST (scalar or per tick).
+    ``anchor`` is the session-open offset in ns after 00:00 IST (scalar or per tick). Intraday
+    buckets are the grid ``open + k * size`` of the tick's IST day, cut at midnight: a bucket never
+    starts before 00:00 IST of its tick's day (a timeframe that does not divide the day gets a short
+    first bucket there, and never a bucket of the day before).
     """
     local = np.asarray(ts, dtype=np.int64) + IST_OFFSET_NS
     day = (local // DAY_NS) * DAY_NS
@@ -156,8 +160,26 @@ def bucket_start(ts: npt.ArrayLike, tf: Timeframe, anchor: npt.ArrayLike) -> np.
         return day - IST_OFFSET_NS
     size = tf.ns
     a = np.asarray(anchor, dtype=np.int64)
-    off = local - day - a
-    return day + a + (off // size) * size - IST_OFFSET_NS
+    start = day + a + ((local - day - a) // size) * size
+    if (start < day).any():
+        np.maximum(start, day, out=start)
+    return start - IST_OFFSET_NS
+
+
+def bucket_end(start: npt.ArrayLike, tf: Timeframe, anchor: npt.ArrayLike) -> np.ndarray:
+    """End (epoch ns, exclusive) of the buckets starting at ``start``: the next grid point of the
+    bucket's IST day, or 24:00 IST, whichever comes first."""
+    local = np.asarray(start, dtype=np.int64) + IST_OFFSET_NS
+    day = (local // DAY_NS) * DAY_NS
+    if tf.is_day:
+        return day + DAY_NS - IST_OFFSET_NS
+    size = tf.ns
+    a = np.asarray(anchor, dtype=np.int64)
+    end = day + a + ((local - day - a) // size + 1) * size
+    nxt = day + DAY_NS
+    if (end > nxt).any():
+        np.minimum(end, nxt, out=end)
+    return end - IST_OFFSET_NS
 
 
 def trading_day(ts: npt.ArrayLike) -> np.ndarray:

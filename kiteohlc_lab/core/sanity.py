@@ -1,0 +1,213 @@
+"""Bad ticks are rejected before the engine sees them (README "Candle conventions", rule 1).
+
+A corrupt field must never become a candle or move the clock: one packet stamped ten years ahead
+would otherwise close every candle and make every real tick after it late. Rejected ticks are
+counted per instrument and kind, and each (instrument, kind) is reported once, in one line naming
+the instrument and the value.
+
+Kinds:
+
+* ``bad_price``: price NaN, infinite, zero or negative;
+* ``bad_volume``: cumulative volume negative or infinite (an absent volume, NaN, is fine);
+* ``bad_stamp``: before 2000-01-01; live: later than the exchange clock + ``ahead_s``, or before
+  00:00 IST of the exchange clock's day; replay: a lone jump of more than ``jump_s`` ahead of the
+  tape's running time that the next tick does not follow.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+
+from .ticks import TickBatch
+from .timeframes import DAY_NS, IST_OFFSET_NS, NS
+
+__all__ = ["TickFilter", "KINDS", "MIN_TS"]
+
+KINDS = ("bad_price", "bad_volume", "bad_stamp")
+MIN_TS = 946_684_800 * NS - IST_OFFSET_NS  # 2000-01-01 00:00 IST
+_NONE = np.iinfo(np.int64).min
+
+
+def _stamp(ts: int) -> str:
+    import datetime as dt
+
+    try:
+        d = dt.datetime.fromtimestamp(ts / NS, dt.timezone(dt.timedelta(seconds=IST_OFFSET_NS // NS)))
+        return d.strftime("%Y-%m-%d %H:%M:%S IST")
+    except (OverflowError, OSError, ValueError):
+        return f"{ts} ns"
+
+
+def _span(ns: int) -> str:
+    s = abs(ns) / NS
+    if s >= 2 * 86400:
+        return f"{s / 86400:.0f} days"
+    if s >= 2 * 3600:
+        return f"{s / 3600:.0f} hours"
+    return f"{s:.0f} s"
+
+
+class TickFilter:
+    """Rejects bad ticks; counts and reports them.
+
+    Parameters
+    ----------
+    live : live source (stamps checked against the exchange clock) or replay (against the tape)
+    ahead_s : live: the most a stamp may be ahead of the exchange clock
+    jump_s : replay: the largest forward jump a tape may make without the next tick following it
+    name_of : token -> display name for messages
+    """
+
+    def __init__(self, live: bool, *, ahead_s: float = 10.0, jump_s: float = 60.0,
+                 name_of: Callable[[int], str] | None = None) -> None:
+        self.live = bool(live)
+        self.ahead_ns = int(ahead_s * NS)
+        self.jump_ns = int(jump_s * NS)
+        self.name_of = name_of or str
+        self.counts: dict[int, dict[str, int]] = {}
+        self.totals = dict.fromkeys(KINDS, 0)
+        self._run = _NONE  # replay: the latest accepted stamp
+        self._held: TickBatch | None = None  # replay: a suspect last tick waiting for the next one
+        self._messages: list[str] = []
+        self._reported: set[tuple[int, str]] = set()
+
+    # ------------------------------------------------------------------ API
+    def check(self, batch: TickBatch, now_ns: int | None = None) -> TickBatch:
+        """The accepted ticks of ``batch`` in arrival order (a replay may hold its last one back)."""
+        if self._held is not None:
+            batch = TickBatch.concat([self._held, batch])
+            self._held = None
+        n = len(batch)
+        if n == 0:
+            return batch
+        price, vol, ts = batch.price, batch.volume, batch.ts
+        ok = np.isfinite(price) & (price > 0)
+        bad_price = ~ok
+        bad_volume = np.isinf(vol) | (vol < 0)
+        ok &= ~bad_volume
+        bad_stamp = ts < MIN_TS
+        why: dict[int, str] = {}
+        if self.live and now_ns is not None:
+            ahead = ts > now_ns + self.ahead_ns
+            day0 = ((now_ns + IST_OFFSET_NS) // DAY_NS) * DAY_NS - IST_OFFSET_NS
+            stale = (ts < day0) & ~bad_stamp
+            if ahead.any():
+                for i in np.flatnonzero(ahead)[:1]:
+                    why[int(batch.token[i])] = (f"{_span(int(ts[i]) - now_ns)} ahead of the exchange clock "
+                                                f"(accepted: up to {self.ahead_ns // NS} s)")
+            if stale.any():
+                for i in np.flatnonzero(stale)[:1]:
+                    why.setdefault(int(batch.token[i]), "from an earlier day than the exchange clock's "
+                                   "(Kite re-sends its cached last tick on subscribe)")
+            bad_stamp |= ahead | stale
+        ok &= ~bad_stamp
+        if not self.live:
+            jumps = self._jumps(ts, ok)
+            if jumps is not None:
+                bad_j, hold = jumps
+                for i in np.flatnonzero(bad_j)[:1]:
+                    why[int(batch.token[i])] = (f"{_span(int(ts[i]) - int(ts[i + 1]))} after the next tick of the "
+                                                "tape, a lone jump the tape does not follow (accepted: up to "
+                                                f"{self.jump_ns // NS} s ahead of the running time, or a jump "
+                                                "the tape follows)")
+                bad_stamp |= bad_j
+                ok &= ~bad_j
+                if hold:
+                    ok[-1] = False
+                    self._held = batch.take(slice(n - 1, n))
+        if not ok.all():
+            self._count(batch, bad_price, bad_volume & ~bad_price,
+                        bad_stamp & ~bad_price & ~bad_volume, why)
+        if not self.live:
+            acc = ts[ok]
+            if len(acc):
+                self._run = max(self._run, int(acc.max()))
+        return batch if ok.all() else batch.take(ok)
+
+    def flush(self) -> TickBatch:
+        """The end of a tape: a held last tick is judged by the running time alone."""
+        held, self._held = self._held, None
+        if held is None:
+            return TickBatch.empty()
+        ts = int(held.ts[0])
+        if self._run != _NONE and ts > self._run + self.jump_ns:
+            tok = int(held.token[0])
+            f = np.zeros(1, bool)
+            self._count(held, f, f, np.ones(1, bool),
+                        {tok: f"{_span(ts - self._run)} ahead of the tape's running time at its end "
+                              f"(accepted: up to {self.jump_ns // NS} s)"})
+            return TickBatch.empty()
+        self._run = max(self._run, ts)
+        return held
+
+    def take_messages(self) -> list[str]:
+        """New one-line reports since the last call (one per instrument and kind, ever)."""
+        out, self._messages = self._messages, []
+        return out
+
+    def rejected(self, name_of: Callable[[int], str] | None = None) -> dict[str, dict[str, int]]:
+        """``{symbol: {kind: n}}`` for ``status()``."""
+        name = name_of or self.name_of
+        return {name(tok): dict(c) for tok, c in self.counts.items()}
+
+    # ------------------------------------------------------------------ internals
+    def _jumps(self, ts: np.ndarray, ok: np.ndarray) -> tuple[np.ndarray, bool] | None:
+        """Replay: lone forward jumps (rejected) and whether the batch's last tick must wait."""
+        n = len(ts)
+        J = self.jump_ns
+        nxt = np.empty(n, np.int64)
+        nxt[:-1] = ts[1:]
+        nxt[-1] = np.iinfo(np.int64).max  # unknown: decided with the next batch
+        acc = ok.copy()
+        bad = np.zeros(n, bool)
+        while True:
+            # running time before each tick, over the accepted ones
+            seen = np.where(acc, ts, _NONE)
+            run = np.empty(n, np.int64)
+            run[0] = self._run
+            if n > 1:
+                np.maximum.accumulate(seen[:-1], out=run[1:])
+                np.maximum(run[1:], self._run, out=run[1:])
+            first = run == _NONE
+            jump = acc & (first | (ts > run + J))
+            cand = jump & (ts - J > nxt)
+            if not cand.any():
+                break
+            i = int(np.flatnonzero(cand)[0])
+            acc[i] = False
+            bad[i] = True
+        hold = bool(jump[-1] and acc[-1])
+        if not bad.any() and not hold:
+            return None
+        return bad, hold
+
+    def _count(self, batch: TickBatch, bad_price, bad_volume, bad_stamp, why: dict[int, str]) -> None:
+        for kind, mask in (("bad_price", bad_price), ("bad_volume", bad_volume), ("bad_stamp", bad_stamp)):
+            if not mask.any():
+                continue
+            idx = np.flatnonzero(mask)
+            self.totals[kind] += len(idx)
+            toks, first, cnt = np.unique(batch.token[idx], return_index=True, return_counts=True)
+            for tok, f, c in zip(toks.tolist(), first.tolist(), cnt.tolist()):
+                per = self.counts.setdefault(tok, {})
+                per[kind] = per.get(kind, 0) + c
+                if (tok, kind) in self._reported:
+                    continue
+                self._reported.add((tok, kind))
+                i = int(idx[f])
+                self._messages.append(self._line(tok, kind, batch, i, why.get(tok)))
+
+    def _line(self, tok: int, kind: str, batch: TickBatch, i: int, why: str | None) -> str:
+        name = self.name_of(tok)
+        tail = "; rejected, and further ones are counted in status()"
+        if kind == "bad_price":
+            return (f"bad tick from {name}: price {float(batch.price[i])!r} (accepted: a finite price "
+                    f"above 0){tail}")
+        if kind == "bad_volume":
+            return (f"bad tick from {name}: cumulative volume {float(batch.volume[i])!r} (accepted: 0 "
+                    f"or more){tail}")
+        ts = int(batch.ts[i])
+        reason = why or ("before 2000-01-01" if ts < MIN_TS else "implausible")
+        return f"bad tick from {name}: stamped {_stamp(ts)}, {reason}{tail}"
