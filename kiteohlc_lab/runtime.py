@@ -24,7 +24,7 @@ from .errors import ConfigError, KiteOHLCError, SymbolError, TapeError
 from .core.candles import Candle, CandleBatch, empty_frame
 from .core.engine import Engine
 from .core.series import SeriesBuffer
-from .core.stream import Stream
+from .core.stream import Stream, engine_lock
 from .core.timeframes import bound_ns, parse_timeframe
 
 log = logging.getLogger("kiteohlc_lab")
@@ -334,6 +334,16 @@ class Manager:
         kite = KiteConnect(api_key, access_token=token, root=api_url) if api_url else KiteConnect(api_key, access_token=token)
         table = self._table(kite, key=f"{source}:{api_url or 'kite'}")
         pairs = [(s.upper(), int(table.resolve(s).token)) for s in syms]
+        # a failed stream of this source is restarted (its instruments and timeframes too) on its
+        # own, released source object: never a second connection beside one still open
+        failed = next((s for s in self.streams.values() if not s.alive and s.state == "failed"
+                       and not getattr(s, "attached", False) and s.source.name == source), None)
+        if failed is not None:
+            failed.stop()  # it released its source when it failed; this is idempotent
+            have = {t for _, t in pairs}
+            pairs += [(failed.symbols.get(t, str(t)).upper(), int(t)) for t in failed.tokens
+                      if t not in have]
+            tfs = list({t.label: t for t in [*failed.engine.timeframes, *tfs]}.values())
         from .lease import claim
 
         pairs = claim(self, pairs)  # one writer per instrument
@@ -342,8 +352,8 @@ class Manager:
         # extend a running live stream of the same source rather than opening another connection
         existing = next((s for s in self.streams.values() if s.alive and s.source.name == source), None)
         if existing is not None:
-            for tf in tfs:
-                existing.engine.add_timeframe(tf)
+            for tf in tfs:  # on the stream thread, between two batches
+                existing.add_timeframe(tf)
             self._prepare(existing, pairs, [t for t in existing.engine.timeframes])
             existing.subscribe([t for _, t in pairs], {t: s for s, t in pairs})
             self._backfill(existing, pairs, tfs, backfill, kite, progress)
@@ -352,16 +362,27 @@ class Manager:
                               f"to the running {source} stream (no reconnect)")
         from .feeds.historical import HistoricalClient
 
-        hist_client = HistoricalClient(kite)
-        src = KiteSource(api_key, token, [t for _, t in pairs], ticker_url=ticker_url, api_url=api_url,
-                         mode=mode or c.mode, stall_timeout=c.stall_timeout, history=hist_client)
-        src.name = source
+        if failed is not None and hasattr(failed.source, "subscribe"):
+            src = failed.source  # stopped: the instruments are placed now, sent when it connects
+            src.subscribe([t for _, t in pairs])
+            if mode:
+                src.mode = mode
+            with self._lock:
+                if self.streams.get(failed.name) is failed:
+                    del self.streams[failed.name]
+        else:
+            hist_client = HistoricalClient(kite)
+            src = KiteSource(api_key, token, [t for _, t in pairs], ticker_url=ticker_url, api_url=api_url,
+                             mode=mode or c.mode, stall_timeout=c.stall_timeout, history=hist_client)
+            src.name = source
         info = self._launch(source if source not in self.streams else self._name(source), src, pairs, tfs, record)
         self._backfill(self.streams[info.name], pairs, tfs, backfill, kite, progress)
         where = ("the built-in Kite simulator (no credentials configured)" if source == "sim" and not c.ticker_url
                  else f"Kite ({ticker_url or 'wss://ws.kite.trade'})")
         info.message = (f"Streaming {', '.join(s for s, _ in pairs)} {' '.join(t.label for t in tfs)} "
                         f"from {where}; {self.stores()[2]}")
+        if failed is not None:
+            info.message += f" (restarted stream {failed.name}, which had failed)"
         return info
 
     def _backfill(self, stream: Stream, pairs, tfs, backfill: str | None, kite: Any,
@@ -418,8 +439,11 @@ class Manager:
         eng = engine if engine is not None else (stream.engine if stream else None)
         if eng is None:
             return
+        toks = [t for _, t in pairs]
+        if stream is not None:  # instruments it streams already continue from its own state
+            toks = [t for t in toks if t not in stream.tokens]
         try:
-            states = live.load_states([t for _, t in pairs])
+            states = live.load_states(toks) if toks else {}
         except Exception as exc:
             log.warning("live state not readable: %s", exc)
             states = {}
@@ -430,12 +454,24 @@ class Manager:
             if first_ts is not None and clock is not None and clock > first_ts:
                 continue
             usable[int(tok)] = st
-        eng.import_state(usable)
-        for _sym, tok in pairs:
-            for tf in eng.timeframes:
-                buf = self.buffers.get((tok, tf.label))
-                if buf is not None:
-                    buf.bind_engine(eng)
+        lock = engine_lock(eng)
+
+        def apply() -> None:  # the engine changes on its stream thread (Stream.call), I/O above
+            if stream is not None:
+                for tok in [t for t in usable if t in stream.tokens]:
+                    del usable[tok]  # subscribed meanwhile: streaming already
+            eng.import_state(usable)
+            for _sym, tok in pairs:
+                for tf in eng.timeframes:
+                    buf = self.buffers.get((tok, tf.label))
+                    if buf is not None:
+                        buf.bind_engine(eng, lock)
+
+        if stream is not None and hasattr(stream, "call"):
+            stream.call(apply)
+        else:
+            with lock:
+                apply()
 
     def _launch(self, name, source, pairs, tfs, record, first_ts: int | None = None) -> StreamInfo:
         live, hist, _ = self.stores()

@@ -34,6 +34,7 @@ class SeriesBuffer:
         self._version = 0
         # forming candle read from a running engine on demand (no per-tick push to every series)
         self._engine: Any = None
+        self._engine_lock: Any = None  # held by the engine's stream thread while it changes
         self._cache: tuple[int, bool, pd.DataFrame] | None = None
         self.gaps: list[tuple[int, int]] = []  # marked, unrepaired outages (epoch ns)
 
@@ -43,12 +44,25 @@ class SeriesBuffer:
     @property
     def version(self) -> int:
         """Changes whenever the frame would: closed candles, the forming candle, gaps."""
-        eng = self._engine
-        return self._version + (eng.version_of(self.token) if eng is not None else 0)
+        return self._version + self._engine_version()
 
-    def bind_engine(self, engine: Any) -> None:
-        """Take the forming candle from ``engine`` (the stream writing this series) from now on."""
+    def _engine_version(self) -> int:
+        eng, lock = self._engine, self._engine_lock
+        if eng is None:
+            return 0
+        if lock is None:
+            return eng.version_of(self.token)
+        with lock:
+            return eng.version_of(self.token)
+
+    def bind_engine(self, engine: Any, lock: Any = None) -> None:
+        """Take the forming candle from ``engine`` (the stream writing this series) from now on.
+
+        ``lock``: the lock its stream thread holds while the engine changes
+        (``kiteohlc_lab.core.stream.engine_lock``); the forming candle is copied under it.
+        """
         with self._lock:
+            self._engine_lock = lock  # before the engine: a reader never sees it without its lock
             self._engine = engine
             self._forming = None
             self._version += 1
@@ -123,8 +137,14 @@ class SeriesBuffer:
     # -- readers
     @property
     def forming(self) -> Candle | None:
-        eng = self._engine
-        candle = self._forming if eng is None else eng.forming_candle(self.token, self.tf)
+        eng, lock = self._engine, self._engine_lock
+        if eng is None:
+            candle = self._forming
+        elif lock is None:
+            candle = eng.forming_candle(self.token, self.tf)
+        else:
+            with lock:  # a consistent copy: never half of a batch's update
+                candle = eng.forming_candle(self.token, self.tf)
         if candle is not None and self._n and candle.start <= self._cols["start"][self._n - 1]:
             return None  # stale: the candle has been closed (or repaired) meanwhile
         return candle
@@ -138,8 +158,11 @@ class SeriesBuffer:
         cached = self._cache
         if cached is not None and start is None and end is None and cached[0] == self.version and cached[1] == closed_only:
             return cached[2].copy(deep=False)  # copy-on-write: the caller may add columns
+        # the engine's part first: its lock is never taken while this buffer's lock is held
+        # (the stream thread binds buffers while it holds the engine's lock)
+        engine_part = self._engine_version()
         with self._lock:
-            version = self.version
+            version = self._version + engine_part
             n = self._n
             cols = {k: self._cols[k][:n].copy() for k in _COLS}
         forming = None if closed_only else self.forming

@@ -8,6 +8,7 @@ trip for the whole drain) and notifies listeners.
 
 from __future__ import annotations
 
+import concurrent.futures
 import logging
 import queue
 import threading
@@ -25,6 +26,56 @@ from .timeframes import NS, bucket_start, parse_timeframe
 log = logging.getLogger("kiteohlc_lab.stream")
 
 REPAIR_SETTLE_S = 12.0  # Kite's candle is final a little after it ends (Zerodha: wait > 10 s)
+CALL_TIMEOUT_S = 30.0  # Stream.call: how long the notebook waits for the stream thread
+
+_LOCK_GUARD = threading.Lock()
+
+
+def engine_lock(engine: Any) -> "threading.RLock":
+    """The lock guarding ``engine``'s state between its stream thread and readers in other threads.
+
+    One per engine (attached to it on first use), so a SeriesBuffer bound to the engine before its
+    Stream exists and the Stream itself share it. The stream thread holds it per batch while the
+    engine aggregates (and while a ``Stream.call`` runs); readers hold it while they copy.
+    """
+    lock = getattr(engine, "_kiteohlc_lock", None)
+    if lock is None:
+        with _LOCK_GUARD:
+            lock = getattr(engine, "_kiteohlc_lock", None)
+            if lock is None:
+                lock = threading.RLock()
+                engine._kiteohlc_lock = lock
+    return lock
+
+
+class _LockedEngine:
+    """The stream thread's view of its engine: the state-changing calls hold the engine's lock.
+
+    Readers on the stream thread need no lock (only that thread changes the engine); readers in
+    other threads take ``engine_lock(engine)`` and copy (``Stream.forming``/``forming_candle``,
+    ``SeriesBuffer.forming``).
+    """
+
+    __slots__ = ("_eng", "_lock")
+
+    def __init__(self, engine: Any, lock: Any) -> None:
+        self._eng = engine
+        self._lock = lock
+
+    def process(self, batch: TickBatch) -> list[CandleBatch]:
+        with self._lock:  # one batch: microseconds to a few ms, never I/O
+            return self._eng.process(batch)
+
+    def advance(self, *args: Any, **kwargs: Any) -> list[CandleBatch]:
+        with self._lock:
+            return self._eng.advance(*args, **kwargs)
+
+    def flush(self) -> list[CandleBatch]:
+        with self._lock:
+            return self._eng.flush()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._eng, name)
 
 
 class Listener(Protocol):
@@ -62,7 +113,15 @@ class StreamStats:
 
 
 class Stream:
-    """Source -> Engine -> stores -> listener, in one daemon thread."""
+    """Source -> Engine -> stores -> listener, in one daemon thread.
+
+    The stream thread owns the engine once the stream runs: everything that changes it (a new
+    timeframe, imported state, instruments added or dropped) goes through ``call``, which runs it
+    on that thread in order with the batches. Readers in other threads use ``forming`` /
+    ``forming_candle`` / ``export_columns`` here (copies taken under ``lock``).
+    """
+
+    _serving = False  # True while the thread takes "call" items (set by start, cleared by _run)
 
     def __init__(
         self,
@@ -127,13 +186,104 @@ class Stream:
     def on_history(self, token: int, tf: str, candles: CandleBatch) -> None:
         self._q.put(("history", token, tf, candles))
 
+    # -- one owner of the running stream's state
+    @property
+    def lock(self) -> "threading.RLock":
+        """Held by the stream thread while its engine changes (per batch); readers copy under it."""
+        return engine_lock(self.engine)
+
+    def call(self, fn: Callable[[], Any], timeout: float | None = CALL_TIMEOUT_S) -> Any:
+        """Run ``fn()`` on the stream thread, in order with the batches, and return its result.
+
+        Its exception is raised here, not in the stream. Inline (under ``lock``) when called from
+        the stream thread itself or when the thread is not taking calls (not started, ended).
+        """
+        if threading.current_thread() is not self._thread:
+            fut: concurrent.futures.Future = concurrent.futures.Future()
+            with _LOCK_GUARD:
+                queued = self._serving
+                if queued:
+                    self._q.put(("call", fn, fut))
+            if queued:
+                try:
+                    return fut.result(timeout)
+                except concurrent.futures.TimeoutError:
+                    raise TimeoutError(f"stream {self.name}: its thread did not run the change "
+                                       f"within {timeout} s (state {self.state})") from None
+        with self.lock:
+            return fn()
+
+    def _run_call(self, fn: Callable[[], Any], fut: concurrent.futures.Future) -> None:
+        if not fut.set_running_or_notify_cancel():
+            return
+        try:
+            with self.lock:
+                result = fn()
+        except BaseException as exc:  # noqa: BLE001 - the caller gets it; the stream goes on
+            fut.set_exception(exc)
+        else:
+            fut.set_result(result)
+
+    def _stop_serving(self) -> None:
+        """The thread ends: later calls run inline; calls already queued run now, in order."""
+        with _LOCK_GUARD:
+            self._serving = False
+        while True:
+            try:
+                item = self._q.get_nowait()
+            except queue.Empty:
+                return
+            if item[0] == "call":
+                self._run_call(item[1], item[2])
+
+    def add_timeframe(self, tf: Any) -> Any:
+        """Aggregate one more timeframe (from the next tick on), on the stream thread."""
+        return self.call(lambda: self.engine.add_timeframe(tf))
+
+    def remove_timeframe(self, tf: Any) -> bool:
+        """Stop aggregating ``tf`` (its forming candles are dropped); True if it was there."""
+        label = parse_timeframe(tf).label
+
+        def drop() -> bool:
+            eng = self.engine
+            if label not in eng.series or len(eng.series) <= 1:
+                return False  # the last timeframe stays: an engine needs one
+            del eng.series[label]
+            getattr(eng, "_fill_prev", {}).pop(label, None)
+            return True
+
+        return self.call(drop)
+
+    def import_state(self, states: Any) -> None:
+        """Continue instruments from saved live state (``Engine.import_state``), on the stream thread."""
+        self.call(lambda: self.engine.import_state(states))
+
+    def forming(self, tf: Any, token: int | None = None) -> CandleBatch:
+        """A copy of the forming candles of ``tf`` (all instruments or one), consistent across them."""
+        with self.lock:
+            return self.engine.forming(tf, token)
+
+    def forming_candle(self, token: int, tf: str) -> Any:
+        with self.lock:
+            return self.engine.forming_candle(token, tf)
+
+    def export_columns(self, tokens: Any = None) -> Any:
+        with self.lock:
+            return self.engine.export_columns(tokens)
+
     # -- lifecycle
     def start(self) -> "Stream":
+        with _LOCK_GUARD:
+            self._serving = True
         self._thread.start()
         self.source.start(self)
         return self
 
     def subscribe(self, tokens: list[int], symbols: dict[int, str] | None = None) -> None:
+        """Follow more instruments (no reconnect); on the stream thread, in order with the batches."""
+        self.call(lambda: self._subscribe(tokens, symbols))
+
+    def _subscribe(self, tokens: list[int], symbols: dict[int, str] | None) -> None:
         new = [t for t in tokens if t not in self.tokens]
         self.tokens.extend(new)
         self.symbols.update(symbols or {})
@@ -142,6 +292,9 @@ class Stream:
 
     def unsubscribe(self, tokens: list[int]) -> None:
         """Stop following some instruments; their candles so far stay (forming ones in Redis)."""
+        self.call(lambda: self._unsubscribe(tokens))
+
+    def _unsubscribe(self, tokens: list[int]) -> None:
         drop = {int(t) for t in tokens}
         self.tokens = [t for t in self.tokens if t not in drop]
         unsub = getattr(self.source, "unsubscribe", None)
@@ -184,11 +337,23 @@ class Stream:
                 if not self._handle(items):
                     break
         except Exception as exc:  # the background thread never dies silently
+            # recorded once (the listener shows it; status()["error"]); the traceback for debugging
+            log.debug("stream %s failed", self.name, exc_info=True)
             self._fail(f"stream {self.name} failed: {type(exc).__name__}: {exc}")
-            log.exception("stream %s failed", self.name)
         finally:
+            self._stop_serving()
+            if self.state == "failed":
+                self._release_source()
             self._close_outputs()
             self.done.set()
+
+    def _release_source(self) -> None:
+        """A failed stream lets go of its feed: no connection left decoding for nobody."""
+        self._stop.set()  # the repair worker too
+        try:
+            self.source.stop()
+        except Exception as exc:  # noqa: BLE001 - it failed already; say why it did not stop
+            log.warning("stream %s: source did not stop cleanly: %s", self.name, exc)
 
     def _handle(self, items: list[tuple]) -> bool:
         closed: list[CandleBatch] = []
@@ -196,7 +361,7 @@ class Stream:
         touched: set[int] = set()
         keep_going = True
         finished = False
-        eng = self.engine
+        eng = _LockedEngine(self.engine, self.lock)  # changes hold the lock, per batch
         for item in items:
             kind = item[0]
             if kind == "batch":
@@ -231,6 +396,8 @@ class Stream:
                 closed += self._rebucket(token, "1m", candles, only=(tf, lo, hi))
             elif kind == "stop":
                 keep_going = False
+            elif kind == "call":  # a change from another thread (Stream.call), in batch order
+                self._run_call(item[1], item[2])
         if self.source.live and not finished:
             closed += eng.advance(time.time_ns())
         if self._repairs:
