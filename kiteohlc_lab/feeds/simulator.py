@@ -49,6 +49,10 @@ __all__ = ["KiteSimulator", "SimInstrument", "DEFAULT_INSTRUMENTS", "main"]
 MINUTE_NS = 60 * NS
 MODES = ("ltp", "quote", "full")
 MAX_TOKENS_PER_CONNECTION = 3000
+# What inject() can put on the wire (see KiteSimulator.inject).
+INJECT_KINDS = ("zero_volume", "stale_volume", "swap", "bogus_stamp", "zero_price", "late")
+_VOLUME_KINDS = ("zero_volume", "stale_volume", "swap")
+_TEN_YEARS_S = 3653 * 86400
 # Kite's span limits for one historical request, in days (forum figures from Zerodha staff).
 SPAN_LIMIT_DAYS = {
     "minute": 60, "3minute": 100, "5minute": 100, "10minute": 100,
@@ -239,8 +243,10 @@ class KiteSimulator:
     """Kite ticker (WebSocket) + REST simulator on loopback; see the module docstring.
 
     Fault injection: ``drop_connections()``, ``send_malformed()``, ``go_silent(seconds)``,
-    ``pause()``/``resume()``, ``set_history_override(...)``. Counters: ``connections``,
-    ``max_seen_connections``, ``total_connections``, ``historical_requests``.
+    ``pause()``/``resume()``, ``set_history_override(...)``, ``inject(kind, ...)`` (volume glitches,
+    bogus stamps, zero prices, late ticks on the wire; ``sent()``/``sent_all()``/``injected()`` say
+    what went out). Counters: ``connections``, ``max_seen_connections``, ``total_connections``,
+    ``historical_requests``.
     """
 
     def __init__(self, host: str = "127.0.0.1", ws_port: int = 0, http_port: int = 0,
@@ -268,6 +274,13 @@ class KiteSimulator:
         self._lock = threading.Lock()
         self._market_log: list[TickBatch] = []
         self._sent_log: list[TickBatch] = []
+        self._sent_kind: list[np.ndarray] = []  # per logged batch: "" or the injected kind, per tick
+        self._sent_mode: list[np.ndarray] = []  # per logged batch: the client mode(s), per tick
+        self._frames = 0  # broadcasts that carried ticks
+        self._sent_n = 0  # ticks in the sent log
+        self._pending: list[dict[str, Any]] = []  # inject() requests not yet (fully) on the wire
+        self._injected: list[dict[str, Any]] = []  # what they put on the wire
+        self._recent: dict[int, list[tuple[float, float]]] = {}  # token -> (price, volume) sent
         self._overrides: dict[tuple[int, int], dict[str, float]] = {}
         self._clients: set[_Client] = set()
         self._paused = False
@@ -344,14 +357,46 @@ class KiteSimulator:
         return len(self._clients)
 
     # ------------------------------------------------------------------ what was sent
-    def sent(self) -> TickBatch:
-        """Every tick delivered to at least one client, with the exact timestamps/volumes encoded.
+    def sent(self, injected: bool = True) -> TickBatch:
+        """Every tick delivered to at least one client, in wire order, with the exact
+        timestamps/volumes encoded.
 
         ``volume`` is NaN for indices, ``oi`` NaN for non-derivatives (clients in ltp/quote mode do not
-        see the timestamp, volume or oi of a tick).
+        see the timestamp, volume or oi of a tick). Packets put on the wire by ``inject()`` are
+        included where they were sent; ``injected=False`` leaves them out (the clean market as sent).
         """
         with self._lock:
-            return TickBatch.concat(self._sent_log)
+            if injected:
+                return TickBatch.concat(self._sent_log)
+            return TickBatch.concat([b.take(k == "") for b, k in zip(self._sent_log, self._sent_kind)])
+
+    def sent_all(self) -> pd.DataFrame:
+        """``sent()`` as a frame, one row per tick in wire order, with what a test may need besides:
+
+        ``token ts price volume oi`` (as in ``sent()``), ``kind`` ("" for a market tick, else the
+        ``inject()`` kind that put it on the wire), ``mode`` (the subscription mode(s) of the clients
+        it went to, e.g. "full" or "full,quote": only full packets carry the timestamp) and ``frame``
+        (the number of the broadcast, counted from 0).
+        """
+        with self._lock:
+            batches, kinds, modes = list(self._sent_log), list(self._sent_kind), list(self._sent_mode)
+        b = TickBatch.concat(batches)
+        frame = np.concatenate([np.full(len(x), i, np.int64) for i, x in enumerate(batches)]) \
+            if batches else np.empty(0, np.int64)
+        return pd.DataFrame({
+            "token": b.token, "ts": b.ts, "price": b.price, "volume": b.volume, "oi": b.oi,
+            "kind": np.concatenate(kinds) if kinds else np.empty(0, object),
+            "mode": np.concatenate(modes) if modes else np.empty(0, object),
+            "frame": frame,
+        })
+
+    def subscriptions(self) -> list[dict[int, str]]:
+        """Per connected client, its subscriptions ``{token: mode}`` as the simulator holds them.
+
+        A test waits on this for the clients' ``mode full`` before ``resume()``: until a mode message
+        arrives Kite (and the simulator) send quote packets, which carry no exchange timestamp.
+        """
+        return [dict(c.modes) for c in list(self._clients)]
 
     def market(self) -> TickBatch:
         """Every tick the market generated (sent or not: paused clients, silence, drops)."""
@@ -402,6 +447,127 @@ class KiteSimulator:
                              "close, volume, oi")
         with self._lock:
             self._overrides[(int(token), int(minute_start_ns) // MINUTE_NS * MINUTE_NS)] = dict(fields)
+
+    def inject(self, kind: str, token: int | None = None, count: int = 1, **opts: Any) -> None:
+        """Make the next ``count`` broadcasts carrying ``token`` (default: the first instrument of the
+        broadcast that fits ``kind``) each carry one extra packet of the mess real Kite feeds send.
+
+        The extra packet follows the instrument's market packet in the same frame, with its price,
+        volume, oi and (second) timestamp unless ``kind`` says otherwise; it is sent to every client
+        subscribed to the instrument, in its mode, and it is in ``sent()`` where it went (``kind`` in
+        ``sent_all()``, one record per packet in ``injected()``). It changes nothing in the market
+        itself: ``market()`` and the historical candles stay clean. Deterministic: no randomness.
+
+        kind
+            ``zero_volume``  cumulative ``volume_traded`` 0 (tradable instruments only);
+            ``stale_volume`` a stale lower snapshot: the volume the instrument had ``ago`` (default 1)
+            market packets earlier (tradable only);
+            ``swap``         two packets of one second out of order: after the market packet comes
+            the one before it in the same second, with the previous packet's price and a volume
+            half way between the previous packet's and this one's (strictly lower; tradable only);
+            ``bogus_stamp``  an exchange timestamp ``ahead`` seconds in the future (default 10
+            years), or exactly ``stamp`` (epoch seconds, e.g. 0);
+            ``zero_price``   ``last_price`` 0 (the wire's prices are uint32 paise, so 0 is the only
+            non-positive price a frame can carry);
+            ``late``         stamped ``seconds`` (default 10) in the past.
+        opts
+            the kind's option above, and ``price``/``volume`` to set the packet's fields explicitly.
+        """
+        if kind not in INJECT_KINDS:
+            raise ValueError(f"kind {kind!r} is not accepted; use one of {', '.join(INJECT_KINDS)}")
+        known = {"stale_volume": {"ago"}, "bogus_stamp": {"ahead", "stamp"}, "late": {"seconds"}}
+        bad = set(opts) - known.get(kind, set()) - {"price", "volume"}
+        if bad:
+            raise ValueError(f"option(s) {sorted(bad)} are not accepted for {kind!r}")
+        if opts.get("price") is not None and not float(opts["price"]) >= 0:
+            raise ValueError("a frame's price is uint32 paise: a negative price cannot be sent; use 0")
+        if token is not None:
+            inst = self._by_token.get(int(token))
+            if inst is None:
+                raise ValueError(f"token {token} is not one of the simulator's instruments")
+            if kind in _VOLUME_KINDS and inst.is_index:
+                raise ValueError(f"{kind!r} needs a tradable instrument; {inst.tradingsymbol} is an "
+                                 "index (no volume)")
+        if int(count) < 1:
+            raise ValueError(f"count {count!r} must be at least 1")
+        with self._lock:
+            self._pending.append({"kind": kind, "token": None if token is None else int(token),
+                                  "left": int(count), "opts": dict(opts)})
+
+    def injected(self) -> list[dict[str, Any]]:
+        """One record per packet ``inject()`` put on the wire, in order: ``kind token ts price volume
+        oi frame`` and ``index``, its position in ``sent()``."""
+        with self._lock:
+            return [dict(r) for r in self._injected]
+
+    @property
+    def pending_injections(self) -> int:
+        """Packets ``inject()`` still has to put on the wire (0: all sent)."""
+        with self._lock:
+            return sum(p["left"] for p in self._pending)
+
+    def _apply_injections(self, batch: TickBatch, subscribed: set[int]) -> tuple[TickBatch, np.ndarray]:
+        """The broadcast with the pending injections' packets added; and each tick's kind ("")."""
+        kinds = np.full(len(batch), "", dtype=object)
+        if not self._pending:
+            return batch, kinds
+        toks = batch.token.tolist()
+        extra: dict[int, list[tuple[str, int, float, float, float]]] = {}  # row -> packets after it
+        with self._lock:
+            for p in list(self._pending):
+                kind, opts = p["kind"], p["opts"]
+                row = None
+                for i, t in enumerate(toks):
+                    if t not in subscribed or (p["token"] is not None and t != p["token"]):
+                        continue
+                    if kind in _VOLUME_KINDS and self._by_token[t].is_index:
+                        continue
+                    if p["token"] is None and any(e[0] == kind for e in extra.get(i, ())):
+                        continue
+                    row = i
+                    break
+                if row is None:
+                    continue
+                t = toks[row]
+                ts_s = int(batch.ts[row]) // NS
+                price, vol, oi = float(batch.price[row]), float(batch.volume[row]), float(batch.oi[row])
+                recent = self._recent.get(t, [])
+                if kind == "zero_volume":
+                    vol = 0.0
+                elif kind == "stale_volume":
+                    ago = int(opts.get("ago", 1))
+                    vol = recent[-ago][1] if len(recent) >= ago else 0.0
+                elif kind == "swap":
+                    prev_p, prev_v = recent[-1] if recent else (price, 0.0)
+                    price, vol = prev_p, float(np.floor(prev_v + (vol - prev_v) / 2))
+                elif kind == "bogus_stamp":
+                    ts_s = int(opts["stamp"]) if "stamp" in opts else ts_s + int(opts.get("ahead", _TEN_YEARS_S))
+                elif kind == "zero_price":
+                    price = 0.0
+                elif kind == "late":
+                    ts_s -= int(opts.get("seconds", 10))
+                if opts.get("price") is not None:
+                    price = float(opts["price"])
+                if opts.get("volume") is not None and not self._by_token[t].is_index:
+                    vol = float(opts["volume"])
+                extra.setdefault(row, []).append((kind, ts_s, price, vol, oi))
+                p["left"] -= 1
+                if p["left"] <= 0:
+                    self._pending.remove(p)
+        if not extra:
+            return batch, kinds
+        order: list[int] = []
+        rows: list[tuple[int, str, int, float, float, float]] = []
+        for i in range(len(batch)):
+            order.append(len(rows))
+            rows.append((toks[i], "", int(batch.ts[i]), float(batch.price[i]), float(batch.volume[i]),
+                         float(batch.oi[i])))
+            for kind, ts_s, price, vol, oi in extra.get(i, ()):
+                rows.append((toks[i], kind, ts_s * NS, price, vol, oi))
+        out = TickBatch(np.array([r[0] for r in rows], np.int64), np.array([r[2] for r in rows], np.int64),
+                        np.array([r[3] for r in rows]), np.array([r[4] for r in rows]),
+                        np.array([r[5] for r in rows]))
+        return out, np.array([r[1] for r in rows], dtype=object)
 
     def _call_in_loop(self, fn: Any, timeout: float = 5.0) -> None:
         loop = self._loop
@@ -520,21 +686,44 @@ class KiteSimulator:
             await self._broadcast(batch)
 
     async def _broadcast(self, batch: TickBatch) -> None:
+        clients = [c for c in list(self._clients) if c.modes]
+        subscribed = set().union(*(c.modes for c in clients)) if clients else set()
+        batch, kinds = self._apply_injections(batch, subscribed)
         delivered = np.zeros(len(batch), dtype=bool)
+        modes: list[set[str]] = [set() for _ in range(len(batch))]
         sends = []
-        for client in list(self._clients):
-            if not client.modes:
-                continue
+        for client in clients:
             sel = np.flatnonzero([t in client.modes for t in batch.token.tolist()])
             if not len(sel):
                 continue
-            frame = self._encode(batch, sel, [client.modes[int(t)] for t in batch.token[sel]])
+            sel_modes = [client.modes[int(t)] for t in batch.token[sel]]
+            frame = self._encode(batch, sel, sel_modes)
             client.last_sent = time.monotonic()
             delivered[sel] = True
+            for i, m in zip(sel.tolist(), sel_modes):
+                modes[i].add(m)
             sends.append(client.ws.send(frame))
         if delivered.any():  # logged before the send, so a client never sees a tick sent() lacks
             with self._lock:
+                base = self._sent_n
+                idx = np.flatnonzero(delivered)
+                for pos, i in enumerate(idx.tolist()):
+                    t = int(batch.token[i])
+                    if kinds[i]:
+                        self._injected.append({
+                            "kind": kinds[i], "token": t, "ts": int(batch.ts[i]),
+                            "price": float(batch.price[i]), "volume": float(batch.volume[i]),
+                            "oi": float(batch.oi[i]), "frame": self._frames, "index": base + pos})
+                    else:
+                        recent = self._recent.setdefault(t, [])
+                        recent.append((float(batch.price[i]), float(batch.volume[i])))
+                        del recent[:-64]
                 self._sent_log.append(batch.take(delivered))
+                self._sent_kind.append(kinds[delivered])
+                self._sent_mode.append(np.array([",".join(sorted(modes[i])) for i in idx.tolist()],
+                                                dtype=object))
+                self._frames += 1
+                self._sent_n += len(idx)
         if sends:
             await asyncio.gather(*sends, return_exceptions=True)
 
