@@ -278,15 +278,11 @@ class Collector:
 
     def _seed_repair(self, resume: dict[int, int]) -> None:
         """Make the feed repair the outage since the previous writer's last tick (crash, kill -9)."""
+        from .feeds.kite import KiteSource
+
         for s in self.manager.streams.values():
-            src = s.source
-            opened = getattr(src, "_open", None)
-            seen = getattr(src, "_last_ts", None)
-            if opened is None or seen is None or not getattr(src, "repair_gaps", False):
-                continue
-            for tok, ts in resume.items():
-                if tok in src.tokens and tok not in seen:
-                    opened.setdefault(tok, ts)
+            if isinstance(s.source, KiteSource):
+                s.source.repair_since({t: ts for t, ts in resume.items() if t in s.source.tokens})
 
     def _take_over(self) -> None:
         m = self.manager

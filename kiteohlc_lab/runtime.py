@@ -354,7 +354,7 @@ class Manager:
         if existing is not None:
             for tf in tfs:  # on the stream thread, between two batches
                 existing.add_timeframe(tf)
-            self._prepare(existing, pairs, [t for t in existing.engine.timeframes])
+            self._prepare(existing, pairs, [t for t in existing.engine.timeframes], resume=True)
             existing.subscribe([t for _, t in pairs], {t: s for s, t in pairs})
             self._backfill(existing, pairs, tfs, backfill, kite, progress)
             return StreamInfo(existing.name, source, pairs, [t.label for t in existing.engine.timeframes],
@@ -427,8 +427,13 @@ class Manager:
         return attach_leased(self, syms, tfs, force=True)[1]
 
     def _prepare(self, stream: Stream | None, pairs, tfs, first_ts: int | None = None,
-                 engine: Engine | None = None) -> None:
-        """Load history into the series and continue the live state from Redis."""
+                 engine: Engine | None = None, resume: bool = False) -> dict[int, dict]:
+        """Load history into the series and continue the live state from Redis.
+
+        ``resume``: a live source continues the state after a gap of unknown length (the kernel or
+        collector was down): each instrument's first tick sets its volume baseline (README rule 4).
+        Returns the states continued.
+        """
         live = self.stores()[0]
         self._remember_symbols(pairs)
         for sym, tok in pairs:
@@ -438,7 +443,7 @@ class Manager:
             self._load_buffers([tok for _sym, tok in pairs], tf.label)
         eng = engine if engine is not None else (stream.engine if stream else None)
         if eng is None:
-            return
+            return {}
         toks = [t for _, t in pairs]
         if stream is not None:  # instruments it streams already continue from its own state
             toks = [t for t in toks if t not in stream.tokens]
@@ -461,6 +466,8 @@ class Manager:
                 for tok in [t for t in usable if t in stream.tokens]:
                     del usable[tok]  # subscribed meanwhile: streaming already
             eng.import_state(usable)
+            if resume:
+                eng.resume(list(usable))
             for _sym, tok in pairs:
                 for tf in eng.timeframes:
                     buf = self.buffers.get((tok, tf.label))
@@ -472,11 +479,17 @@ class Manager:
         else:
             with lock:
                 apply()
+        return usable
 
     def _launch(self, name, source, pairs, tfs, record, first_ts: int | None = None) -> StreamInfo:
         live, hist, _ = self.stores()
         eng = self._engine(tfs)
-        self._prepare(None, pairs, tfs, first_ts=first_ts, engine=eng)
+        usable = self._prepare(None, pairs, tfs, first_ts=first_ts, engine=eng, resume=bool(source.live))
+        if source.live and usable:
+            from .feeds.kite import KiteSource
+
+            if isinstance(source, KiteSource):  # the outage since the last writer: gap repair
+                source.repair_since({tok: last_stamp(st) for tok, st in usable.items()})
         recorder = None
         if record:
             from .feeds.replay import TapeRecorder
@@ -695,3 +708,10 @@ def _batch_from_frame(token: int, tf: str, df: pd.DataFrame) -> CandleBatch:
 
 
 __all__ = ["Manager", "StreamInfo", "split_symbols", "empty_frame"]
+
+
+def last_stamp(state: dict) -> int:
+    """The newest tick stamp a saved live state knows (volume baseline or a forming candle), 0: none."""
+    stamps = [(state.get("vol") or {}).get("prev_ts")]  # indices have no volume baseline
+    stamps += [f.get("last_ts") for f in (state.get("forming") or {}).values()]
+    return max((int(x) for x in stamps if x is not None and int(x) > 0), default=0)

@@ -53,6 +53,9 @@ class Recorder:
     def on_gap(self, token: int, start_ns: int, end_ns: int) -> None:
         self._add(self.gaps, (token, start_ns, end_ns))
 
+    def on_resume(self, tokens: list[int]) -> None:
+        self.resumed = getattr(self, "resumed", []) + list(tokens)
+
     def on_history(self, token: int, tf: str, candles: object) -> None:
         self._add(self.history, (token, tf, candles))
 
@@ -61,8 +64,16 @@ class Recorder:
             return TickBatch.concat(list(self.batches))
 
     def wait(self, pred, timeout: float = 10.0) -> bool:
+        """Wait for ``pred()``: checked at each sink event and every 50 ms (status counters such
+        as heartbeats change without one)."""
+        deadline = time.monotonic() + timeout
         with self.cv:
-            return self.cv.wait_for(pred, timeout)
+            while not pred():
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self.cv.wait(min(left, 0.05))
+            return True
 
     def n_ticks(self) -> int:
         return sum(len(b) for b in self.batches)
@@ -140,11 +151,15 @@ def test_malformed_frame_counted_connection_survives(sim: KiteSimulator) -> None
         assert rec.wait(lambda: src.status()["malformed"] >= 1, 5)
         n = rec.n_ticks()
         assert rec.wait(lambda: rec.n_ticks() >= n + 30)
+        # heartbeats (sent only while no ticks are) still arrive and are counted on the same socket
+        sim.pause()
+        assert rec.wait(lambda: src.status()["heartbeats"] >= 2, 5), src.status()
+        sim.resume()
         st = src.status()
     finally:
         src.stop()
     assert st["malformed"] == 3 and st["reconnects"] == 0 and sim.total_connections == 1
-    assert st["heartbeats"] >= 0 and not rec.errors
+    assert st["heartbeats"] >= 2 and st["state"] == "connected" and not rec.errors
 
 
 def test_drop_reconnects_resubscribes_and_repairs_gap(sim: KiteSimulator) -> None:
@@ -303,6 +318,7 @@ _TZ_SCRIPT = textwrap.dedent(
                 if sum(map(len, got)) >= 40: done.set()
             def on_error(self, m, f): pass
             def on_gap(self, *a): pass
+            def on_resume(self, *a): pass
             def on_history(self, *a): pass
             def on_done(self): pass
         src = KiteSource(sim.api_key, sim.access_token, [738561], ticker_url=sim.ticker_url,

@@ -11,7 +11,8 @@ Kinds:
 * ``bad_volume``: cumulative volume negative or infinite (an absent volume, NaN, is fine);
 * ``bad_stamp``: before 2000-01-01; live: later than the exchange clock + ``ahead_s``, or before
   00:00 IST of the exchange clock's day; replay: a lone jump of more than ``jump_s`` ahead of the
-  tape's running time that the next tick does not follow.
+  tape's running time that the next tick does not follow (the last tick: more than
+  ``end_jump_days`` ahead).
 """
 
 from __future__ import annotations
@@ -57,14 +58,16 @@ class TickFilter:
     live : live source (stamps checked against the exchange clock) or replay (against the tape)
     ahead_s : live: the most a stamp may be ahead of the exchange clock
     jump_s : replay: the largest forward jump a tape may make without the next tick following it
+    end_jump_days : replay: the largest jump of a tape's last tick (no next tick can follow it)
     name_of : token -> display name for messages
     """
 
-    def __init__(self, live: bool, *, ahead_s: float = 10.0, jump_s: float = 60.0,
+    def __init__(self, live: bool, *, ahead_s: float = 10.0, jump_s: float = 60.0, end_jump_days: float = 7.0,
                  name_of: Callable[[int], str] | None = None) -> None:
         self.live = bool(live)
         self.ahead_ns = int(ahead_s * NS)
         self.jump_ns = int(jump_s * NS)
+        self.end_jump_ns = int(end_jump_days * 86400 * NS)
         self.name_of = name_of or str
         self.counts: dict[int, dict[str, int]] = {}
         self.totals = dict.fromkeys(KINDS, 0)
@@ -132,12 +135,12 @@ class TickFilter:
         if held is None:
             return TickBatch.empty()
         ts = int(held.ts[0])
-        if self._run != _NONE and ts > self._run + self.jump_ns:
+        if self._run != _NONE and ts > self._run + self.end_jump_ns:
             tok = int(held.token[0])
             f = np.zeros(1, bool)
             self._count(held, f, f, np.ones(1, bool),
                         {tok: f"{_span(ts - self._run)} ahead of the tape's running time at its end "
-                              f"(accepted: up to {self.jump_ns // NS} s)"})
+                              f"(accepted: up to {self.end_jump_ns // (86400 * NS)} days)"})
             return TickBatch.empty()
         self._run = max(self._run, ts)
         return held

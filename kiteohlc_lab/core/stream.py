@@ -19,7 +19,9 @@ from typing import Any, Callable, Protocol
 import numpy as np
 
 from .candles import CandleBatch
+from .clock import ExchangeClock
 from .engine import Engine
+from .sanity import TickFilter
 from .ticks import TickBatch
 from .timeframes import NS, bucket_start, parse_timeframe
 
@@ -168,6 +170,11 @@ class Stream:
         self.repair_settle = float(repair_settle)
         self._repairs: list[tuple[int, str, int, int]] = []
         self._repair_q: queue.SimpleQueue | None = None
+        # bad ticks never reach the engine (core.sanity); a live source's stamps are checked against
+        # the exchange clock its feed estimates (feeds.kite), else the wall clock
+        self.exchange_clock: ExchangeClock = getattr(source, "exchange_clock", None) or ExchangeClock()
+        self.filter = TickFilter(bool(source.live), name_of=lambda t: self.symbols.get(t, str(t)))
+        self._clock_said = False
 
     # -- Sink (called from the source's thread: queue only)
     def on_batch(self, batch: TickBatch) -> None:
@@ -182,6 +189,9 @@ class Stream:
 
     def on_gap(self, token: int, start_ns: int, end_ns: int) -> None:
         self._q.put(("gap", token, start_ns, end_ns))
+
+    def on_resume(self, tokens: list[int]) -> None:
+        self._q.put(("resume", list(tokens)))
 
     def on_history(self, token: int, tf: str, candles: CandleBatch) -> None:
         self._q.put(("history", token, tf, candles))
@@ -369,12 +379,21 @@ class Stream:
                 self.stats.count(len(batch))
                 if self.recorder is not None:
                     self.recorder.write(batch)
-                got = eng.process(batch)
-                if got:  # stored by the writer thread while the next batch aggregates
-                    self._writer.put(_merge_by_tf(got))
-                    written += got
-                touched.update(eng.last_tokens.tolist())
+                batch = self.filter.check(batch, self.exchange_clock.now_ns() if self.source.live else None)
+                if len(batch):
+                    got = eng.process(batch)
+                    if got:  # stored by the writer thread while the next batch aggregates
+                        self._writer.put(_merge_by_tf(got))
+                        written += got
+                    touched.update(eng.last_tokens.tolist())
             elif kind == "done":
+                held = self.filter.flush()  # a tape's last tick, if it waited for a next one
+                if len(held):
+                    got = eng.process(held)
+                    if got:
+                        self._writer.put(_merge_by_tf(got))
+                        written += got
+                    touched.update(eng.last_tokens.tolist())
                 # the tape ended, not the candles: by event time the last candles are still forming
                 # (no tick proved their end). They stay forming in the live store, so a replay of
                 # the rest of the day, in this kernel or the next, continues them exactly.
@@ -385,6 +404,9 @@ class Stream:
                 if fatal:
                     self.state = "failed"
                     keep_going = False
+            elif kind == "resume":
+                with self.lock:
+                    self.engine.resume(item[1])
             elif kind == "gap":
                 _, token, s, e = item
                 self.listener.on_gap(self, token, s, e)
@@ -399,7 +421,8 @@ class Stream:
             elif kind == "call":  # a change from another thread (Stream.call), in batch order
                 self._run_call(item[1], item[2])
         if self.source.live and not finished:
-            closed += eng.advance(time.time_ns())
+            closed += eng.advance(self.exchange_clock.now_ns())
+        self._notices()
         if self._repairs:
             self._due_repairs()
         closed = [c for c in closed if len(c)]
@@ -557,6 +580,25 @@ class Stream:
         except Exception as exc:
             self._record_error(f"live store write failed: {exc}")
 
+    def _notices(self) -> None:
+        """One-line reports that are not errors: bad ticks (once per instrument and kind), clock skew."""
+        for message in self.filter.take_messages():
+            log.warning("stream %s: %s", self.name, message)
+            self.listener.on_error(self, message)
+        said = self.exchange_clock.message
+        if said and not self._clock_said:
+            self._clock_said = True
+            log.warning("stream %s: %s", self.name, said)
+            self.listener.on_error(self, said)
+
+    def rejected(self) -> dict[str, dict[str, int]]:
+        """Per symbol: bad ticks rejected by kind, and volume glitches."""
+        name = self.filter.name_of
+        out = self.filter.rejected()
+        for tok, n in self.engine.glitches().items():
+            out.setdefault(name(tok), {})["volume_glitch"] = n
+        return out
+
     def _record_error(self, message: str) -> None:
         if message not in self.errors:
             self.errors.append(message)
@@ -600,6 +642,10 @@ class Stream:
             "last_tick_age": None if age is None else round(age, 2),
             "reconnects": src.get("reconnects", 0),
             "late": self.engine.stats["late"],
+            "volume_glitches": self.engine.stats["volume_glitches"],
+            "bad_ticks": dict(self.filter.totals),
+            "rejected": self.rejected(),
+            "clock_offset_s": round(self.exchange_clock.offset_s, 2),
             "error": self.error or src.get("error"),
             "feed": src,
         }

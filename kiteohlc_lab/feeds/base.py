@@ -23,6 +23,10 @@ class Sink(Protocol):
     def on_gap(self, token: int, start_ns: int, end_ns: int) -> None:
         """An outage between two ticks of ``token`` that could not be repaired (marked, not hidden)."""
 
+    def on_resume(self, tokens: list[int]) -> None:
+        """The next ticks of ``tokens`` follow an outage of unknown extent (reconnect, restart): they
+        set the volume baseline instead of adding what traded during the outage."""
+
     def on_history(self, token: int, tf: str, candles: CandleBatch) -> None:
         """Closed candles from Kite's historical API (backfill or gap repair) to store as they are."""
 

@@ -26,6 +26,7 @@ import time
 from typing import Any, Callable
 from urllib.parse import urlparse
 
+from ..core.clock import ExchangeClock
 from ..core.timeframes import NS
 from ..errors import CredentialsError
 from .auth import LOGIN_HINT, guard_logging, redact
@@ -124,12 +125,15 @@ class KiteSource:
         self.repair_grace = float(repair_grace)
         self._history = history
         self._clock = clock
+        # the machine's clock corrected by its measured offset from the exchange's stamps
+        self.exchange_clock = ExchangeClock()
         self.tokens: list[int] = []
         self._conns: list[_Conn] = []
         self._sink: Sink | None = None
         self._running = False
         self._gen = 0
         self._lock = threading.Lock()
+        self._since: dict[int, int] = {}  # token -> last tick of a previous writer (repair_since)
         self._reset_counters()
         self._assign([int(t) for t in tokens])
 
@@ -145,6 +149,8 @@ class KiteSource:
         ensure_reactor()
         self._reset_counters()
         self._sink = sink
+        with self._lock:
+            self._seed_open()  # outages since a previous writer (repair_since before start)
         self._running = True
         self._gen += 1
         gen = self._gen
@@ -185,6 +191,22 @@ class KiteSource:
             ticker = self._conns[idx].ticker
             if ticker is not None and ticker.is_connected():
                 ticker.unsubscribe(toks)
+
+    def repair_since(self, stamps: dict[int, int]) -> None:
+        """Repair (or mark) the outage of each instrument since ``stamps[token]`` (epoch ns: the last
+        tick a previous writer saw) up to its first tick here; instruments already ticking are left."""
+        if not self.repair_gaps:
+            return
+        with self._lock:
+            self._since.update({int(t): int(ts) for t, ts in stamps.items() if ts > 0})
+            if self._running:
+                self._seed_open()
+
+    def _seed_open(self) -> None:
+        for tok, ts in self._since.items():
+            if tok in self.tokens and tok not in self._last_ts:
+                self._open.setdefault(tok, ts)
+        self._since.clear()
 
     def stop(self) -> None:
         """Close every socket (the reactor keeps running); idempotent and quick."""
@@ -341,7 +363,16 @@ class KiteSource:
         if not is_binary:
             self._on_text(payload)
             return
-        batch, info = decode_frame(payload, time.time_ns())
+        recv = time.time_ns()
+        batch, info = decode_frame(payload, recv)
+        if len(batch):
+            # the exchange clock learns from stamped packets; unstamped ones (ltp, quote) get the
+            # receive time in exchange time
+            unstamped = batch.ts == recv
+            if not unstamped.all():
+                self.exchange_clock.observe(recv, batch.ts[~unstamped])
+            if unstamped.any() and self.exchange_clock.offset_ns:
+                batch.ts[unstamped] = self.exchange_clock.to_exchange(recv)
         self._malformed += info.malformed
         if info.heartbeat:
             self._heartbeats += 1
@@ -355,6 +386,11 @@ class KiteSource:
         toks = batch.token.tolist()
         stamps = batch.ts.tolist()
         if self._open:
+            resumed = [tok for tok in toks if tok in self._open]
+            if resumed:
+                # the first tick after an outage: what traded meanwhile belongs to the gap's candles
+                # (repaired from Kite's minutes, or marked), not to this tick's
+                self._sink.on_resume(resumed)  # type: ignore[union-attr]
             for tok, ts in zip(toks, stamps):
                 t0 = self._open.pop(tok, None)
                 if t0 is None:

@@ -94,23 +94,17 @@ def read_tape(path: str | Path) -> Tape:
     else:
         ts = _parse_timestamps(df["timestamp"])
     token = pd.to_numeric(df["instrument_token"], errors="coerce")
-    price = pd.to_numeric(df["last_price"], errors="coerce")
-    bad = ts.isna().to_numpy() | token.isna().to_numpy() | price.isna().to_numpy()
-    bad |= ~np.isfinite(price.to_numpy(dtype=float, na_value=np.nan)) | (price.to_numpy(dtype=float, na_value=0) <= 0)
+    # a price that is no number is a malformed row; an empty, zero or negative one is a bad tick,
+    # rejected and counted by the stream (core.sanity) like one from any other source
+    price, price_text = _numeric(df["last_price"])
+    bad = ts.isna().to_numpy() | token.isna().to_numpy() | price_text
     tok_f = token.to_numpy(dtype=float, na_value=np.nan)
     bad |= (tok_f != np.floor(tok_f)) | (tok_f <= 0)
     opt: dict[str, np.ndarray] = {}
     reasons = {}
     for c in ("volume_traded", "oi"):
         if c in df.columns:
-            raw = df[c]
-            if pd.api.types.is_numeric_dtype(raw):
-                empty = raw.isna()
-                val = raw.astype("float64")
-            else:
-                empty = raw.isna() | (raw.astype("string").str.strip() == "")
-                val = pd.to_numeric(raw.where(~empty), errors="coerce")
-            colbad = (val.isna() & ~empty).to_numpy() | (val.to_numpy(dtype=float, na_value=0) < 0)
+            val, colbad = _numeric(df[c])  # a negative volume is a bad tick (core.sanity), not malformed
             reasons[c] = colbad
             bad |= colbad
             opt[c] = val.to_numpy(dtype=float, na_value=np.nan)
@@ -125,7 +119,7 @@ def read_tape(path: str | Path) -> Tape:
         what = (
             "timestamp" if pd.isna(ts.iloc[i]) else
             "instrument_token" if not (tok_f[i] > 0 and tok_f[i] == np.floor(tok_f[i])) else
-            "last_price" if bad[i] and not any(r[i] for r in reasons.values()) else
+            "last_price" if price_text[i] else
             next(k for k, r in reasons.items() if r[i])
         )
         error = f"tape {p.name} line {line}: malformed {what} in row: {content}"
@@ -133,7 +127,7 @@ def read_tape(path: str | Path) -> Tape:
     ticks = TickBatch(
         tok_f[:n].astype(np.int64),
         ts.iloc[:n].to_numpy(dtype="datetime64[ns]").astype(np.int64) if n else np.empty(0, np.int64),
-        price.to_numpy(dtype=float, na_value=np.nan)[:n],
+        price.to_numpy(dtype=float, na_value=np.nan)[:n],  # type: ignore[union-attr]
         opt["volume_traded"][:n] if "volume_traded" in opt else None,
         opt["oi"][:n] if "oi" in opt else None,
     )
@@ -184,7 +178,7 @@ def _read_fast(path: Path, parquet: bool) -> Tape | None:
         ts = ts - IST_OFFSET_NS  # naive means IST wall-clock
     token = col["instrument_token"].to_numpy().astype(np.int64)
     price = col["last_price"].to_numpy().astype(np.float64)
-    if not (np.all(token > 0) and np.all(np.isfinite(price)) and np.all(price > 0)):
+    if not np.all(token > 0):
         return None
 
     def opt(name: str) -> np.ndarray | None:
@@ -372,3 +366,12 @@ class TapeRecorder:
             if self._writer is not None:
                 self._writer.close()
                 self._writer = None
+
+
+def _numeric(raw: "pd.Series") -> "tuple[pd.Series, np.ndarray]":
+    """A column as float64 (empty cells NaN) and the mask of cells that are text but no number."""
+    if pd.api.types.is_numeric_dtype(raw):
+        return raw.astype("float64"), np.zeros(len(raw), bool)
+    empty = raw.isna() | (raw.astype("string").str.strip() == "")
+    val = pd.to_numeric(raw.where(~empty), errors="coerce")
+    return val, (val.isna() & ~empty).to_numpy()
