@@ -254,10 +254,14 @@ def test_forming_written_before_a_close_is_not_shown_after_it(prefix, tmp_path):
             raise AssertionError(msg)
 
     lis = L()
+    initial = []
     live.write([batch("1m", [M0 + MIN], [101.0], closed=False)], [batch("1m", [M0 + MIN], [101.0])], {})
-    s = AttachedStream("t", live, [NIFTY], ["1m"], listener=lis, on_initial=lambda b: None).start()
+    s = AttachedStream("t", live, [NIFTY], ["1m"], listener=lis, on_initial=initial.extend).start()
     try:
-        time.sleep(0.5)
+        # writers are checked after the initial load and after the loop's first forming read: once
+        # they are known, the stale forming hash has been read (twice) and must have been dropped
+        wait_for(lambda: s.writers, 3, "the follower's first pass (initial load, forming, writers)")
+        assert [c.start for b in initial for c in b] == [M0 + MIN] and s.writers == {NIFTY: OTHER}
         assert lis.forming == []  # the forming hash still holds the candle closed since
         live.write([batch("1m", [M0 + 2 * MIN], [102.0], closed=False)], [], {})
         wait_for(lambda: [c.start for c in lis.forming] == [M0 + 2 * MIN], 3, "the new forming")

@@ -159,8 +159,8 @@ def test_reconcile_magic_against_the_simulator(monkeypatch):
             clock.jump_to(M + k * MIN + 300_000_000)
             n = st.stats.ticks
             assert wait_for(lambda: st.stats.ticks >= n + 10)
-        m._sim.pause()
-        _time.sleep(0.3)
+        m._sim.pause()  # the clock jumps once the stream has every tick sent (one client, no drops)
+        assert wait_for(lambda: st.stats.ticks >= len(m._sim.sent()))
         clock.jump_to(M + 4 * MIN)
         assert wait_for(lambda: len(m.candles("RELIANCE", "1m", closed_only=True)) >= 3)
 

@@ -174,9 +174,10 @@ def test_recording_a_stream_replays_to_the_same_candles(tape, tmp_path):
     pd.testing.assert_frame_equal(kiteohlc_lab.candles("RELIANCE", "5m"), first, check_freq=False)
 
 
-@pytest.mark.parametrize("tz", ["UTC", "Asia/Kolkata", "America/New_York"])
-def test_same_candles_whatever_the_machine_zone(tz, tmp_path):
-    """kiteconnect hands out naive local datetimes: the same ticks give the same candles anywhere."""
+def test_same_candles_whatever_the_machine_zone(tmp_path):
+    """kiteconnect hands out naive local datetimes: the same ticks give the same candles anywhere.
+
+    One process per machine zone (TZ=...), run side by side, and their candles compared."""
     code = textwrap.dedent(
         """
         import datetime as dt, json
@@ -190,17 +191,31 @@ def test_same_candles_whatever_the_machine_zone(tz, tmp_path):
         print(json.dumps(sorted((c.tf, c.date.isoformat(), c.open, c.close, c.volume) for b in out for c in b)))
         """
     )
-    env = {**os.environ, "TZ": tz}
-    res = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
-    assert res.returncode == 0, res.stderr
     import json
 
-    got = json.loads(res.stdout)
-    assert any(g[:2] == ["1h", "2026-11-25T09:15:00+05:30"] for g in got)
-    assert any(g[:2] == ["1m", "2026-11-25T09:55:00+05:30"] for g in got)
-    if not hasattr(test_same_candles_whatever_the_machine_zone, "seen"):
-        test_same_candles_whatever_the_machine_zone.seen = got
-    assert got == test_same_candles_whatever_the_machine_zone.seen
+    zones = ["UTC", "Asia/Kolkata", "America/New_York"]
+    procs = {tz: subprocess.Popen([sys.executable, "-c", code], env={**os.environ, "TZ": tz},
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for tz in zones}
+    got = {}
+    try:
+        for tz, p in procs.items():
+            out, err = p.communicate(timeout=60)
+            assert p.returncode == 0, f"TZ={tz}: {err}"
+            got[tz] = json.loads(out)
+    finally:
+        for p in procs.values():
+            if p.poll() is None:
+                p.kill()
+                p.wait(10)
+    ist = got["Asia/Kolkata"]
+    # 60 ticks 7 s apart from 09:55:00 IST: 1-minute candles 09:55 ... 10:01, one 1-hour 09:15
+    assert [g[1] for g in ist if g[0] == "1h"] == ["2026-11-25T09:15:00+05:30"]
+    assert [g[1] for g in ist if g[0] == "1m"] == [f"2026-11-25T{h}:00+05:30" for h in
+                                                   ("09:55", "09:56", "09:57", "09:58", "09:59",
+                                                    "10:00", "10:01")]
+    for tz in ("UTC", "America/New_York"):
+        assert got[tz] == ist, f"TZ={tz} differs from TZ=Asia/Kolkata"
 
 
 def test_fractional_token_is_a_malformed_row_not_a_truncated_token(tmp_path):
