@@ -334,8 +334,9 @@ class Manager:
         kite = KiteConnect(api_key, access_token=token, root=api_url) if api_url else KiteConnect(api_key, access_token=token)
         table = self._table(kite, key=f"{source}:{api_url or 'kite'}")
         pairs = [(s.upper(), int(table.resolve(s).token)) for s in syms]
-        # a failed stream of this source is restarted (its instruments and timeframes too) on its
-        # own, released source object: never a second connection beside one still open
+        # a failed stream of this source is restarted (its instruments and timeframes too) once its
+        # source is closed: never a second connection beside one still open. A fresh source: the
+        # credentials may have changed since (a fatal "token expired").
         failed = next((s for s in self.streams.values() if not s.alive and s.state == "failed"
                        and not getattr(s, "attached", False) and s.source.name == source), None)
         if failed is not None:
@@ -349,6 +350,10 @@ class Manager:
         pairs = claim(self, pairs)  # one writer per instrument
         if not pairs:  # standby: every instrument is written by another collector for now
             return StreamInfo("", source, [], [t.label for t in tfs], "waiting for leases held by other writers")
+        if failed is not None:
+            with self._lock:
+                if self.streams.get(failed.name) is failed:
+                    del self.streams[failed.name]
         # extend a running live stream of the same source rather than opening another connection
         existing = next((s for s in self.streams.values() if s.alive and s.source.name == source), None)
         if existing is not None:
@@ -362,19 +367,10 @@ class Manager:
                               f"to the running {source} stream (no reconnect)")
         from .feeds.historical import HistoricalClient
 
-        if failed is not None and hasattr(failed.source, "subscribe"):
-            src = failed.source  # stopped: the instruments are placed now, sent when it connects
-            src.subscribe([t for _, t in pairs])
-            if mode:
-                src.mode = mode
-            with self._lock:
-                if self.streams.get(failed.name) is failed:
-                    del self.streams[failed.name]
-        else:
-            hist_client = HistoricalClient(kite)
-            src = KiteSource(api_key, token, [t for _, t in pairs], ticker_url=ticker_url, api_url=api_url,
-                             mode=mode or c.mode, stall_timeout=c.stall_timeout, history=hist_client)
-            src.name = source
+        hist_client = HistoricalClient(kite)
+        src = KiteSource(api_key, token, [t for _, t in pairs], ticker_url=ticker_url, api_url=api_url,
+                         mode=mode or c.mode, stall_timeout=c.stall_timeout, history=hist_client)
+        src.name = source
         info = self._launch(source if source not in self.streams else self._name(source), src, pairs, tfs, record)
         self._backfill(self.streams[info.name], pairs, tfs, backfill, kite, progress)
         where = ("the built-in Kite simulator (no credentials configured)" if source == "sim" and not c.ticker_url
