@@ -350,7 +350,6 @@ class Engine:
 
     def _volume_slow(self, inc, idx, s, t, v, day, first, last) -> np.ndarray:
         V = self._v
-        m = len(idx)
         g = np.cumsum(first) - 1  # group (instrument) number of each volume tick
         fs = s[first]
         never = np.isnan(V["prev"][fs])  # per group: no tick of this instrument yet
@@ -532,7 +531,7 @@ class Engine:
         anchor = self._anchor[slot]
         b = bucket_start(ts, tf, anchor)
         late_clock = b + (tf.ns + self.grace_ns) <= clock
-        if not tf.is_day and not late_clock.all():
+        if not tf.is_day and self._may_cross_midnight(b, tf):
             # a bucket cut at midnight ends before start + size: only those near 24:00 IST can be
             tod = (b + IST_OFFSET_NS) % DAY_NS
             near = tod > DAY_NS - tf.ns
@@ -558,6 +557,14 @@ class Engine:
         key[gs] = np.maximum(key[gs], gid[gs] * span + (sbs[gs] - lo))
         run = np.maximum.accumulate(key) - gid * span + lo
         return b, (bs < run) | late_clock
+
+    @staticmethod
+    def _may_cross_midnight(b: np.ndarray, tf: Timeframe) -> bool:
+        """Whether any bucket in ``b`` might end at 24:00 IST before ``start + size`` (two reductions
+        instead of a per-tick modulo: intraday tapes of one session never come near midnight)."""
+        lo, hi = int(b.min()) + IST_OFFSET_NS, int(b.max()) + IST_OFFSET_NS
+        day = (lo // DAY_NS) * DAY_NS
+        return hi - day > DAY_NS - tf.ns
 
     def _take_forming(self, s: _Series, slots: np.ndarray) -> CandleBatch:
         """Close the forming candles of ``slots`` (remembering them as last closed)."""

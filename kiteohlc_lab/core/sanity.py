@@ -86,9 +86,9 @@ class TickFilter:
         if n == 0:
             return batch
         price, vol, ts = batch.price, batch.volume, batch.ts
-        ok = np.isfinite(price) & (price > 0)
+        ok = (price > 0) & (price < np.inf)  # False for NaN too
         bad_price = ~ok
-        bad_volume = np.isinf(vol) | (vol < 0)
+        bad_volume = (vol < 0) | (vol == np.inf)
         ok &= ~bad_volume
         bad_stamp = ts < MIN_TS
         why: dict[int, str] = {}
@@ -160,6 +160,11 @@ class TickFilter:
         """Replay: lone forward jumps (rejected) and whether the batch's last tick must wait."""
         n = len(ts)
         J = self.jump_ns
+        if self._run != _NONE and ok.all():
+            # the usual tape: every tick within J of the running time before it, so no jump to judge
+            run = np.maximum.accumulate(ts)
+            if int(ts[0]) <= self._run + J and (n == 1 or bool((ts[1:] <= run[:-1] + J).all())):
+                return None
         nxt = np.empty(n, np.int64)
         nxt[:-1] = ts[1:]
         nxt[-1] = np.iinfo(np.int64).max  # unknown: decided with the next batch
