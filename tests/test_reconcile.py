@@ -19,6 +19,7 @@ from kiteohlc_lab.core.engine import Engine
 from kiteohlc_lab.core.stream import Stream
 from kiteohlc_lab.core.timeframes import IST, NS
 from kiteohlc_lab.feeds import simulator as sim_mod
+from kiteohlc_lab.feeds import kite as kite_mod
 from kiteohlc_lab.reconcile import Reconciler, compare, reconcile, reconcile_plot
 
 MIN = 60 * NS
@@ -49,6 +50,7 @@ def clock(monkeypatch):
     c = ShiftedClock()
     monkeypatch.setattr(sim_mod, "time", c)
     monkeypatch.setattr(stream_mod, "time", c)
+    monkeypatch.setattr(kite_mod, "time", c)  # the machine's clock, as the Kite feed reads it
     return c
 
 

@@ -125,6 +125,8 @@ def test_registered_with_the_other_magics_and_unloaded(fake_manager):
 # ------------------------------------------------------------------------------------ simulator
 from test_reconcile import ShiftedClock  # noqa: E402  (one clock stand-in for both tests)
 
+from kiteohlc_lab.feeds import kite as kite_mod  # noqa: E402
+
 
 def wait_for(pred, timeout: float = 10.0) -> bool:
     end = _time.monotonic() + timeout
@@ -143,6 +145,7 @@ def test_reconcile_magic_against_the_simulator(monkeypatch):
     clock = ShiftedClock()
     monkeypatch.setattr(sim_mod, "time", clock)
     monkeypatch.setattr(stream_mod, "time", clock)
+    monkeypatch.setattr(kite_mod, "time", clock)  # the machine's clock, as the Kite feed reads it
     M = (_time.time_ns() // MIN - 30) * MIN  # half an hour ago: every minute is final at Kite's
     clock.jump_to(M + 300_000_000)
     m = Manager()

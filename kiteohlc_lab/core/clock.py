@@ -3,9 +3,10 @@
 Laptops, WSL and VMs without NTP drift by seconds. Kite stamps ticks with the exchange's time in whole
 seconds and delivers them 0-3 s later, so on a true clock ``receive - stamp`` is a small positive lag;
 on a clock 8 s ahead it is 8 s more. The offset is estimated continuously from those lags: per frame the
-smallest lag (the freshest tick), and over the recent frames a low quantile of them, which ignores
-stale snapshots (large lags) and the odd bogus stamp (large negative lags) alike. Lags beyond an hour
-are not clock error and are not used.
+smallest lag (the freshest tick), and over the last ``window`` frames their lower quartile, which
+ignores stale snapshots (large lags: Kite's cached ticks on subscribe) and the odd bogus stamp (large
+negative lags) alike, and follows a clock that is stepped (NTP) within a few frames. Lags beyond an
+hour are not clock error and are not used.
 
 >>> clk = ExchangeClock(wall=lambda: 1_000 * NS)
 >>> clk.observe(1_000 * NS, np.array([992 * NS]))   # this machine runs 8 s ahead
@@ -41,8 +42,8 @@ class ExchangeClock:
     warn_s : an offset larger than this is reported once, in one line (``message``)
     """
 
-    def __init__(self, wall: Callable[[], int] = time.time_ns, *, window: int = 240,
-                 quantile: float = 0.1, deadband_s: float = 1.0, warn_s: float = 2.0,
+    def __init__(self, wall: Callable[[], int] = time.time_ns, *, window: int = 31,
+                 quantile: float = 0.25, deadband_s: float = 1.0, warn_s: float = 2.0,
                  min_frames: int = 5) -> None:
         self._wall = wall
         self._lags: deque[int] = deque(maxlen=int(window))

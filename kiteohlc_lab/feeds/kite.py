@@ -104,7 +104,7 @@ class KiteSource:
         repair_gaps: bool = True,
         history: Any = None,
         repair_grace: float = 12.0,
-        clock: Callable[[], int] = time.time_ns,
+        clock: Callable[[], int] | None = None,
     ) -> None:
         if mode not in MODES:
             raise ValueError(f"mode {mode!r} is not accepted; use 'ltp', 'quote' or 'full'")
@@ -124,9 +124,9 @@ class KiteSource:
         self.repair_gaps = repair_gaps
         self.repair_grace = float(repair_grace)
         self._history = history
-        self._clock = clock
+        self._clock = clock if clock is not None else time.time_ns  # the machine's clock
         # the machine's clock corrected by its measured offset from the exchange's stamps
-        self.exchange_clock = ExchangeClock()
+        self.exchange_clock = ExchangeClock(wall=self._clock)
         self.tokens: list[int] = []
         self._conns: list[_Conn] = []
         self._sink: Sink | None = None
@@ -363,7 +363,7 @@ class KiteSource:
         if not is_binary:
             self._on_text(payload)
             return
-        recv = time.time_ns()
+        recv = self._clock()
         batch, info = decode_frame(payload, recv)
         if len(batch):
             # the exchange clock learns from stamped packets; unstamped ones (ltp, quote) get the
