@@ -8,9 +8,13 @@ are the real-MongoDB ones (``KITEOHLC_TEST_MONGO_URI``): they skip everywhere wh
 
 from __future__ import annotations
 
+import functools
 import importlib
 import os
 import socket
+import threading
+import time
+import weakref
 from types import ModuleType
 from typing import Any
 
@@ -55,8 +59,74 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
         need(mark.args[0], mark.kwargs["reason"])
 
 
+# ---------------------------------------------------------------- every test stops what it starts
+_LEAK_PREFIXES = ("kiteohlc-", "kite-sim-")  # stream, attach, lease, reconcile, repair; simulator
+_LIFELONG = {"kiteohlc-reactor"}  # one Twisted reactor per process, never stopped (feeds/reactor.py)
+_kite_sources: "weakref.WeakSet[Any]" = weakref.WeakSet()
+
+
+def _track_kite_sources() -> None:
+    """Remember every started KiteSource: its KiteTickers live on the shared reactor (no thread
+    of their own), and one never stopped goes on "Retrying connection..." after its test."""
+    from kiteohlc_lab.feeds.kite import KiteSource
+
+    if getattr(KiteSource.start, "_tracked", False):
+        return
+    original = KiteSource.start
+
+    @functools.wraps(original)
+    def start(self: Any, *args: Any, **kwargs: Any) -> Any:
+        _kite_sources.add(self)
+        return original(self, *args, **kwargs)
+
+    start._tracked = True  # type: ignore[attr-defined]
+    KiteSource.start = start  # type: ignore[method-assign]
+
+
+_track_kite_sources()
+
+
+def _service_threads() -> set[threading.Thread]:
+    return {t for t in threading.enumerate()
+            if t.name.startswith(_LEAK_PREFIXES) and t.name not in _LIFELONG}
+
+
 @pytest.fixture(autouse=True)
-def isolated_env(tmp_path, monkeypatch):
+def stops_what_it_starts():
+    """At teardown (after every other fixture of the test): no KiteSource still running and no
+    ``kiteohlc-*``/``kite-sim-*`` thread left that the test started. Leaks are stopped, then
+    reported as an error of the test. Costs a thread list per test; waits only for stragglers."""
+    threads = _service_threads()
+    sources = {id(s) for s in list(_kite_sources) if getattr(s, "_running", False)}
+    yield
+    leaks: list[str] = []
+    for src in list(_kite_sources):
+        if getattr(src, "_running", False) and id(src) not in sources:
+            leaks.append(f"KiteSource {getattr(src, 'name', '?')} (tokens {list(src.tokens)[:5]})")
+            try:
+                src.stop()
+            except Exception as exc:  # noqa: BLE001 - reported below anyway
+                leaks[-1] += f", stop failed: {exc}"
+    new = _service_threads() - threads
+    deadline = time.monotonic() + 2.0  # a stop in progress (joins, socket closes) may finish now
+    for t in new:
+        t.join(max(0.0, deadline - time.monotonic()))
+    for t in sorted((t for t in new if t.is_alive()), key=lambda t: t.name):
+        owner = getattr(getattr(t, "_target", None), "__self__", None)
+        leaks.append(f"thread {t.name} ({type(owner).__name__ if owner is not None else 'function'})")
+        stop = getattr(owner, "stop", None)
+        if callable(stop):
+            try:
+                stop()
+            except Exception as exc:  # noqa: BLE001
+                leaks[-1] += f", stop failed: {exc}"
+    if leaks:
+        pytest.fail("the test left running what it started (stopped now): " + "; ".join(leaks),
+                    pytrace=False)
+
+
+@pytest.fixture(autouse=True)
+def isolated_env(tmp_path, monkeypatch, stops_what_it_starts):
     """No credentials, no servers configured, data under a temp dir: the embedded default."""
     for name in list(os.environ):
         if name.startswith(("KITEOHLC_", "KITE_")) and name != "KITEOHLC_TEST_MONGO_URI":

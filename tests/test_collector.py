@@ -370,12 +370,20 @@ def test_outage_after_kill_is_repaired_from_history(procs, tmp_path):
         wait_for(lambda: caught_up(sim, m), 0.8, "the batch in Redis")
         c1.send_signal(signal.SIGKILL)  # the next batch is ~1 s away: nothing received is unwritten
         c1.wait(10)
+        wait_for(lambda: sim.connections == 0, 10, "the simulator to notice the dead collector")
         t0 = int(sim.sent().ts.max())
+        # The outage: no restart before the market (which goes on with no client) has ticked past
+        # the end of the 10 s candle after t0's, so at least one whole candle is never sent.
+        ten = 10 * 10**9
+        boundary = (t0 // ten + 2) * ten
+        wait_for(lambda: int(sim.market().ts.max()) >= boundary, 40,
+                 "the market to move past a whole 10 s candle with no collector")
+        assert int(sim.sent().ts.max()) == t0  # nobody connected: nothing sent in the outage
         procs.start(collector_cmd(sim, *extra))
         wait_for(lambda: int(sim.sent().ts.max()) > t0, 30, "ticks to the new collector")
         sent = sim.sent()
         t1 = int(sent.ts[sent.ts > t0].min())
-        assert t1 - t0 > 1_000_000_000, "no outage"
+        assert t1 >= boundary and t1 - t0 > ten, "no outage"
         lo, hi = t0 // (60 * 10**9), t1 // (60 * 10**9)
 
         def target() -> dict | None:
