@@ -240,21 +240,12 @@ class Collector:
     # -- run ----------------------------------------------------------------------------------
     def start(self) -> str:
         """Open the stores, take leases, start streaming (returns the one-line summary)."""
-        from .attach import publish_symbols, published_tokens
+        from .attach import publish_symbols
 
         m = self.manager
         live = m.stores()[0]
-        resume: dict[int, int] = {}
-        try:  # where the previous writer stopped, for gap repair of the outage
-            known = published_tokens(live, self.symbols)
-            for tok, st in live.load_states(list(known.values())).items():
-                stamps = [(st.get("vol") or {}).get("prev_ts")]  # indices have no volume baseline
-                stamps += [f.get("last_ts") for f in (st.get("forming") or {}).values()]
-                ts = max((int(x) for x in stamps if x is not None), default=0)
-                if ts > 0:
-                    resume[int(tok)] = ts
-        except Exception as exc:  # noqa: BLE001
-            log.debug("no previous state: %s", exc)
+        # where a previous writer stopped (crash, kill -9), the stream's start repairs the outage
+        # from Kite's historical minutes and starts each volume baseline afresh (runtime._launch)
         info = m.start(self.symbols, self.timeframes, source=self.source, tape=self.tape,
                        speed=self.speed)
         self.pairs.update({s: t for s, t in info.instruments})
@@ -263,7 +254,6 @@ class Collector:
             publish_symbols(live, self.pairs.items())
         except Exception as exc:  # noqa: BLE001
             log.debug("symbols not published: %s", exc)
-        self._seed_repair(resume)
         self.message = info.message
         if self.reconcile and self.source != "replay":
             from .reconcile import Reconciler
@@ -275,14 +265,6 @@ class Collector:
             self.message += (f"; standing by for {', '.join(sorted(m.lease_waiting))} "
                              "(streamed by another writer)")
         return self.message
-
-    def _seed_repair(self, resume: dict[int, int]) -> None:
-        """Make the feed repair the outage since the previous writer's last tick (crash, kill -9)."""
-        from .feeds.kite import KiteSource
-
-        for s in self.manager.streams.values():
-            if isinstance(s.source, KiteSource):
-                s.source.repair_since({t: ts for t, ts in resume.items() if t in s.source.tokens})
 
     def _take_over(self) -> None:
         m = self.manager

@@ -82,8 +82,8 @@ def friendly(fn: Callable) -> Callable:
 class StatusTable:
     """``%ohlc_status`` result: rows from ``Manager.status()``, shown as an HTML or text table."""
 
-    COLUMNS = ("stream", "source", "state", "ticks/s", "last tick", "reconnects", "late", "store",
-               "error")
+    COLUMNS = ("stream", "source", "state", "ticks/s", "last tick", "reconnects", "late", "glitches",
+               "bad ticks", "store", "error")
 
     def __init__(self, rows: list[dict]) -> None:
         self.rows = rows
@@ -98,6 +98,13 @@ class StatusTable:
                 parts.append(f"{k}: {mask_url(str(v))}")
             return ", ".join(parts)
         return mask_url(str(value)) if value not in (None, "") else ""
+
+    @staticmethod
+    def _bad(value: Any) -> str:
+        """``{"bad_price": 2, "bad_stamp": 1}`` -> ``"price 2, stamp 1"`` (0 when there are none)."""
+        if not isinstance(value, dict) or not any(value.values()):
+            return "0"
+        return ", ".join(f"{k.removeprefix('bad_')} {n}" for k, n in value.items() if n)
 
     @staticmethod
     def _age(value: Any) -> str:
@@ -122,6 +129,8 @@ class StatusTable:
                 self._age(r.get("last_tick_age")),
                 str(r.get("reconnects", 0)),
                 str(r.get("late", 0)),
+                str(r.get("volume_glitches", 0)),
+                self._bad(r.get("bad_ticks")),
                 self._store(r.get("store")),
                 _one_line(Exception(r["error"])) if r.get("error") else "",
             ])
