@@ -582,13 +582,11 @@ class Stream:
 
     def _notices(self) -> None:
         """One-line reports that are not errors: bad ticks (once per instrument and kind), clock skew."""
-        for message in self.filter.take_messages():
-            log.warning("stream %s: %s", self.name, message)
+        for message in self.filter.take_messages():  # the listener logs and shows them
             self.listener.on_error(self, message)
         said = self.exchange_clock.message
         if said and not self._clock_said:
             self._clock_said = True
-            log.warning("stream %s: %s", self.name, said)
             self.listener.on_error(self, said)
 
     def rejected(self) -> dict[str, dict[str, int]]:
