@@ -11,8 +11,9 @@ Readings of the text where it leaves room (each one a decision, stated once here
 * Replay jump rule: "the next tick of the tape" is the next tick that is not already bad by price,
   volume or the 2000 floor (those are rejected first, whatever follows). With no running time yet
   (the tape's first tick, or every tick before the first accepted one) the running-time condition
-  holds ("counts as a jump"). A held tick judged at the end of the tape by the running time alone is
-  therefore always rejected (it was held because it jumped past the running time).
+  holds ("counts as a jump"). The tape's last tick, when held, has no next tick: it is rejected only
+  when it is more than 7 days after the running time; with no running time at all (a one-tick tape)
+  nothing proves it wrong and it is accepted.
 * Volume state (rule 4) is touched only by ticks that carry a figure: a tick without volume adds 0
   and neither sets the first baseline nor changes the instrument's day.
 * The first tick after a resume that lowers nothing (M = max(M, v)) is not a glitch; on a later day it
@@ -39,6 +40,7 @@ IST_OFFSET_NS = (5 * 3600 + 30 * 60) * NS  # UTC+05:30, no DST
 IST_NAME = "Asia/Kolkata"
 FLOOR_2000_NS = int(dt.datetime(2000, 1, 1, tzinfo=dt.timezone(dt.timedelta(hours=5, minutes=30))).timestamp()) * NS
 JUMP_NS = 60 * NS
+LAST_JUMP_NS = 7 * 86_400 * NS  # the tape's last tick (no next tick)
 LIVE_AHEAD_NS = 10 * NS
 
 # rule 2: segment = token & 0xFF
@@ -171,12 +173,13 @@ class Oracle:
             self.resumed.add(int(t))
 
     def end_of_tape(self) -> None:
+        """Replay: the held last tick has no next tick (rule 1); the forming candles stay forming."""
         if self.held is not None:
             h = self.held
             self.held = None
-            if self._jumps_past_running(h[1]):
+            if self.running is not None and h[1] > self.running + LAST_JUMP_NS:
                 self._count(h[0], "bad_stamp")
-            else:  # cannot happen (the running time does not move while a tick is held); kept for clarity
+            else:
                 self._accept(h)
 
     def flush(self) -> None:

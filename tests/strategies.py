@@ -53,10 +53,17 @@ def batches(rows, cuts) -> list[TickBatch]:
     return [b.take(slice(a, z)) for a, z in zip(bounds, bounds[1:])]
 
 
-def _volume_step(draw, fractional: bool) -> float:
-    if fractional and draw(st.booleans()):
-        return draw(st.integers(0, 50_000)) / 100  # 0.01 lots (MCX/NCO quantities can be fractional)
-    return float(draw(st.integers(0, 500)))
+KINDS = ["step"] * 8 + ["same", "back", "late", "dup", "jump", "day", "zero_vol", "stale_vol", "swap", "nan_vol",
+                        "midnight"]
+BOGUS = ["bad_price", "bad_volume", "stamp_zero", "stamp_future", "lone_jump"]
+BAD_PRICES = [math.nan, 0.0, -1.5, -100.0, math.inf, -math.inf]
+BAD_VOLUMES = [-1.0, -12345.0, math.inf]
+
+
+def _event(kinds):
+    """One step of a tape: (kind, token index, a, b, price, oi?) drawn flat, so that shrinking works."""
+    return st.tuples(st.sampled_from(kinds), st.integers(0, 4), st.integers(0, 4000), st.integers(0, 999),
+                     st.integers(1000, 1100), st.integers(0, 10**6))
 
 
 @st.composite
@@ -65,89 +72,73 @@ def messy_tapes(draw, max_rows: int = 120, bogus: bool = True):
     lower snapshot, a same-second pair swapped), fractional volumes, absent volumes, day changes,
     MCX across midnight, and (``bogus``) bad prices, bad volumes and bad stamps (0, 10 years ahead,
     a lone jump the tape does not follow)."""
-    n = draw(st.integers(1, max_rows))
     t = draw(st.sampled_from(STARTS)) + draw(st.integers(0, 120)) * S
     tokens = draw(st.lists(st.sampled_from(TOKENS), min_size=1, max_size=5, unique=True))
     fractional = draw(st.booleans())
     cum = {k: float(draw(st.integers(0, 10_000))) for k in tokens}
-    kinds = ["step"] * 8 + ["same", "back", "late", "dup", "jump", "day", "zero_vol", "stale_vol", "swap",
-                            "nan_vol", "midnight"]
-    if bogus:
-        kinds += ["bad_price", "bad_volume", "stamp_zero", "stamp_future", "lone_jump"]
+    events = draw(st.lists(_event(KINDS + (BOGUS if bogus else [])), min_size=1, max_size=max_rows))
     rows: list[tuple] = []
-
-    def price():
-        return draw(st.integers(1000, 1100)) / 10
-
-    def oi_for(tok):
-        if tok in HAS_OI and draw(st.booleans()):
-            return float(draw(st.integers(1, 10**6)))
-        return math.nan
-
-    def vol_for(tok):
-        return math.nan if tok == IDX else cum[tok]
-
-    while len(rows) < n:
-        kind = draw(st.sampled_from(kinds))
-        tok = draw(st.sampled_from(tokens))
+    for kind, ti, a, b, p, o in events:
+        tok = tokens[ti % len(tokens)]
+        price = p / 10
+        oi = float(o) if tok in HAS_OI and o % 2 else math.nan
+        vol = math.nan if tok == IDX else cum[tok]
+        step = (a % 500) / 100 if fractional and b % 2 else float(a % 500)
         if kind == "dup" and rows:
             rows.append(rows[-1])
             continue
         if kind == "step":
-            t += draw(st.integers(0, 40)) * S + draw(st.integers(0, 999)) * 1_000_000
+            t += (a % 41) * S + b * 1_000_000
         elif kind == "back":
-            rows.append((tok, t - draw(st.integers(1, 400)) * S, price(), vol_for(tok), oi_for(tok)))
+            rows.append((tok, t - (1 + a % 400) * S, price, vol, oi))
             continue
         elif kind == "late":  # a few seconds late: around the grace
-            rows.append((tok, t - draw(st.integers(1, 12)) * S, price(), vol_for(tok), oi_for(tok)))
+            rows.append((tok, t - (1 + a % 12) * S, price, vol, oi))
             continue
         elif kind == "jump":
-            t += draw(st.integers(61, 4000)) * S
+            t += (61 + a) * S
         elif kind == "day":
-            t += DAY if draw(st.booleans()) else DAY - draw(st.integers(0, 3600)) * S
+            t += DAY if b % 2 else DAY - (a % 3600) * S
             for k in cum:
-                cum[k] = float(draw(st.integers(0, 300)))
+                cum[k] = float((a + 7 * b + k) % 300)
         elif kind == "midnight":  # to just before the next IST midnight, then time goes on
             local = (t + 19_800 * S) % DAY
-            t += DAY - local - draw(st.integers(1, 300)) * S
+            t += DAY - local - (1 + a % 300) * S
         elif kind == "zero_vol" and tok != IDX:
-            rows.append((tok, t, price(), 0.0, oi_for(tok)))
+            rows.append((tok, t, price, 0.0, oi))
             continue
         elif kind == "stale_vol" and tok != IDX:
-            rows.append((tok, t, price(), max(0.0, cum[tok] - draw(st.integers(1, 2000))), oi_for(tok)))
+            rows.append((tok, t, price, max(0.0, cum[tok] - 1 - a % 2000), oi))
             continue
         elif kind == "swap" and tok != IDX:
-            a = cum[tok] + _volume_step(draw, fractional)
-            b = a + _volume_step(draw, fractional)
-            cum[tok] = b
-            rows.append((tok, t, price(), b, oi_for(tok)))
-            rows.append((tok, t, price(), a, oi_for(tok)))
+            lo = cum[tok] + step
+            hi = lo + 1 + b % 50
+            cum[tok] = hi
+            rows.append((tok, t, price, hi, oi))
+            rows.append((tok, t, price, lo, oi))
             continue
         elif kind == "nan_vol":
-            rows.append((tok, t, price(), math.nan, oi_for(tok)))
+            rows.append((tok, t, price, math.nan, oi))
             continue
         elif kind == "bad_price":
-            p = draw(st.sampled_from([math.nan, 0.0, -draw(st.integers(1, 1000)) / 10, math.inf, -math.inf]))
-            rows.append((tok, t, p, vol_for(tok), oi_for(tok)))
+            rows.append((tok, t, BAD_PRICES[a % len(BAD_PRICES)], vol, oi))
             continue
         elif kind == "bad_volume" and tok != IDX:
-            v = draw(st.sampled_from([-1.0, -float(draw(st.integers(1, 10**6))), math.inf]))
-            rows.append((tok, t, price(), v, oi_for(tok)))
+            rows.append((tok, t, price, BAD_VOLUMES[a % len(BAD_VOLUMES)], oi))
             continue
         elif kind == "stamp_zero":
-            rows.append((tok, draw(st.sampled_from([0, S, ist("1999-12-31 23:59:59")])), price(), vol_for(tok),
-                         oi_for(tok)))
+            rows.append((tok, [0, S, ist("1999-12-31 23:59:59")][a % 3], price, vol, oi))
             continue
         elif kind == "stamp_future":
-            rows.append((tok, t + 10 * YEAR + draw(st.integers(0, 10**6)) * S, price(), vol_for(tok), oi_for(tok)))
+            rows.append((tok, t + 10 * YEAR + a * S, price, vol, oi))
             continue
         elif kind == "lone_jump":
-            rows.append((tok, t + draw(st.integers(61, 3 * 86_400)) * S, price(), vol_for(tok), oi_for(tok)))
+            rows.append((tok, t + (61 + a * 60) * S, price, vol, oi))
             continue
         if tok != IDX:
-            cum[tok] += _volume_step(draw, fractional)
-        rows.append((tok, int(t), price(), vol_for(tok), oi_for(tok)))
-    rows = rows[:n]
+            cum[tok] += step
+            vol = cum[tok]
+        rows.append((tok, int(t), price, vol, oi))
     cuts = sorted(draw(st.lists(st.integers(0, len(rows)), max_size=8)))
     return rows, cuts
 

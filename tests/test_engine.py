@@ -1,4 +1,4 @@
-"""Engine rules, one test per rule, and the property test against the per-tick reference."""
+"""Engine rules, one test per rule, and the property tests against the oracle (tests/oracle.py)."""
 
 from __future__ import annotations
 
@@ -11,9 +11,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from kiteohlc_lab.core.engine import Engine
-from kiteohlc_lab.core.reference import ReferenceAggregator
 from kiteohlc_lab.core.ticks import TickBatch
 from kiteohlc_lab.core.timeframes import IST, NS
+
+from strategies import TFS as ORACLE_TFS, in_order_tapes, messy_tapes
+from test_oracle_rules import assert_same, run_oracle, run_package
 
 EQ, IDX, FUT, MCX = 738561, 256265, 12345602, 0x1234507
 S = NS
@@ -230,70 +232,6 @@ def test_in_order_ticks_match_a_pandas_groupby():
                                   check_index_type=False)
 
 
-# ---------------------------------------------------------------- property test vs the reference
-TOKENS = [EQ, IDX, FUT, MCX]
-TFS = ["10s", "1m", "5m", "15m", "1h", "1d"]
-
-
-@st.composite
-def tapes(draw):
-    n = draw(st.integers(1, 120))
-    t = ist("2026-11-25 15:20:00")
-    cum = {k: draw(st.integers(0, 10_000)) for k in TOKENS}
-    rows = []
-    for _ in range(n):
-        kind = draw(st.sampled_from(["step", "step", "step", "step", "back", "dup", "jump", "day", "drop"]))
-        if kind == "step":
-            t += draw(st.integers(0, 40)) * S
-        elif kind == "back":
-            t -= draw(st.integers(1, 400)) * S
-        elif kind == "jump":
-            t += draw(st.integers(300, 4000)) * S
-        elif kind == "day":
-            t += 86_400 * S
-        tok = draw(st.sampled_from(TOKENS))
-        if kind == "dup" and rows:
-            rows.append(rows[-1])
-            continue
-        if kind == "drop":
-            cum[tok] = draw(st.integers(0, 50))
-        else:
-            cum[tok] += draw(st.integers(0, 500))
-        price = draw(st.integers(1000, 1100)) / 10
-        vol = math.nan if tok == IDX else float(cum[tok])
-        oi = float(draw(st.integers(1, 10**6))) if tok == FUT and draw(st.booleans()) else math.nan
-        rows.append((tok, int(t), price, vol, oi))
-    cuts = sorted(draw(st.lists(st.integers(0, n), max_size=6)))
-    return rows, cuts
-
-
-def key(c):
-    oi = None if math.isnan(c.oi) else round(c.oi, 6)
-    return (c.token, c.tf, c.start, round(c.open, 6), round(c.high, 6), round(c.low, 6), round(c.close, 6),
-            round(c.volume, 6), oi, c.ticks, c.amended)
-
-
-@pytest.mark.parametrize("policy", ["drop", "amend"])
-@settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(data=tapes(), grace=st.sampled_from([0.0, 2.0, 5.0]))
-def test_engine_equals_reference_on_random_tapes(policy, data, grace):
-    rows, cuts = data
-    b = TickBatch(*map(np.array, zip(*rows)))
-    ref = ReferenceAggregator(TFS, grace=grace, late_policy=policy)
-    ref.feed(b)
-    ref.flush()
-    eng = Engine(TFS, grace=grace, late_policy=policy)
-    out = []
-    bounds = [0, *cuts, len(rows)]
-    for a, z in zip(bounds, bounds[1:]):
-        out += eng.process(b.take(slice(a, z)))
-    out += eng.flush()
-    got = sorted(key(c) for bb in out for c in bb)
-    want = sorted(key(c) for c in ref.closed)
-    assert got == want
-    assert eng.stats["late"] == ref.late
-
-
 def test_tokens_whose_hashes_collide_keep_their_own_candles():
     from kiteohlc_lab.core.engine import _hash
 
@@ -308,38 +246,33 @@ def test_tokens_whose_hashes_collide_keep_their_own_candles():
     assert [(c.open, c.close, c.volume) for c in cb] == [(200, 199, 4), (201, 201, 3)]
 
 
-@st.composite
-def in_order_tapes(draw):
-    """Ticks in time order per instrument, as a live feed mostly delivers them (the engine's fast
-    paths), with the odd day change; random batch cuts."""
-    n = draw(st.integers(1, 150))
-    t = ist("2026-11-25 09:10:00")
-    cum = {k: draw(st.integers(0, 10_000)) for k in TOKENS}
-    rows = []
-    for _ in range(n):
-        t += draw(st.integers(0, 30)) * S
-        if draw(st.integers(0, 60)) == 0:
-            t += 86_400 * S
-        tok = draw(st.sampled_from(TOKENS))
-        cum[tok] += draw(st.integers(0, 500))
-        vol = math.nan if tok == IDX else float(cum[tok])
-        rows.append((tok, int(t), draw(st.integers(1000, 1100)) / 10, vol, math.nan))
-    cuts = sorted(draw(st.lists(st.integers(0, n), max_size=8)))
-    return rows, cuts
+# ---------------------------------------------------------------- property tests vs the oracle
+# The oracle (tests/oracle.py) restates README "## Candle conventions" without the package's code; the
+# package side is TickFilter (replay) + Engine, fed in random batch splits.
+def _equal_to_oracle(rows, cuts, **kw):
+    o = run_oracle(rows, ORACLE_TFS, **kw)
+    candles, flt, eng = run_package(rows, ORACLE_TFS, cuts=cuts, **kw)
+    assert_same(o, candles, flt, eng)
 
 
-@settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@pytest.mark.parametrize("policy", ["drop", "amend"])
+@settings(suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(data=messy_tapes(), grace=st.sampled_from([0.0, 2.0, 5.0]))
+def test_engine_equals_reference_on_random_tapes(policy, data, grace):
+    rows, cuts = data
+    _equal_to_oracle(rows, cuts, grace=grace, late_policy=policy)
+
+
+@settings(suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(data=in_order_tapes(), grace=st.sampled_from([0.0, 5.0]))
 def test_engine_equals_reference_on_in_order_tapes(data, grace):
     rows, cuts = data
-    b = TickBatch(*map(np.array, zip(*rows)))
-    ref = ReferenceAggregator(TFS, grace=grace)
-    ref.feed(b)
-    ref.flush()
-    eng = Engine(TFS, grace=grace)
-    out = []
-    bounds = [0, *cuts, len(rows)]
-    for a, z in zip(bounds, bounds[1:]):
-        out += eng.process(b.take(slice(a, z)))
-    out += eng.flush()
-    assert sorted(key(c) for bb in out for c in bb) == sorted(key(c) for c in ref.closed)
+    _equal_to_oracle(rows, cuts, grace=grace)
+
+
+@settings(suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(data=messy_tapes(max_rows=60), policy=st.sampled_from(["drop", "amend"]),
+       session_open=st.sampled_from([None, {"MCX": "10:00"}, {"NSE": "09:07", "NCO": "09:30"}]))
+def test_engine_equals_oracle_with_empty_buckets_filled_and_session_opens(data, policy, session_open):
+    rows, cuts = data
+    _equal_to_oracle(rows, cuts, grace=5.0, late_policy=policy, fill_empty=True, session_open=session_open)

@@ -163,14 +163,15 @@ LONE_JUMPS = [
     (EQ, 0, 170.0, 60.0),                                # a zero stamp
     (EQ, at("09:15:40"), 99.0, 70.0),
     (EQ, at("09:16:30"), 103.0, 80.0),
-    (EQ, at("09:17:31"), 104.0, 90.0),                   # 61 s after the running time, and the tape's last
+    (EQ, at("09:17:31"), 104.0, 90.0),                   # 61 s after the running time, but the tape's last
 ]
 
 
 def test_lone_bogus_stamps_in_a_replay_are_rejected():
     o = run_oracle(LONE_JUMPS, ["1m"])
-    assert got(o, "1m") == [("09:15:00", 100, 102, 99, 99, 60), ("09:16:00", 103, 103, 103, 103, 10)]
-    assert o.counts == {EQ: {"bad_stamp": 4}}
+    assert got(o, "1m") == [("09:15:00", 100, 102, 99, 99, 60), ("09:16:00", 103, 103, 103, 103, 10),
+                            ("09:17:00", 104, 104, 104, 104, 10)]
+    assert o.counts == {EQ: {"bad_stamp": 3}}
     check_package(LONE_JUMPS, ["1m"])
     check_package(LONE_JUMPS, ["1m"], cuts=[1, 3, 4, 8])
 
@@ -192,6 +193,34 @@ def test_a_next_day_jump_followed_by_more_ticks_is_accepted_and_volume_restarts(
     assert o.counts == {}
     check_package(NEXT_DAY, ["1m", "1d"])
     check_package(NEXT_DAY, ["1m", "1d"], cuts=[2, 3])
+
+
+@pytest.mark.parametrize("pause,bad", [(6 * 86_400, 0), (7 * 86_400 + 1, 1), (10 * 365 * 86_400, 1)])
+def test_the_last_tick_of_a_tape_is_rejected_only_a_week_after_the_running_time(pause, bad):
+    rows = [(EQ, at("09:15:01"), 100.0, 10.0), (EQ, at("09:15:10"), 101.0, 20.0),
+            (EQ, at("09:15:10") + pause * S, 102.0, 30.0)]
+    o = run_oracle(rows, ["1m"])
+    assert len(o.closed) == 2 - bad and o.counts == ({EQ: {"bad_stamp": 1}} if bad else {})
+    check_package(rows, ["1m"])
+
+
+def test_a_one_tick_tape_is_accepted():
+    rows = [(EQ, at("09:15:01"), 100.0, 10.0)]
+    o = run_oracle(rows, ["1m"])
+    assert len(o.closed) == 1 and o.counts == {}
+    check_package(rows, ["1m"])
+
+
+@pytest.mark.parametrize("bad_row", [(EQ, at("09:10:00"), 0.0, 2.0), (EQ, at("09:10:00"), 101.0, -5.0),
+                                     (EQ, 0, 101.0, 2.0)], ids=["bad_price", "bad_volume", "zero_stamp"])
+def test_a_bad_tick_is_not_the_next_tick_that_judges_a_jump(bad_row):
+    # bad ticks are rejected first: the 09:17:00 jump is followed by the tape (09:17:10) and accepted
+    rows = [(EQ, at("09:15:00"), 100.0, 1.0), (EQ, at("09:17:00"), 101.0, 2.0), bad_row,
+            (EQ, at("09:17:10"), 102.0, 3.0)]
+    o = run_oracle(rows, ["1m"])
+    assert got(o, "1m") == [("09:15:00", 100, 100, 100, 100, 0), ("09:17:00", 101, 102, 101, 102, 2)]
+    assert sum(o.counts[EQ].values()) == 1
+    check_package(rows, ["1m"])
 
 
 def test_the_first_tick_of_a_tape_counts_as_a_jump():
@@ -419,4 +448,4 @@ def test_feed_takes_a_batch_and_splits_do_not_matter():
     for part in batches(LONE_JUMPS, [2, 3, 5]):
         b.feed(part)
     b.flush()
-    assert len(a.closed) == len(b.closed) == 3 and not diff(a.closed, b.closed) and a.counts == b.counts
+    assert len(a.closed) == len(b.closed) == 4 and not diff(a.closed, b.closed) and a.counts == b.counts
