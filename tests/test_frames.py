@@ -226,7 +226,11 @@ def test_parse_text_keeps_data():
     assert msg == {"type": "error", "data": "Invalid mode"}
 
 
-def test_zero_exchange_timestamp_falls_back_to_receive_time():
+def test_zero_exchange_timestamp_is_kept_for_the_filter_to_reject():
+    # a corrupt 0 in a full packet is a bad stamp (README rule 1), not "no stamp": only packets
+    # without the field (ltp, quote) take the receive time
     frame = encode_packets([RELIANCE, NIFTY], [1.0, 2.0], "full", timestamp=[0, TS])
     batch, _ = decode_frame(frame, RECV)
-    assert batch.ts.tolist() == [RECV, TS * 10**9]
+    assert batch.ts.tolist() == [0, TS * 10**9]
+    quote, _ = decode_frame(encode_packets([RELIANCE], [1.0], "quote"), RECV)
+    assert quote.ts.tolist() == [RECV]

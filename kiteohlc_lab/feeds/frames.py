@@ -180,7 +180,9 @@ def decode_frame(payload: bytes, receive_ns: int) -> tuple[TickBatch, FrameInfo]
     info.packets = len(token)
     seg = token & 0xFF
     price = raw_price / _DIVISOR[seg]
-    ts = np.where(raw_ts > 0, raw_ts * NS, receive_ns)
+    # packets without a timestamp field (ltp, quote) take the receive time; a full packet's stamp is
+    # kept as it is, a corrupt 0 included (core.sanity rejects it as a bad stamp)
+    ts = np.where(raw_ts >= 0, raw_ts * NS, receive_ns)
     # full packets of cash equities carry an oi field of 0: open interest exists for derivatives only
     oi = np.where(_CASH[seg], np.nan, oi)
     return TickBatch(token, ts, price, volume, oi), info
@@ -205,7 +207,7 @@ def _decode_run(
         view["p"].astype(np.float64),
         view["v"].astype(np.float64) if vol_o is not None else nan,
         view["o"].astype(np.float64) if oi_o is not None else nan,
-        view["s"].astype(np.int64) if ts_o is not None else np.zeros(m, np.int64),
+        view["s"].astype(np.int64) if ts_o is not None else np.full(m, -1, np.int64),
     )
 
 
@@ -226,7 +228,7 @@ def _decode_grouped(
     raw_price = np.empty(total)
     volume = np.full(total, np.nan)
     oi = np.full(total, np.nan)
-    raw_ts = np.zeros(total, np.int64)
+    raw_ts = np.full(total, -1, np.int64)  # -1: the packet has no timestamp field
     for length, offsets in _FIELDS.items():
         sel = np.flatnonzero(p_len == length)
         if not len(sel):
