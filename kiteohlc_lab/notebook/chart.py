@@ -1,0 +1,606 @@
+"""``LiveChart``: an interactive live candlestick chart (anywidget + TradingView's lightweight-charts).
+
+``live.chart()`` / ``%ohlc_chart NIFTY 1m``. The JavaScript (``kiteohlc_lab/static/chart.js``) is
+built from the pinned npm packages in ``js/`` when the package is installed; nothing loads from a CDN.
+
+The protocol (kernel -> front end, custom widget messages):
+
+- ``{"kind": "full", "seq": s, "n": N, "cols": [...], "tick": 0.05, "overlays": [...], "markers": [...]}``
+  with one float64 buffer per column (time, open, high, low, close, volume) and one per overlay: the
+  whole series in one compact message. Sent when a view asks for it (every render sends
+  ``{"type": "sync"}``: a re-displayed widget or a reloaded page resyncs), and when the series was
+  rewritten under the chart (gap repair, a new series).
+- ``{"kind": "bars", "seq": s + 1, "bars": [[t, o, h, l, c, v], ...]}``: only what changed since the
+  last message, the forming candle, newly closed ones, amended ones; the front end calls
+  ``series.update(bar)``. ``seq`` numbers each message; a view that sees a gap asks for a full sync.
+- ``{"kind": "overlay", ...}`` and ``{"kind": "markers", ...}`` for overlays and markers.
+
+Times are UTC seconds shifted by +19800 s, so the chart's (UTC) axis reads IST.
+
+A background thread polls the series' ``version`` at ``rate`` per second (default 10): nothing is
+read or sent unless it moved, and several ticks between two polls become one message. It holds the
+chart weakly and stops when the chart is closed (``chart.close()``, or the front end closing its
+comm) or dropped. Widget messages are sent from that thread; ``display()`` never is.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import html
+import json
+import threading
+import weakref
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import pandas as pd
+
+from ..errors import KiteOHLCError
+from .live import LiveCandles, stream_state
+
+IST_SHIFT = 19_800  # seconds: UTC -> IST wall clock on the chart's UTC axis
+DEFAULT_RATE = 10.0
+DEFAULT_TICK = 0.05
+WINDOW = 64  # recent rows compared for amendments; more new rows than this at once -> full sync
+STATIC = Path(__file__).resolve().parents[1] / "static" / "chart.js"
+COLS = ("time", "open", "high", "low", "close", "volume")
+_CHARTS: "weakref.WeakSet[LiveChart]" = weakref.WeakSet()
+
+
+class ChartUnavailable(KiteOHLCError, RuntimeError):
+    """The chart's JavaScript was not built (no Node.js/npm when the package was installed)."""
+
+
+def chart_js() -> Path:
+    """Path of the built front-end module; raises ``ChartUnavailable`` saying how to build it."""
+    if not STATIC.is_file() or STATIC.stat().st_size == 0:
+        raise ChartUnavailable(
+            "the live chart's JavaScript is not built (kiteohlc_lab/static/chart.js is missing): install "
+            "Node.js and npm, then reinstall with `pip install -e .` (or run `npm ci && npm run build` "
+            "in js/); live.view() shows the PNG chart without it")
+    return STATIC
+
+
+_ESM: tuple[float, str] | None = None
+
+
+def _esm_text() -> str:
+    """The built module's text (read again only when the file changed: a rebuild shows up)."""
+    global _ESM
+    path = chart_js()
+    mtime = path.stat().st_mtime
+    if _ESM is None or _ESM[0] != mtime:
+        _ESM = (mtime, path.read_text(encoding="utf-8"))
+    return _ESM[1]
+
+
+def _base():
+    try:
+        import anywidget
+    except ImportError as exc:  # pragma: no cover - a dependency
+        raise ChartUnavailable(f"the live chart needs anywidget ({exc}); pip install anywidget") from None
+    return anywidget.AnyWidget
+
+
+def _seconds(start_ns: np.ndarray) -> np.ndarray:
+    return (np.asarray(start_ns, np.int64) // 1_000_000_000 + IST_SHIFT).astype(np.float64)
+
+
+def chart_time(when: Any) -> int:
+    """A time (Timestamp, datetime, ISO string; naive = IST, or epoch ns) as chart seconds."""
+    if isinstance(when, (int, np.integer)) and abs(int(when)) > 10**14:
+        ts = pd.Timestamp(int(when), unit="ns", tz="UTC")
+    else:
+        ts = pd.Timestamp(when)
+        ts = ts.tz_localize("Asia/Kolkata") if ts.tzinfo is None else ts
+    return int(ts.value // 1_000_000_000) + IST_SHIFT
+
+
+class Snapshot:
+    """The last rows of a series (closed rows + the forming one) and how many rows it has."""
+
+    __slots__ = ("key", "total", "closed", "rows")
+
+    def __init__(self, key: tuple[int, int], total: int, closed: int, rows: np.ndarray) -> None:
+        self.key, self.total, self.closed, self.rows = key, total, closed, rows  # rows: (k, 6)
+
+
+def snapshot(series: Any, keep: int | None) -> Snapshot:
+    """The last ``keep`` rows of ``series`` (all with None) as chart rows [t, o, h, l, c, v].
+
+    A ``SeriesBuffer`` is read directly (a copy of its last rows under its short lock, the forming
+    candle from the engine as ``frame()`` reads it: microseconds at any length); anything else with
+    ``version`` and ``frame()`` through its frame.
+    """
+    key = (id(series), int(series.version))  # before reading: a racing change only forces a poll
+    cols = getattr(series, "_cols", None)
+    lock = getattr(series, "_lock", None)
+    if cols is not None and lock is not None and hasattr(series, "_n") and hasattr(series, "forming"):
+        with lock:
+            n = int(series._n)
+            lo = 0 if keep is None else max(0, n - keep)
+            part = [cols[k][lo:n].copy() for k in ("start", "open", "high", "low", "close", "volume")]
+        forming = series.forming  # the engine's lock is never taken under the buffer's
+        rows = np.empty((n - lo + (forming is not None), 6))
+        rows[: n - lo, 0] = _seconds(part[0])
+        for j in range(1, 6):
+            rows[: n - lo, j] = part[j]
+        if forming is not None:
+            rows[-1] = (forming.start // 1_000_000_000 + IST_SHIFT, forming.open, forming.high,
+                        forming.low, forming.close, forming.volume)
+        return Snapshot(key, n + (forming is not None), n, rows)
+    df = series.frame()
+    total = len(df)
+    closed = total - (df.attrs.get("forming") is not None)
+    tail = df if keep is None else df.iloc[max(0, total - keep):]
+    rows = np.empty((len(tail), 6))
+    rows[:, 0] = _seconds(tail.index.asi8)
+    for j, c in enumerate(("open", "high", "low", "close", "volume"), 1):
+        rows[:, j] = tail[c].to_numpy(np.float64)
+    return Snapshot(key, total, closed, rows)
+
+
+class Overlay:
+    """A line or histogram series computed from the candles, re-evaluated when a candle closes."""
+
+    def __init__(self, name: str, fn: Callable[[pd.DataFrame], Any], type: str = "line",
+                 color: str | None = None, pane: int | None = None, width: int = 2) -> None:
+        self.name, self.fn, self.type, self.color, self.pane, self.width = name, fn, type, color, pane, width
+        self.sent: np.ndarray | None = None  # values the front end has, aligned with the candles
+        self.error: str | None = None
+
+    def spec(self) -> dict:
+        out: dict[str, Any] = {"name": self.name, "type": self.type, "width": self.width}
+        if self.color:
+            out["color"] = self.color
+        if self.pane is not None:
+            out["pane"] = self.pane
+        return out
+
+    def values(self, df: pd.DataFrame) -> np.ndarray:
+        """``fn(df)`` aligned with ``df``'s rows (a Series is aligned by index, NaN elsewhere)."""
+        try:
+            out = self.fn(df)
+            if isinstance(out, pd.DataFrame):
+                out = out.iloc[:, 0]
+            if isinstance(out, pd.Series):
+                vals = out.reindex(df.index).to_numpy(np.float64, na_value=np.nan)
+            else:
+                vals = np.asarray(out, np.float64).reshape(-1)
+                if len(vals) != len(df):
+                    raise ValueError(f"{len(vals)} values for {len(df)} candles")
+            self.error = None
+            return vals
+        except Exception as exc:  # a broken overlay never stops the chart: it shows as empty
+            self.error = f"{type(exc).__name__}: {exc}".splitlines()[0]
+            return np.full(len(df), np.nan)
+
+
+def _updater(ref: "weakref.ref[LiveChart]", stop: threading.Event, wake: threading.Event,
+             interval: float) -> None:
+    while not stop.is_set():
+        wake.wait(interval)
+        wake.clear()
+        if stop.is_set():
+            return
+        chart = ref()
+        if chart is None:
+            return
+        try:
+            chart.poll()
+        except Exception as exc:  # never die silently
+            chart._failed(exc)
+        del chart  # only a weak hold while sleeping: a dropped chart ends the thread
+
+
+def _json_size(obj: Any) -> int:
+    return len(json.dumps(obj, separators=(",", ":"), allow_nan=False))
+
+
+def _clean(x: float) -> float | None:
+    return None if not np.isfinite(x) else float(x)
+
+
+def _make_class():
+    import traitlets as t
+
+    AnyWidget = _base()
+
+    class LiveChart(AnyWidget):  # type: ignore[misc, valid-type]
+        """A live, interactive candlestick + volume chart of one symbol and timeframe.
+
+        Parameters
+        ----------
+        symbol, tf : str
+            What to show (a stream must carry it, or the store must hold its history); both can be
+            changed later (``chart.tf = "5m"``): the chart reloads.
+        rate : float
+            Most messages per second sent to the front end (default 10); ticks in between coalesce.
+        height : int
+            Pixels.
+        tick_size : float, optional
+            Price resolution on the axis (default: the instrument's, else 0.05).
+        autostart : bool
+            Start the updater thread (tests call ``poll()`` by hand with ``False``).
+
+        Attributes
+        ----------
+        fulls, deltas : int
+            Full loads and delta messages sent. ``bytes_sent``: their payload size.
+        """
+
+        _esm = t.Any().tag(sync=True)
+        symbol = t.Unicode("").tag(sync=True)
+        tf = t.Unicode("").tag(sync=True)
+        title = t.Unicode("").tag(sync=True)
+        tick_size = t.Float(DEFAULT_TICK).tag(sync=True)
+        height = t.Int(420).tag(sync=True)
+        seconds = t.Bool(False).tag(sync=True)
+        visible = t.Int(150).tag(sync=True)
+
+        def __init__(self, symbol: str, tf: str, manager: Any = None, rate: float | None = None,
+                     height: int = 420, tick_size: float | None = None, visible: int = 150,
+                     autostart: bool = True, **kwargs: Any) -> None:
+            from ..core.timeframes import parse_timeframe
+
+            esm = _esm_text()
+            self.live = LiveCandles(symbol, tf, manager=manager)
+            self._manager = self.live._manager
+            self.live.series  # an unknown symbol or timeframe fails here, in the cell
+            label = parse_timeframe(tf).label
+            if tick_size is None:
+                from ..reconcile import tick_size_of
+
+                tick_size = tick_size_of(self._manager, symbol)
+            self.rate = float(rate) if rate else DEFAULT_RATE
+            if not self.rate > 0:
+                raise ValueError(f"rate {rate!r} is not accepted; use a positive number of messages per second")
+            self.fulls = 0
+            self.deltas = 0
+            self.polls = 0
+            self.skipped = 0
+            self.errors = 0
+            self.bytes_sent = 0
+            self.last_error: str | None = None
+            self.overlays: dict[str, Overlay] = {}
+            self.markers: list[dict] = []
+            self._markers_dirty = False
+            self._lock = threading.RLock()
+            self._stop = threading.Event()
+            self._wake = threading.Event()
+            self._thread: threading.Thread | None = None
+            self._ready = False  # a view asked for its load: deltas make sense from then on
+            self._reset_sent()
+            super().__init__(_esm=esm, symbol=str(symbol), tf=label, title=f"{symbol} {label}",
+                             tick_size=float(tick_size), height=int(height),
+                             seconds=parse_timeframe(label).ns < 60 * 10**9, visible=int(visible),
+                             **kwargs)
+            self.on_msg(self._on_front)
+            self.observe(self._retarget, names=["symbol", "tf"])
+            self.observe(self._comm_changed_chart, names="comm")
+            self._watch_comm(self.comm)
+            _CHARTS.add(self)
+            if autostart:
+                self.start()
+
+        # -- lifecycle
+        def start(self) -> None:
+            """Start the updater thread (idempotent)."""
+            if self._thread is not None and self._thread.is_alive():
+                return
+            self._stop.clear()
+            self._thread = threading.Thread(
+                target=_updater, args=(weakref.ref(self), self._stop, self._wake, 1.0 / self.rate),
+                name=f"kiteohlc-chart-{self.symbol}-{self.tf}", daemon=True)
+            self._thread.start()
+
+        def stop(self, timeout: float = 2.0) -> None:
+            """Stop updating (the chart stays as last drawn)."""
+            self._stop.set()
+            self._wake.set()
+            th = self._thread
+            if th is not None and th is not threading.current_thread():
+                th.join(timeout)
+
+        @property
+        def running(self) -> bool:
+            return self._thread is not None and self._thread.is_alive()
+
+        def close(self) -> None:
+            self.stop()
+            super().close()
+
+        def _watch_comm(self, comm: Any) -> None:
+            on_close = getattr(comm, "on_close", None)
+            if on_close is None:
+                return
+            stop, wake = self._stop, self._wake
+
+            def closed(msg: Any = None) -> None:
+                stop.set()
+                wake.set()
+
+            on_close(closed)
+
+        def _comm_changed_chart(self, change: dict) -> None:
+            if change["new"] is None:
+                self._stop.set()
+                self._wake.set()
+            else:
+                self._watch_comm(change["new"])
+
+        def _retarget(self, change: dict) -> None:
+            from ..core.timeframes import parse_timeframe
+
+            with self._lock:
+                label = parse_timeframe(self.tf).label
+                live = LiveCandles(self.symbol, label, manager=self._manager)
+                live.series  # fails (and changes nothing) for an unknown symbol
+                self.live = live
+                with self.hold_trait_notifications():
+                    self.title = f"{self.symbol} {label}"
+                    self.seconds = parse_timeframe(label).ns < 60 * 10**9
+                for o in self.overlays.values():
+                    o.sent = None
+                self._reset_sent()
+                if self._ready:
+                    self._send_full()
+
+        # -- front end
+        def _on_front(self, _widget: Any, content: Any, buffers: Any) -> None:
+            if isinstance(content, dict) and content.get("type") == "sync":
+                with self._lock:
+                    self._ready = True
+                    self._send_full()
+
+        def _emit(self, content: dict, buffers: list | None = None) -> None:
+            self.bytes_sent += _json_size(content) + sum(memoryview(b).nbytes for b in buffers or [])
+            self.send(content, buffers)
+
+        def _reset_sent(self) -> None:
+            self._seq = 0
+            self._key: tuple[int, int] | None = None
+            self._total = 0  # rows the front end has
+            self._closed = -1
+            self._last_t = -np.inf
+            self._recent: dict[float, tuple] = {}  # time -> row, the last WINDOW rows sent
+
+        def _remember(self, rows: np.ndarray) -> None:
+            for r in rows[-WINDOW:]:
+                self._recent[float(r[0])] = tuple(float(x) for x in r)
+            if len(self._recent) > 2 * WINDOW:
+                for k in sorted(self._recent)[: len(self._recent) - WINDOW]:
+                    del self._recent[k]
+
+        def _state(self) -> str:
+            row = stream_state(self._manager, self.symbol, self.tf)
+            if row is None:
+                return "not streaming"
+            return f"{row.get('state', '?')} ({row.get('source', '?')})"
+
+        def _send_full(self) -> None:
+            """One message with every candle (float64 columns), overlays and markers."""
+            snap = snapshot(self.live.series, None)
+            rows = snap.rows
+            buffers = [np.ascontiguousarray(rows[:, j]).tobytes() for j in range(6)]
+            specs = []
+            if self.overlays:
+                closed = self._closed_frame()
+                for o in self.overlays.values():
+                    vals = o.values(closed)
+                    o.sent = vals
+                    specs.append({**o.spec(), "n": len(vals)})
+                    buffers.append(vals.tobytes())
+            self._seq += 1
+            msg = {"kind": "full", "seq": self._seq, "n": len(rows), "cols": list(COLS),
+                   "tick": self.tick_size, "seconds": self.seconds, "title": self.title,
+                   "overlays": specs, "markers": self._marker_list(rows), "state": self._state()}
+            self._emit(msg, buffers)
+            self.fulls += 1
+            self._markers_dirty = False
+            self._key, self._total, self._closed = snap.key, snap.total, snap.closed
+            self._last_t = float(rows[-1, 0]) if len(rows) else -np.inf
+            self._recent = {}
+            self._remember(rows)
+
+        def _closed_frame(self) -> pd.DataFrame:
+            return self.live.series.frame(closed_only=True)
+
+        # -- updates
+        def poll(self) -> bool:
+            """Send what changed since the last message (nothing if the series did not move).
+
+            Returns True when something was sent.
+            """
+            with self._lock:
+                self.polls += 1
+                if not self._ready:
+                    self.skipped += 1
+                    return False
+                series = self.live.series
+                key = (id(series), int(series.version))
+                if key == self._key and not self._markers_dirty:
+                    self.skipped += 1
+                    return False
+                sent = False
+                if key != self._key:
+                    if self._key is None or key[0] != self._key[0]:
+                        self._send_full()
+                        return True
+                    sent = self._send_delta(series)
+                if self._markers_dirty:
+                    self._send_markers()
+                    sent = True
+                return sent
+
+        def _send_delta(self, series: Any) -> bool:
+            snap = snapshot(series, WINDOW)
+            rows = snap.rows
+            new = rows[:, 0] > self._last_t
+            n_new = int(new.sum())
+            if snap.total - n_new != self._total or (n_new and n_new == len(rows) and snap.total > n_new):
+                # rows inserted or removed before the end (gap repair, a new history): reload
+                self._send_full()
+                return True
+            changed = [r for r in rows[~new] if self._recent.get(float(r[0])) != tuple(float(x) for x in r)]
+            bars = changed + list(rows[new])
+            self._key = snap.key
+            if not bars:
+                return False
+            self._seq += 1
+            state = None
+            closed_more = snap.closed != self._closed
+            if closed_more:
+                state = self._state()
+            msg: dict[str, Any] = {"kind": "bars", "seq": self._seq,
+                                   "bars": [[float(x) for x in r] for r in bars]}
+            if state is not None:
+                msg["state"] = state
+            self._emit(msg)
+            self.deltas += 1
+            self._total = snap.total
+            self._last_t = max(self._last_t, float(rows[-1, 0]))
+            self._remember(np.asarray(bars))
+            if closed_more or len(changed) and any(r[0] < rows[-1, 0] for r in changed):
+                self._closed = snap.closed
+                self._send_overlays()
+            return True
+
+        # -- overlays
+        def add_line(self, name: str, fn: Callable[[pd.DataFrame], Any], color: str | None = None,
+                     pane: int | None = None, width: int = 2) -> "LiveChart":
+            """A line computed from the closed candles: ``fn(df)`` -> a Series indexed like ``df``
+            (``lambda df: df.close.rolling(20).mean()``); re-evaluated when a candle closes."""
+            return self._add(Overlay(name, fn, "line", color, pane, width))
+
+        def add_histogram(self, name: str, fn: Callable[[pd.DataFrame], Any], color: str | None = None,
+                          pane: int | None = 1) -> "LiveChart":
+            """A histogram (by default in the volume pane), like ``add_line``."""
+            return self._add(Overlay(name, fn, "histogram", color, pane))
+
+        def remove(self, name: str) -> None:
+            """Remove an overlay."""
+            with self._lock:
+                self.overlays.pop(name, None)
+                if self._ready:
+                    self._send_full()
+
+        def _add(self, overlay: Overlay) -> "LiveChart":
+            with self._lock:
+                self.overlays[overlay.name] = overlay
+                if self._ready:
+                    self._send_overlay(overlay, self._closed_frame(), reset=True)
+            return self
+
+        def _send_overlays(self) -> None:
+            if not self.overlays:
+                return
+            df = self._closed_frame()
+            for o in self.overlays.values():
+                self._send_overlay(o, df)
+
+        def _send_overlay(self, o: Overlay, df: pd.DataFrame, reset: bool = False) -> None:
+            vals = o.values(df)
+            t = _seconds(df.index.asi8)
+            prev = o.sent
+            if not reset and prev is not None and len(prev) <= len(vals):
+                same = np.append((prev == vals[: len(prev)]) | (np.isnan(prev) & np.isnan(vals[: len(prev)])),
+                                 np.zeros(len(vals) - len(prev), bool))
+                idx = np.flatnonzero(~same)
+                if len(idx) <= 1000:
+                    o.sent = vals
+                    if len(idx):
+                        self._emit({"kind": "overlay", **o.spec(),
+                                    "points": [[float(t[i]), _clean(vals[i])] for i in idx]})
+                    return
+            o.sent = vals
+            self._emit({"kind": "overlay", **o.spec(), "reset": True},
+                       [t.tobytes(), np.ascontiguousarray(vals).tobytes()])
+
+        # -- markers
+        def add_marker(self, time: Any, text: str = "", position: str = "aboveBar",
+                       shape: str | None = None, color: str | None = None) -> None:
+            """A marker on the candle holding ``time`` (Timestamp/str, naive = IST). ``position``:
+            aboveBar, belowBar or inBar; ``shape``: arrowUp, arrowDown, circle, square. Callable from
+            any thread (an ``on_candle`` handler): the updater sends it."""
+            if position not in ("aboveBar", "belowBar", "inBar"):
+                raise ValueError(f"position {position!r} is not accepted; use aboveBar, belowBar or inBar")
+            shape = shape or {"aboveBar": "arrowDown", "belowBar": "arrowUp"}.get(position, "circle")
+            color = color or {"arrowDown": "#ef5350", "arrowUp": "#26a69a"}.get(shape, "#2962ff")
+            with self._lock:
+                self.markers.append({"t": chart_time(time), "text": str(text), "position": position,
+                                     "shape": shape, "color": color})
+                self._markers_dirty = True
+            self._wake.set()
+
+        def clear_markers(self) -> None:
+            with self._lock:
+                self.markers.clear()
+                self._markers_dirty = True
+            self._wake.set()
+
+        def _marker_list(self, rows: np.ndarray | None = None) -> list[dict]:
+            if not self.markers:
+                return []
+            if rows is None:
+                rows = snapshot(self.live.series, None).rows
+            times = rows[:, 0]
+            out = []
+            for m in sorted(self.markers, key=lambda m: m["t"]):
+                i = int(np.searchsorted(times, m["t"], side="right")) - 1  # the candle holding it
+                if i < 0:
+                    continue
+                out.append({"time": float(times[i]), "position": m["position"], "shape": m["shape"],
+                            "color": m["color"], "text": m["text"]})
+            return out
+
+        def _send_markers(self) -> None:
+            self._markers_dirty = False
+            self._emit({"kind": "markers", "markers": self._marker_list()})
+
+        # -- reporting
+        def _failed(self, exc: BaseException) -> None:
+            self.errors += 1
+            self.last_error = f"{type(exc).__name__}: {exc}".splitlines()[0]
+            with contextlib.suppress(Exception):
+                self.send({"kind": "state", "state": f"update failed: {self.last_error}"})
+
+        def counters(self) -> dict[str, Any]:
+            return {"fulls": self.fulls, "deltas": self.deltas, "polls": self.polls,
+                    "skipped": self.skipped, "errors": self.errors, "bytes_sent": self.bytes_sent}
+
+        def __repr__(self) -> str:
+            return f"LiveChart({html.escape(self.symbol)} {html.escape(self.tf)}, rate {self.rate:g}/s)"
+
+    return LiveChart
+
+
+_CLASS: Any = None
+
+
+def live_chart_class() -> Any:
+    """The ``LiveChart`` widget class (made on first use: anywidget loads only when a chart is made)."""
+    global _CLASS
+    if _CLASS is None:
+        _CLASS = _make_class()
+    return _CLASS
+
+
+def LiveChart(symbol: str, tf: str, **kwargs: Any) -> Any:  # noqa: N802 - reads like the class
+    """Make a live chart widget (see ``live_chart_class()`` for the parameters)."""
+    chart_js()  # the one clear error when the JavaScript is missing
+    return live_chart_class()(symbol, tf, **kwargs)
+
+
+def close_all() -> int:
+    """Close every live chart (extension unload, kernel shutdown); returns how many."""
+    charts = list(_CHARTS)
+    for c in charts:
+        with contextlib.suppress(Exception):
+            c.close()
+    return len(charts)
+
+
+__all__ = ["LiveChart", "ChartUnavailable", "chart_js", "close_all", "live_chart_class", "snapshot",
+           "chart_time", "IST_SHIFT"]
