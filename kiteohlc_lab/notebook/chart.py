@@ -244,6 +244,9 @@ def _make_class():
                      autostart: bool = True, **kwargs: Any) -> None:
             from ..core.timeframes import parse_timeframe
 
+            self._stop = threading.Event()  # first: close() (also from __del__) works from here on
+            self._wake = threading.Event()
+            self._thread: threading.Thread | None = None
             esm = _esm_text()
             self.live = LiveCandles(symbol, tf, manager=manager)
             self._manager = self.live._manager
@@ -267,9 +270,6 @@ def _make_class():
             self.markers: list[dict] = []
             self._markers_dirty = False
             self._lock = threading.RLock()
-            self._stop = threading.Event()
-            self._wake = threading.Event()
-            self._thread: threading.Thread | None = None
             self._ready = False  # a view asked for its load: deltas make sense from then on
             self._reset_sent()
             super().__init__(_esm=esm, symbol=str(symbol), tf=label, title=f"{symbol} {label}",

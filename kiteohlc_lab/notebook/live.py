@@ -135,6 +135,13 @@ class LiveCandles:
 
         return LiveView(self.symbol, self.tf, last=last, refresh=refresh, manager=self._manager)
 
+    def chart(self, rate: float | None = None, height: int = 420, **kwargs: Any) -> Any:
+        """An interactive live chart (candles, volume, crosshair, zoom/pan) updated at up to ``rate``
+        messages per second (default 10); ``add_line``/``add_histogram``/``add_marker`` on it."""
+        from .chart import LiveChart
+
+        return LiveChart(self.symbol, self.tf, manager=self._manager, rate=rate, height=height, **kwargs)
+
     def plot(self, last: int = 100, volume: bool = True) -> Any:
         """A static mplfinance candlestick figure of the last ``last`` candles."""
         from .plots import plot_candles

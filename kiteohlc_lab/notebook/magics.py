@@ -1,4 +1,5 @@
-"""IPython magics: ``%ohlc_stream``, ``%ohlc_stop``, ``%ohlc_status``, ``%ohlc_plot``, ``%ohlc_history``
+"""IPython magics: ``%ohlc_stream``, ``%ohlc_stop``, ``%ohlc_status``, ``%ohlc_plot``, ``%ohlc_history``,
+``%ohlc_chart``
 (``%ohlc_reconcile`` lives in ``reconcile_magic``).
 
 Each magic parses its arguments and calls the core's ``Manager``; nothing here knows about ticks or
@@ -253,8 +254,8 @@ class KiteOHLCMagics(Magics):
             if r.get("error"):
                 self._seen_errors[str(r.get("stream"))] = str(r["error"])
         log = getattr(m, "errors", None)
-        if isinstance(log, list):
-            self._error_index = len(log)
+        if isinstance(log, list):  # a bounded log counts every entry in ``total``
+            self._error_index = getattr(log, "total", len(log))
         return StatusTable(rows)
 
     # -- %ohlc_plot
@@ -280,6 +281,23 @@ class KiteOHLCMagics(Magics):
 
         df = m.candles(args.symbol, args.tf)
         return plot_candles(df, last=args.last, title=f"{args.symbol} {args.tf}")
+
+    # -- %ohlc_chart
+    @magic_arguments()
+    @argument("symbol", help="Symbol, e.g. NIFTY.")
+    @argument("tf", metavar="TF", help="Timeframe, e.g. 1m.")
+    @argument("--rate", type=float, default=None, help="Most updates per second sent (default 10).")
+    @argument("--height", type=int, default=420, help="Height in pixels (default 420).")
+    @line_magic
+    @friendly
+    def ohlc_chart(self, line: str) -> Any:
+        """Interactive live candlestick + volume chart of SYMBOL TF (zoom, pan, crosshair)."""
+        args = parse_argstring(self.ohlc_chart, line)
+        if args.rate is not None and not args.rate > 0:
+            raise UsageError(f"--rate {args.rate:g} is not accepted; use a positive number per second")
+        from .chart import LiveChart
+
+        return LiveChart(args.symbol, args.tf, manager=self.manager, rate=args.rate, height=args.height)
 
     # -- %ohlc_history
     @magic_arguments()
@@ -307,8 +325,11 @@ class KiteOHLCMagics(Magics):
         new: list[tuple[str, str]] = []
         log = getattr(m, "errors", None)
         if isinstance(log, list):
-            new = [(str(n), str(e)) for n, e in log[self._error_index:]]
-            self._error_index = len(log)
+            if hasattr(log, "since"):  # bounded (core.bounded.ErrorLog): the last N, total counted
+                fresh, self._error_index = log.since(self._error_index)
+            else:
+                fresh, self._error_index = log[self._error_index:], len(log)
+            new = [(str(n), str(e)) for n, e in fresh]
         else:
             try:
                 rows = m.status()
@@ -359,6 +380,11 @@ def shutdown(forget: bool = False) -> None:
         close_all()
     except Exception:
         pass
+    if "kiteohlc_lab.notebook.chart" in sys.modules:
+        try:
+            sys.modules["kiteohlc_lab.notebook.chart"].close_all()
+        except Exception:
+            pass
     from . import _override
 
     if _override is None and "kiteohlc_lab.api" not in sys.modules:
@@ -407,7 +433,7 @@ def unload_ipython_extension(ip: Any) -> None:
         except ValueError:
             pass
         for name in ("ohlc_stream", "ohlc_stop", "ohlc_status", "ohlc_plot", "ohlc_history",
-                     "ohlc_reconcile"):
+                     "ohlc_reconcile", "ohlc_chart"):
             ip.magics_manager.magics["line"].pop(name, None)
     if cfg is not None and cfg in ip.configurables:
         ip.configurables.remove(cfg)
