@@ -394,7 +394,7 @@ def attach_leased(manager: Any, syms: list[str], tfs: list[Any], force: bool = F
         pairs = [(s.upper(), int(t)) for s, t in toks.items()]  # type: ignore[arg-type]
         return [], start_attached(manager, pairs, tfs)
     known = {s: t for s, t in toks.items() if t is not None}
-    mine = getattr(manager, "_lease_keeper", None)
+    mine = manager.leases
     holders = {}
     if known:
         pipe = live.client.pipeline(transaction=False)

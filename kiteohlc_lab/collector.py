@@ -172,7 +172,7 @@ class Collector:
         self.started = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
         self.manager = Manager(cfg)
         self.manager.lease_policy = "standby"
-        self.manager.lease_ttl = float(lease_ttl)  # type: ignore[attr-defined]
+        self.manager.lease_ttl = float(lease_ttl)
         self.stop_event = threading.Event()
         self.pairs: dict[str, int] = {}
         self.message = ""

@@ -1,18 +1,29 @@
-"""One writer per instrument: a Redis lease per instrument token.
+"""One writer per instrument: a Redis lease per instrument token, with a fencing generation.
 
-Key ``P{T}:lease`` (``P`` the prefix, ``{T}`` the token as a hash tag, beside the instrument's other
-keys) holds the owner ``host:pid:nonce`` and expires after ``ttl`` seconds unless renewed.
+Keys (``P`` the prefix, ``{T}`` the token as a hash tag, beside the instrument's other keys):
 
-- Acquire: ``SET key owner NX PX ttl`` (pipelined for many tokens). A lease already ours counts as
-  acquired; a lease whose owner is a dead process on this host (``kill -9``) is broken at once with a
-  compare-and-delete, so a restarted collector does not wait for the TTL.
-- Renew (a daemon thread, every ``ttl / 3``) and release use Lua compare-and-set scripts: they touch
-  the key only while it still holds our owner string, so one writer never extends or deletes
-  another's lease. Each script call touches one key (Redis Cluster safe).
+- ``P{T}:lease`` holds the owner ``host:pid:nonce`` and expires after ``ttl`` seconds unless renewed;
+- ``P{T}:lease:gen`` counts the acquisitions (``INCR`` each time a new holder takes the lease): the
+  holder's *generation*. The live store's write scripts (``stores.redis_live``) refuse a write whose
+  generation is older than this one, so a writer that stalled past the TTL and comes back cannot
+  write beside its successor, not even the one batch before it notices.
+
+- Acquire: one script per token (``SET NX PX`` + ``INCR``, atomically; pipelined for many tokens).
+  A lease already ours counts as acquired (same generation); a lease whose owner is a dead process
+  on this host (``kill -9``) is broken at once with a compare-and-delete, so a restarted collector
+  does not wait for the TTL.
+- Renew (a daemon thread, every ``ttl / 3``) and release are compare-and-set scripts: they touch the
+  lease only while it holds our owner string. A lease that expired while we stalled is taken back
+  only if nobody held it meanwhile (its generation is still ours); otherwise it is *lost*:
+  ``on_lost(tokens)`` is called (the Manager stops writing and streaming them: ``stand_down``).
+- Redis down at acquisition: the tokens are *pending*; the keeper retries every period (and the live
+  store asks for them before its first write that reaches Redis, e.g. the spool's replay), then
+  fences them as any other lease. Pending tokens held by another writer by then are lost.
 - A holder that dies stops renewing; its leases expire after ``ttl``.
 
-The Manager takes leases for every instrument of an own feed (``claim``) and gives them back when the
-stream stops (``sync``/``release_all``); readers look at ``holders`` to decide whether to attach.
+The Manager owns one keeper (``Manager.lease_keeper()``, ``Manager.leases``), takes leases for every
+instrument of an own feed (``claim``) and gives them back when the stream stops (``sync``,
+``Manager.release_leases``); readers look at ``holders`` to decide whether to attach.
 """
 
 from __future__ import annotations
@@ -31,37 +42,57 @@ log = logging.getLogger("kiteohlc_lab.lease")
 
 DEFAULT_TTL = 5.0
 
-_RENEW = """
-if redis.call('get', KEYS[1]) == ARGV[1] then
-  return redis.call('pexpire', KEYS[1], ARGV[2])
-end
-return 0
-"""
-_RELEASE = """
-if redis.call('get', KEYS[1]) == ARGV[1] then
-  return redis.call('del', KEYS[1])
-end
-return 0
-"""
-
-# the same checks over many keys in one call (single server: thousands of instruments per renewal
-# would otherwise be thousands of commands for the writer to pack and parse)
-_RENEW_MANY = """
+# Every script takes KEYS in rows (lease key, generation key) or (lease key,) and returns a flat
+# list, ``width`` values per row: one call serves one token (Redis Cluster: the row's keys share a
+# slot) or a chunk of tokens (single server: thousands per renewal in one command).
+# ARGV: owner, ttl (ms)
+_ACQUIRE = """
 local out = {}
-for i, k in ipairs(KEYS) do
-  if redis.call('get', k) == ARGV[1] then out[i] = redis.call('pexpire', k, ARGV[2]) else out[i] = 0 end
+for i = 1, #KEYS, 2 do
+  local cur = redis.call('get', KEYS[i])
+  if not cur then
+    redis.call('set', KEYS[i], ARGV[1], 'PX', ARGV[2])
+    out[#out + 1] = 1
+    out[#out + 1] = redis.call('incr', KEYS[i + 1])
+  elseif cur == ARGV[1] then
+    redis.call('pexpire', KEYS[i], ARGV[2])
+    local g = redis.call('get', KEYS[i + 1])
+    if not g then g = redis.call('incr', KEYS[i + 1]) end
+    out[#out + 1] = 1
+    out[#out + 1] = tonumber(g)
+  else
+    out[#out + 1] = 0
+    out[#out + 1] = cur
+  end
 end
 return out
 """
-_RELEASE_MANY = """
+# ARGV: owner, ttl (ms), then one generation per row. 1: renewed, 2: expired but taken back (nobody
+# held it since), 0: lost
+_RENEW = """
+local out = {}
+for i = 1, #KEYS, 2 do
+  local cur = redis.call('get', KEYS[i])
+  local r = 0
+  if cur == ARGV[1] then
+    r = redis.call('pexpire', KEYS[i], ARGV[2])
+  elseif not cur and redis.call('get', KEYS[i + 1]) == ARGV[2 + (i + 1) / 2] then
+    redis.call('set', KEYS[i], ARGV[1], 'PX', ARGV[2])
+    r = 2
+  end
+  out[#out + 1] = r
+end
+return out
+"""
+# KEYS: lease keys; ARGV: owner
+_RELEASE = """
 local out = {}
 for i, k in ipairs(KEYS) do
   if redis.call('get', k) == ARGV[1] then out[i] = redis.call('del', k) else out[i] = 0 end
 end
 return out
 """
-_MANY = {_RENEW: _RENEW_MANY, _RELEASE: _RELEASE_MANY}
-_SHA = {s: hashlib.sha1(s.encode()).hexdigest() for s in (_RENEW, _RELEASE, _RENEW_MANY, _RELEASE_MANY)}
+_SHA = {s: hashlib.sha1(s.encode()).hexdigest() for s in (_ACQUIRE, _RENEW, _RELEASE)}
 _CHUNK = 1000
 
 
@@ -115,6 +146,15 @@ def owner_alive(owner: str) -> bool:
     return pid_alive(pid)
 
 
+def lease_key(prefix: str, token: int) -> str:
+    return f"{prefix}{{{int(token)}}}:lease"
+
+
+def generation_key(prefix: str, token: int) -> str:
+    """The fencing generation of ``token``'s lease (read by the live store's write scripts)."""
+    return f"{prefix}{{{int(token)}}}:lease:gen"
+
+
 class LeaseKeeper:
     """Leases of one process on one Redis, renewed in the background.
 
@@ -124,7 +164,16 @@ class LeaseKeeper:
     prefix : key prefix (``KiteOHLC.redis_prefix``).
     ttl : seconds a lease lives without renewal.
     wanted : optional callable returning the tokens still needed; renewal releases the others.
-    on_lost : called with the tokens whose lease was lost (expired and taken by someone else).
+    on_lost : called (on the renewal thread, no lock held) with the tokens whose lease was lost:
+        taken by another writer while we stalled, or, for pending tokens, held by another writer
+        when Redis came back.
+
+    Attributes
+    ----------
+    tokens : tokens whose lease we hold.
+    gens : token -> generation, for the leases held, pending (0) and lost (the generation we had:
+        the live store keeps refusing a stale writer's writes of them). ``fence()`` reads it.
+    pending : tokens wanted while Redis was down; acquired when it answers.
     """
 
     def __init__(self, client: Any, prefix: str = "kohlc:", *, ttl: float = DEFAULT_TTL,
@@ -135,14 +184,22 @@ class LeaseKeeper:
         self.ttl = float(ttl)
         self.owner = owner or make_owner()
         self.tokens: set[int] = set()
+        self.gens: dict[int, int] = {}
+        self.pending: set[int] = set()
         self.wanted = wanted
         self.on_lost = on_lost
+        self.version = 0  # bumped whenever ``gens`` changes (the live store caches its encoding)
+        self._lost_queue: list[int] = []
         self._lock = threading.RLock()
         self._stop = threading.Event()
+        self._wake = threading.Event()
         self._thread: threading.Thread | None = None
 
     def key(self, token: int) -> str:
-        return f"{self.prefix}{{{int(token)}}}:lease"
+        return lease_key(self.prefix, token)
+
+    def gen_key(self, token: int) -> str:
+        return generation_key(self.prefix, token)
 
     # -- acquire ------------------------------------------------------------------------------
     def acquire(self, tokens: Iterable[int]) -> tuple[list[int], dict[int, str]]:
@@ -151,47 +208,48 @@ class LeaseKeeper:
         if not toks:
             return [], {}
         px = int(self.ttl * 1000)
-        acquired: list[int] = []
+        acquired: dict[int, int] = {}
         held: dict[int, str] = {}
         for attempt in range(2):
-            pipe = self.client.pipeline(transaction=False)
-            for t in toks:
-                pipe.set(self.key(t), self.owner, nx=True, px=px)
-            results = pipe.execute()
-            rest = [t for t, ok in zip(toks, results) if not ok]
-            acquired += [t for t, ok in zip(toks, results) if ok]
-            toks = []
-            if not rest:
-                break
-            pipe = self.client.pipeline(transaction=False)
-            for t in rest:
-                pipe.get(self.key(t))
-            owners = pipe.execute()
+            rows = [((self.key(t), self.gen_key(t)), ()) for t in toks]
+            results = self._script(_ACQUIRE, rows, (self.owner, px), width=2)
             broken: list[int] = []
-            for t, o in zip(rest, owners):
-                if o is None:  # expired between SET and GET
-                    broken.append(t)
+            for t, (ok, value) in zip(toks, results):
+                if int(ok):
+                    acquired[t] = int(value)
                     continue
-                o = _s(o)
-                if o == self.owner:
-                    self.client.eval(_RENEW, 1, self.key(t), self.owner, px)
-                    acquired.append(t)
-                elif attempt == 0 and not owner_alive(o):
+                o = _s(value)
+                if attempt == 0 and not owner_alive(o):
                     log.info("breaking the lease of %s held by dead %s", t, o)
-                    self.client.eval(_RELEASE, 1, self.key(t), o)
+                    self._script(_RELEASE, [((self.key(t),), ())], (o,))
                     broken.append(t)
                 else:
                     held[t] = o
             toks = broken
             if not toks:
                 break
-        for t in toks:  # freed and re-taken twice while we looked: someone else is on it
+        for t in toks:  # freed and re-taken while we looked: someone else is on it
             held.setdefault(t, "unknown")
         with self._lock:
             self.tokens.update(acquired)
+            self.gens.update(acquired)
+            self.pending.difference_update(acquired)
+            self.pending.difference_update(held)
+            self.version += 1
         if acquired:
             self.start()
-        return acquired, held
+        return list(acquired), held
+
+    def want(self, tokens: Iterable[int]) -> None:
+        """Tokens to lease as soon as Redis answers (it did not at ``acquire``): retried by the
+        renewal thread and by ``fence`` before a write; until then their generation is 0."""
+        with self._lock:
+            for t in (int(t) for t in tokens):
+                if t not in self.tokens:
+                    self.pending.add(t)
+                    self.gens.setdefault(t, 0)
+            self.version += 1
+        self.start()
 
     def holders(self, tokens: Iterable[int]) -> dict[int, str | None]:
         """Current owner of each token's lease (None: free)."""
@@ -203,32 +261,71 @@ class LeaseKeeper:
             pipe.get(self.key(t))
         return {t: (None if o is None else _s(o)) for t, o in zip(toks, pipe.execute())}
 
+    def fence(self) -> tuple[int, dict[int, int]]:
+        """(version, {token: generation}) for the live store to stamp its writes with.
+
+        Pending tokens are acquired first (a connection error propagates: the write spools); those
+        another writer holds by then keep generation 0 (refused) and are reported lost."""
+        if self.pending:
+            self._retry_pending()
+        with self._lock:
+            return self.version, dict(self.gens)
+
+    def _retry_pending(self) -> None:
+        with self._lock:
+            pending = sorted(self.pending)
+        if not pending:
+            return
+        acquired, held = self.acquire(pending)
+        if acquired:
+            log.info("took the leases of %d instrument(s) now that Redis answers", len(acquired))
+        if held:
+            with self._lock:
+                self._lost_queue += list(held)
+            self._wake.set()  # the renewal thread tells on_lost
+
     # -- renew / release ----------------------------------------------------------------------
     def renew(self) -> list[int]:
-        """Renew every lease held (releasing the unwanted ones); returns the tokens lost."""
+        """Renew every lease held (releasing the unwanted ones), retry the pending ones; returns
+        the tokens lost (``on_lost`` was called with them)."""
         with self._lock:
             if self.wanted is not None:
                 want = {int(t) for t in self.wanted()}
                 drop = [t for t in self.tokens if t not in want]
                 if drop:
                     self.release(drop)
+                if self.pending - want:
+                    for t in self.pending - want:
+                        self.gens.pop(t, None)
+                    self.pending &= want
+                    self.version += 1
             toks = sorted(self.tokens)
-        if not toks:
-            return []
-        px = int(self.ttl * 1000)
-        results = self._eval_each(_RENEW, [(self.key(t), self.owner, px) for t in toks])
-        lost = [t for t, ok in zip(toks, results) if not ok]
+            gens = [self.gens.get(t, 0) for t in toks]
+        lost: list[int] = []
+        if toks:
+            px = int(self.ttl * 1000)
+            rows = [((self.key(t), self.gen_key(t)), (g,)) for t, g in zip(toks, gens)]
+            results = self._script(_RENEW, rows, (self.owner, px))
+            lost = [t for t, (r,) in zip(toks, results) if not int(r)]
+            if lost:  # expired while we stalled and taken by another writer (its generation is newer)
+                with self._lock:
+                    self.tokens.difference_update(lost)
+                    self.version += 1
+        if self.pending:
+            try:
+                self._retry_pending()
+            except Exception as exc:  # noqa: BLE001 - Redis still down: retried next period
+                log.debug("pending leases not acquired yet: %s", exc)
+        with self._lock:
+            lost += [t for t in self._lost_queue if t not in lost]
+            self._lost_queue = []
         if lost:
-            # expired (we were stalled longer than ttl): take it back if still free
-            again, _held = self.acquire(lost)
-            lost = [t for t in lost if t not in again]
-            with self._lock:
-                self.tokens.difference_update(lost)
-            if lost:
-                log.warning("lost the lease of %d instrument(s) to another writer: %s", len(lost),
-                            ", ".join(map(str, lost[:10])))
-                if self.on_lost is not None:
-                    self.on_lost(lost)
+            text = ", ".join(map(str, lost[:10]))
+            if self.on_lost is not None:
+                log.debug("lost the lease of %d instrument(s) to another writer: %s", len(lost), text)
+                self.on_lost(lost)
+            else:
+                log.warning("lost the lease of %d instrument(s) to another writer: %s", len(lost), text)
         return lost
 
     def release(self, tokens: Iterable[int] | None = None) -> None:
@@ -236,34 +333,45 @@ class LeaseKeeper:
         with self._lock:
             toks = sorted(self.tokens if tokens is None else {int(t) for t in tokens} & self.tokens)
             self.tokens.difference_update(toks)
+            for t in toks:
+                self.gens.pop(t, None)
+            if tokens is None:
+                self.pending.clear()
+            self.version += 1
         if not toks:
             return
-        self._eval_each(_RELEASE, [(self.key(t), self.owner) for t in toks])
+        self._script(_RELEASE, [((self.key(t),), ()) for t in toks], (self.owner,))
 
-    def _eval_each(self, script: str, rows: list[tuple]) -> list:
-        """Run ``script`` for each row (key, *args; the args are the same on every row): multi-key
-        calls of up to _CHUNK keys on one server, one single-key call per row on a Redis Cluster
-        client (keys in many slots; its pipeline has no EVAL)."""
+    def _script(self, script: str, rows: list[tuple[tuple[str, ...], tuple]], shared: tuple,
+                width: int = 1) -> list[list]:
+        """Run ``script`` over ``rows`` of (keys, per-row args): one call per row on a Redis Cluster
+        client (keys in many slots; its pipeline has no EVAL), one call per _CHUNK rows pipelined on
+        one server. Returns ``width`` values per row."""
+        if not rows:
+            return []
         if type(self.client).__name__ == "RedisCluster":
-            return [self.client.eval(script, 1, *row) for row in rows]
-        from redis.exceptions import NoScriptError
+            flat = [x for keys, args in rows
+                    for x in self.client.eval(script, len(keys), *keys, *shared, *args)]
+        else:
+            from redis.exceptions import NoScriptError
 
-        # rows share their arguments (owner, ttl): one multi-key call per _CHUNK keys
-        many = _MANY[script]
-        sha = _SHA[many]
-        args = rows[0][1:] if rows else ()
-        for attempt in range(2):
-            pipe = self.client.pipeline(transaction=False)
-            for i in range(0, len(rows), _CHUNK):
-                keys = [r[0] for r in rows[i : i + _CHUNK]]
-                pipe.evalsha(sha, len(keys), *keys, *args)
-            try:
-                return [int(x) for part in pipe.execute() for x in part]
-            except NoScriptError:  # first use, or the server restarted: load, then once more
-                if attempt:
-                    raise
-                self.client.script_load(many)
-        return []
+            sha = _SHA[script]
+            flat = []
+            for attempt in range(2):
+                pipe = self.client.pipeline(transaction=False)
+                for i in range(0, len(rows), _CHUNK):
+                    part = rows[i : i + _CHUNK]
+                    keys = [k for r in part for k in r[0]]
+                    args = [a for r in part for a in r[1]]
+                    pipe.evalsha(sha, len(keys), *keys, *shared, *args)
+                try:
+                    flat = [x for res in pipe.execute() for x in res]
+                    break
+                except NoScriptError:  # first use, or the server restarted: load, then once more
+                    if attempt:
+                        raise
+                    self.client.script_load(script)
+        return [flat[i * width : (i + 1) * width] for i in range(len(rows))]
 
     # -- background renewal -------------------------------------------------------------------
     def start(self) -> None:
@@ -276,7 +384,11 @@ class LeaseKeeper:
 
     def _run(self) -> None:
         period = max(self.ttl / 3.0, 0.05)
-        while not self._stop.wait(period):
+        while True:
+            self._wake.wait(period)
+            self._wake.clear()
+            if self._stop.is_set():
+                return
             try:
                 self.renew()
             except Exception as exc:  # noqa: BLE001 - Redis down: the leases may expire; retried
@@ -284,6 +396,7 @@ class LeaseKeeper:
 
     def stop(self, release: bool = True) -> None:
         self._stop.set()
+        self._wake.set()
         t = self._thread
         if t is not None and t is not threading.current_thread():
             t.join(2.0)
@@ -296,17 +409,8 @@ class LeaseKeeper:
 
 # ---------------------------------------------------------------------- Manager glue
 def keeper(manager: Any) -> LeaseKeeper:
-    """The Manager's LeaseKeeper on its current live store (created on first use)."""
-    live = manager.stores()[0]
-    client = live.client
-    k = getattr(manager, "_lease_keeper", None)
-    if k is None or k.client is not client:
-        if k is not None:
-            k.stop(release=True)
-        k = LeaseKeeper(client, live.prefix, ttl=getattr(manager, "lease_ttl", DEFAULT_TTL),
-                        wanted=lambda: written_tokens(manager))
-        manager._lease_keeper = k
-    return k
+    """The Manager's LeaseKeeper on its current live store (``Manager.lease_keeper``)."""
+    return manager.lease_keeper()
 
 
 def written_tokens(manager: Any) -> set[int]:
@@ -324,30 +428,62 @@ def claim(manager: Any, pairs: list[tuple[str, int]]) -> list[tuple[str, int]]:
 
     ``manager.lease_policy``: ``"strict"`` (default) raises ``LeaseHeld`` naming the holders when
     another live writer has any of them; ``"standby"`` (the collector) returns only the pairs
-    acquired and records the others in ``manager.lease_waiting`` {symbol: token}.
+    acquired and records the others in ``manager.lease_waiting`` {symbol: token}. Redis down: the
+    pairs stream (the live writes spool) and their leases are taken when it answers (``want``).
     """
+    toks = [t for _, t in pairs]
     try:
         k = keeper(manager)
-        acquired, held = k.acquire([t for _, t in pairs])
-    except _transient() as exc:  # Redis down: stream anyway (writes spool), say so once
-        log.warning("instrument leases not available (%s); streaming without the one-writer guard",
-                    str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+        acquired, held = k.acquire(toks)
+    except _transient() as exc:  # Redis down: stream anyway (writes spool), lease when it is back
+        k = manager.leases
+        if k is not None:
+            k.want(toks)
+        log.warning("instrument leases not available (%s); streaming (live writes spool) and taking "
+                    "the leases when Redis answers", str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
         return pairs
     if not held:
         return pairs
     if getattr(manager, "lease_policy", "strict") == "standby":
-        waiting = getattr(manager, "lease_waiting", None)
-        if waiting is None:
-            waiting = manager.lease_waiting = {}
         for s, t in pairs:
             if t in held:
-                waiting[s] = t
+                manager.lease_waiting[s] = t
         return [(s, t) for s, t in pairs if t not in held]
     k.release([t for t in acquired if t not in written_tokens(manager)])
     names = [f"{s} (held by {held[t]})" for s, t in pairs if t in held]
     raise LeaseHeld(
         f"{', '.join(names)} already streamed by another writer; use --source redis (or no --source) "
         "to follow it, or stop that collector", held)
+
+
+def stand_down(manager: Any, tokens: Iterable[int]) -> str:
+    """The Manager lost these leases: stop writing and streaming them (a stream left with none
+    stops, closing its connection), say so in one line; a collector (``lease_policy`` "standby")
+    waits for them again (``lease_waiting``). Returns the line."""
+    lost = {int(t) for t in tokens}
+    for s in list(manager.streams.values()):
+        if getattr(s, "attached", False) or not s.alive:
+            continue
+        mine = sorted(lost & {int(t) for t in s.tokens})
+        if not mine:
+            continue
+        try:
+            if len(mine) >= len(set(s.tokens)):
+                s.stop()
+            else:
+                s.unsubscribe(mine)
+        except Exception as exc:  # noqa: BLE001 - the fence refuses its writes meanwhile
+            log.warning("stream %s did not stop streaming %s: %s", s.name, mine, exc)
+    names = {t: manager.names.get(t, str(t)) for t in sorted(lost)}
+    standby = getattr(manager, "lease_policy", "strict") == "standby"
+    if standby:
+        manager.lease_waiting.update({n.upper(): t for t, n in names.items()})
+    msg = (f"lost the lease of {', '.join(names.values())} to another writer: stopped writing and "
+           "streaming them"
+           + ("; standing by to take them over" if standby else "; follow them with --source redis"))
+    log.warning(msg)
+    manager.errors.append(("lease", msg))
+    return msg
 
 
 def _transient() -> tuple[type[BaseException], ...]:
@@ -358,7 +494,7 @@ def _transient() -> tuple[type[BaseException], ...]:
 
 def sync(manager: Any) -> None:
     """Release the leases of instruments no own stream writes any more."""
-    k = getattr(manager, "_lease_keeper", None)
+    k = manager.leases
     if k is not None:
         try:
             k.renew()
@@ -367,7 +503,4 @@ def sync(manager: Any) -> None:
 
 
 def release_all(manager: Any) -> None:
-    k = getattr(manager, "_lease_keeper", None)
-    if k is not None:
-        manager._lease_keeper = None
-        k.stop(release=True)
+    manager.release_leases()

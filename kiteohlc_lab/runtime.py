@@ -80,7 +80,10 @@ class Manager:
         # one writer per instrument (kiteohlc_lab.lease): "strict" raises, "standby" (collector) waits
         self.lease_policy = "strict"
         self.lease_waiting: dict[str, int] = {}
-        self._lease_keeper: Any = None
+        self.lease_ttl = 5.0  # seconds a lease lives without renewal (kiteohlc_lab.lease.DEFAULT_TTL)
+        # the LeaseKeeper of this process's own feeds (lease_keeper() creates it; it fences the live
+        # store's writes and calls lease.stand_down when a lease is lost)
+        self.leases: Any = None
         self.errors: list[tuple[str, str]] = []  # (stream, message), for the notebook to surface once
         self._health_cache: tuple[float, str] | None = None
         self.messages: list[str] = []
@@ -88,6 +91,32 @@ class Manager:
     # ------------------------------------------------------------------ configuration
     def configure(self, cfg: KiteOHLC) -> None:
         self.cfg = cfg
+
+    def lease_keeper(self) -> Any:
+        """The LeaseKeeper (``self.leases``) on the current live store, created on first use; the
+        live store stamps its writes with the keeper's generations (``set_fence``)."""
+        from .lease import LeaseKeeper, stand_down, written_tokens
+
+        live = self.stores()[0]
+        with self._lock:
+            k = self.leases
+            if k is None or k.client is not live.client:
+                if k is not None:
+                    k.stop(release=True)
+                k = self.leases = LeaseKeeper(live.client, live.prefix, ttl=self.lease_ttl,
+                                              wanted=lambda: written_tokens(self),
+                                              on_lost=lambda toks: stand_down(self, toks))
+                set_fence = getattr(live, "set_fence", None)
+                if set_fence is not None:
+                    set_fence(k)
+            return k
+
+    def release_leases(self) -> None:
+        """Stop renewing and give back every lease (after the streams flushed)."""
+        with self._lock:
+            k, self.leases = self.leases, None
+        if k is not None:
+            k.stop(release=True)
 
     def stores(self) -> tuple[Any, Any, str]:
         """(live store, history store, description), opened once per configuration."""
@@ -682,9 +711,7 @@ class Manager:
         for s in list(self.streams.values()):
             s.stop()
         self.streams.clear()
-        from .lease import release_all
-
-        release_all(self)  # after the streams flushed: the next writer continues from their state
+        self.release_leases()  # after the streams flushed: the next writer continues from their state
         if self._sim is not None:
             try:
                 self._sim.stop()

@@ -19,12 +19,15 @@ See docs/stores.md.
 from __future__ import annotations
 
 import json
+import logging
 import time
 from typing import Any
 
 import numpy as np
 
 from ..core.candles import Candle, CandleBatch
+
+log = logging.getLogger("kiteohlc_lab.stores")
 
 STREAM_MAXLEN = 10_000
 SCRIPT_CHUNK = 1000  # instruments per server-side write script
@@ -86,11 +89,17 @@ def redis_client(url: str, **kw: Any):
 
 
 # The single-server write: ARGV = prefix, now (ns), payload JSON, forming message ("" for none),
-# stream maxlen. Numbers are re-printed with the shortest of 15-17 digits that reads back to the same
+# stream maxlen, fence JSON ({token: lease generation}, "" for none), then the state column blobs.
+# Fencing: an instrument in the fence whose generation is older than its lease's current one
+# (``P{T}:lease:gen``, see kiteohlc_lab.lease) is not written at all (a stale writer's late batch);
+# the script returns the tokens refused. Numbers are re-printed with the shortest of 15-17 digits that reads back to the same
 # double (as Python's repr does); candle starts travel in seconds (they are whole seconds) so that
 # epoch nanoseconds never pass through a Lua double. oi < 0 means "none" (nan).
 _WRITE_LUA = """
 local p, now, d, msg, maxlen = ARGV[1], ARGV[2], cjson.decode(ARGV[3]), ARGV[4], ARGV[5]
+local gens = nil
+if ARGV[6] ~= '' then gens = cjson.decode(ARGV[6]) end
+local verdict, refused = {}, {}
 local function num(x)
   if x ~= x then return 'nan' end
   if x == math.floor(x) and math.abs(x) < 1e15 then return string.format('%d', x) .. '.0' end
@@ -108,6 +117,21 @@ local function key(t, kind, tf)
   return k
 end
 local function oi(x) if x < 0 then return 'nan' end return num(x) end
+local function ok(t)  -- may this writer write instrument t? (its generation is not older)
+  if not gens then return true end
+  local ts = int(t)
+  local v = verdict[ts]
+  if v ~= nil then return v end
+  local mine = gens[ts]
+  if mine == nil then
+    v = true
+  else
+    v = mine >= tonumber(redis.call('GET', p .. '{' .. ts .. '}:lease:gen') or '0')
+    if not v then refused[#refused + 1] = ts end
+  end
+  verdict[ts] = v
+  return v
+end
 local function write_last(last)  -- token -> {price, oi, start, tf}
   for t, v in pairs(last) do
     redis.call('HSET', p .. '{' .. t .. '}:last', 'price', v[1], 'oi', v[2], 'start', v[3], 'tf', v[4],
@@ -116,27 +140,31 @@ local function write_last(last)  -- token -> {price, oi, start, tf}
 end
 for _, g in ipairs(d.x) do
   for i = 1, #g.t do
-    redis.call('XADD', key(g.t[i], 'closed', g.tf), 'MAXLEN', '~', maxlen, '*',
+    if ok(g.t[i]) then redis.call('XADD', key(g.t[i], 'closed', g.tf), 'MAXLEN', '~', maxlen, '*',
       'start', int(g.s[i]) .. '000000000', 'open', num(g.o[i]), 'high', num(g.h[i]),
       'low', num(g.l[i]), 'close', num(g.c[i]), 'volume', num(g.v[i]), 'oi', oi(g.oi[i]),
-      'ticks', int(g.n[i]), 'amended', int(g.a[i]))
+      'ticks', int(g.n[i]), 'amended', int(g.a[i])) end
   end
 end
 local last = {}
 for _, g in ipairs(d.f) do
   for i = 1, #g.t do
+    if ok(g.t[i]) then
     local s, c, o = int(g.s[i]) .. '000000000', num(g.c[i]), oi(g.oi[i])
     redis.call('HSET', key(g.t[i], 'forming', g.tf), 'start', s, 'open', num(g.o[i]),
       'high', num(g.h[i]), 'low', num(g.l[i]), 'close', c, 'volume', num(g.v[i]), 'oi', o,
       'ticks', int(g.n[i]), 'updated', now)
     last[int(g.t[i])] = {c, o, s, g.tf}
+    end
   end
 end
 write_last(last)
 for i = 1, #d.st.t do
   local t = int(d.st.t[i])
-  redis.call('SET', p .. '{' .. t .. '}:state', d.st.j[i])
-  redis.call('SADD', p .. 'tokens', t)
+  if ok(t) then
+    redis.call('SET', p .. '{' .. t .. '}:state', d.st.j[i])
+    redis.call('SADD', p .. 'tokens', t)
+  end
 end
 local sc = d.sc
 if sc then
@@ -148,7 +176,7 @@ if sc then
     local out = cache[id]
     if out then return out end
     out = {}
-    local s, pos, left = ARGV[5 + b], ((c - 1) * m) * 8 + 1, m
+    local s, pos, left = ARGV[6 + b], ((c - 1) * m) * 8 + 1, m
     while left > 0 do
       local k = math.min(left, 500)
       local vals = {struct.unpack(k == 500 and fmt500 or ('<' .. string.rep('d', k)), s, pos)}
@@ -171,6 +199,7 @@ if sc then
     for k = 1, m do
       local i = col(b, m, 1, k)
       local t = int(col(1, n, 1, i))
+      if ok(t) then
       local start = int(col(b, m, 2, k)) .. '000000000'
       local o, h, l, c, v = num(col(b, m, 3, k)), num(col(b, m, 4, k)), num(col(b, m, 5, k)),
         num(col(b, m, 6, k)), num(col(b, m, 7, k))
@@ -184,21 +213,24 @@ if sc then
       local s = '"' .. tf .. '":{"bucket":' .. start .. ',"open":' .. o .. ',"high":' .. h .. ',"low":' .. l ..
         ',"close":' .. c .. ',"vol":' .. v .. ',"oi":' .. js .. ',"ticks":' .. ticks .. ',"last_ts":' .. lt .. '}'
       if parts[i] then parts[i] = parts[i] .. ',' .. s else parts[i] = s end
+      end
     end
   end
   write_last(last)
   for i = 1, n do
     local t = int(col(1, n, 1, i))
+    if ok(t) then
     local prev = col(1, n, 2, i)
     local st = '{"vol":{"prev":' .. (prev ~= prev and 'null' or num(prev)) ..
       ',"prev_ts":' .. ns(col(1, n, 5, i), col(1, n, 6, i)) .. ',"segmax":' .. num(col(1, n, 3, i)) ..
       ',"day":' .. int(col(1, n, 4, i)) .. '},"forming":{' .. (parts[i] or '') .. '},"clock":' .. sc.clock .. '}'
     redis.call('SET', p .. '{' .. t .. '}:state', st)
     redis.call('SADD', p .. 'tokens', t)
+    end
   end
 end
 if msg ~= '' then redis.call('PUBLISH', p .. 'forming', msg) end
-return 0
+return refused
 """
 
 
@@ -256,10 +288,39 @@ class RedisLive:
         self._cluster = hasattr(self._r, "get_nodes")  # redis.cluster.RedisCluster
         self._script: Any = None
         self._last_error: str | None = None
+        # fencing (kiteohlc_lab.lease): ``fence.fence()`` -> (version, {token: generation})
+        self.fence: Any = None
+        self._fence_json: tuple[Any, str] = (None, "")
+        self.fenced = 0  # instrument writes refused: a newer lease generation holds them
 
     @property
     def client(self) -> Any:
         return self._r
+
+    def set_fence(self, fence: Any) -> None:
+        """Stamp every write with ``fence.fence()``'s lease generations (a ``LeaseKeeper``): the
+        write script refuses instruments whose lease a newer generation holds. Single server only
+        (the cluster pipeline path is not fenced)."""
+        self.fence = fence
+        self._fence_json = (None, "")
+
+    def _fence_arg(self) -> str:
+        if self.fence is None:
+            return ""
+        version, gens = self.fence.fence()
+        cached = self._fence_json
+        if cached[0] != (id(self.fence), version):
+            text = json.dumps({str(t): g for t, g in gens.items()}, separators=(",", ":")) if gens else ""
+            cached = self._fence_json = ((id(self.fence), version), text)
+        return cached[1]
+
+    def _refused(self, results: list) -> None:
+        toks = sorted({int(_s(t)) for r in results if isinstance(r, list) for t in r})
+        if toks:
+            self.fenced += len(toks)
+            log.warning("live store refused a stale write of %d instrument(s) (%s): a newer lease "
+                        "generation holds them (%d refused so far)", len(toks),
+                        ", ".join(map(str, toks[:10])), self.fenced)
 
     # -- keys -------------------------------------------------------------------------------------
     def key(self, token: int, kind: str, tf: str | None = None) -> str:
@@ -380,12 +441,16 @@ class RedisLive:
         text = (json.dumps({"tfs": {tf: {"token": t} for tf, t in changed.items()}}, separators=(",", ":"))
                 if self.publish_forming and changed else "")
         now = str(time.time_ns())
+        fence = self._fence_arg()
         pipe = self._r.pipeline(transaction=False) if len(calls) > 1 else None
+        results = []
         for k, (header, blobs) in enumerate(calls):
-            self._script(args=[self.prefix, now, json.dumps(header, separators=(",", ":")),
-                               text if k == len(calls) - 1 else "", STREAM_MAXLEN, *blobs], client=pipe)
+            results.append(self._script(
+                args=[self.prefix, now, json.dumps(header, separators=(",", ":")),
+                      text if k == len(calls) - 1 else "", STREAM_MAXLEN, fence, *blobs], client=pipe))
         if pipe is not None:
-            pipe.execute()
+            results = pipe.execute()
+        self._refused(results)
 
     # -- reads ------------------------------------------------------------------------------------
     def load_states(self, tokens: list[int]) -> dict[int, dict]:
