@@ -13,6 +13,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -282,3 +283,136 @@ def test_stand_down_stops_the_stream_and_says_so_once(sim, r, prefix, tmp_path):
         assert r.get(f"{prefix}{{256265}}:state") == before  # a late write is refused
     finally:
         m.shutdown()
+
+
+# ---------------------------------------------------------------------- two collectors, SIGSTOP
+NIFTY, RELIANCE = 256265, 738561
+TFS = ["10s", "1m"]
+TEN = 10 * 10**9
+
+
+def _collector(sim, prefix: str, data_dir: Path, err: Path, env: dict) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "kiteohlc_lab.cli", "collect", "NIFTY,RELIANCE", *TFS,
+           "--source", "sim", "--ticker-url", sim.ticker_url, "--api-url", sim.api_url,
+           "--grace", "1", "--heartbeat", "0.5", "--lease-ttl", "1.5",
+           "--redis-url", REDIS_URL, "--redis-prefix", prefix, "--data-dir", str(data_dir)]
+    return subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=err.open("w"))
+
+
+def _closed_entries(r, prefix: str, tok: int, tf: str) -> list[tuple[int, int, bool]]:
+    """(stream id ms, start, amended) of every closed-candle entry in Redis."""
+    return [(int(i.split(b"-")[0]), int(f[b"start"]), f.get(b"amended") == b"1")
+            for i, f in r.xrange(f"{prefix}{{{tok}}}:closed:{tf}")]
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+@needs(redis_available(), "needs Redis at 127.0.0.1:6379")
+def test_collector_frozen_past_its_lease_stands_down_when_thawed(r, prefix, tmp_path):
+    """c1 streams, c2 stands by; c1 is frozen (SIGSTOP) past the lease TTL: c2 takes over (newer
+    generation). c1 thawed (SIGCONT) stands down within one renew period (one log line, its Kite
+    connection closed, standby again); the store holds one writer's candles: no start twice, and an
+    attached reader shows every candle the market made since the takeover."""
+    import os
+
+    from kiteohlc_lab.collector import list_collectors
+    from kiteohlc_lab.config import KiteOHLC
+    from kiteohlc_lab.core.reference import ReferenceAggregator
+    from kiteohlc_lab.feeds.simulator import KiteSimulator
+    from kiteohlc_lab.runtime import Manager
+
+    token = "sekrit-access-token-4242"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("KITEOHLC_", "KITE_"))}
+    env.update(KITE_API_KEY="testkey", KITE_ACCESS_TOKEN=token,
+               PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    sim = KiteSimulator(tick_interval=0.5, api_key="testkey", access_token=token).start()
+    cfg = KiteOHLC(redis_url=REDIS_URL, redis_prefix=prefix, data_dir=str(tmp_path / "c1"))
+    err1, err2 = tmp_path / "c1.stderr", tmp_path / "c2.stderr"
+    procs: list[subprocess.Popen] = []
+    m = Manager(KiteOHLC(grace=1.0, redis_url=REDIS_URL, redis_prefix=prefix,
+                         data_dir=str(tmp_path / "reader")))
+    gen = f"{prefix}{{{NIFTY}}}:lease:gen"
+    lease = f"{prefix}{{{NIFTY}}}:lease"
+    try:
+        c1 = _collector(sim, prefix, tmp_path / "c1", err1, env)
+        procs.append(c1)
+        wait_for(lambda: sim.connections == 1, 30, "the first collector to connect")
+        c2 = _collector(sim, prefix, tmp_path / "c2", err2, env)
+        procs.append(c2)
+        wait_for(lambda: [e for e in list_collectors(cfg) if e["pid"] == c2.pid and e["waiting"]], 30,
+                 "the second collector to stand by")
+        assert int(r.get(gen)) == 1 and f":{c1.pid}:" in r.get(lease).decode()
+        assert m.start("NIFTY,RELIANCE", TFS, source="redis").source == "redis"
+
+        c1.send_signal(signal.SIGSTOP)  # stalled: no renewal, its socket stays open
+        wait_for(lambda: f":{c2.pid}:" in (r.get(lease) or b"").decode(), 20,
+                 "the standby to take the lease once the TTL passed")
+        assert int(r.get(gen)) == 2
+        wait_for(lambda: sim.total_connections >= 2, 20, "the standby to connect")
+        took_over = time.time_ns()
+        n = len(sim.sent())
+        wait_for(lambda: len(sim.sent()) >= n + 8, 20, "ticks to both (one frozen)")
+
+        c1.send_signal(signal.SIGCONT)
+        thawed = time.monotonic()
+        wait_for(lambda: "lost the lease of NIFTY, RELIANCE" in err1.read_text(), 10,
+                 "the thawed collector to stand down")
+        stood_down = time.monotonic() - thawed
+        wait_for(lambda: sim.connections == 1, 10, "the thawed collector to close its connection")
+        assert c1.poll() is None, "the thawed collector exited instead of standing by"
+        wait_for(lambda: [e for e in list_collectors(cfg)
+                          if e["pid"] == c1.pid and e["waiting"] == ["NIFTY", "RELIANCE"]
+                          and not e["symbols"]], 10, "the thawed collector to stand by")
+        assert f":{c2.pid}:" in r.get(lease).decode() and int(r.get(gen)) == 2
+        lines = [ln for ln in err1.read_text().splitlines() if "lost the lease" in ln]
+        assert len(lines) == 1, lines
+
+        # the market goes on; c2 alone writes: every candle from the first whole 10 s candle after
+        # the takeover, as the reference builds it from every tick sent, and no start twice
+        cutoff = (took_over // TEN + 2) * TEN
+        wait_for(lambda: int(sim.sent().ts.max()) >= cutoff + 2 * TEN, 40, "two more 10 s candles")
+        sim.pause()
+
+        def check() -> str:
+            ref = ReferenceAggregator(TFS, grace=1.0)
+            sent = sim.sent()
+            ref.feed(sent.take(np.isin(sent.token, [NIFTY, RELIANCE])))
+            exp = {(c.token, c.start): (c.open, c.high, c.low, c.close, c.volume)
+                   for c in ref.closed if c.tf == "10s" and c.start >= cutoff}
+            exp.update({(tok, c.start): (c.open, c.high, c.low, c.close, c.vol)
+                        for (tok, tf), c in ref.forming.items() if tf == "10s" and c.start >= cutoff})
+            problems = []
+            for tok in (NIFTY, RELIANCE):
+                df = m.candles(tok, "10s")
+                starts = df.index.as_unit("ns").asi8.tolist()
+                if len(set(starts)) != len(starts):
+                    problems.append(f"{tok}: duplicate starts in the reader")
+                rows = dict(zip(starts, df[["open", "high", "low", "close", "volume"]].to_numpy().tolist()))
+                for (t, s), e in exp.items():
+                    if t == tok and (s not in rows or not np.allclose(rows[s], e)):
+                        problems.append(f"{tok} {s}: expected {e} observed {rows.get(s)}")
+            return "\n".join(problems)
+
+        try:
+            wait_for(lambda: check() == "", 15, "the reader to show every candle since the takeover")
+        except AssertionError:
+            raise AssertionError(check()) from None
+        for tok in (NIFTY, RELIANCE):
+            for tf in TFS:
+                starts = [s for _id, s, amended in _closed_entries(r, prefix, tok, tf) if not amended]
+                assert len(starts) == len(set(starts)), f"{tok} {tf}: a candle closed by two writers"
+        print(f"stood down {stood_down:.2f} s after SIGCONT; refused: "
+              f"{[ln for ln in err1.read_text().splitlines() if 'refused a stale write' in ln]}")
+        assert stood_down < 0.5 + 2.0  # one renew period (ttl / 3), plus a loaded machine's slack
+        sim.resume()
+        for p in (c1, c2):
+            p.send_signal(signal.SIGTERM)
+        assert c1.wait(10) == 0 and c2.wait(10) == 0
+    finally:
+        m.shutdown()
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGCONT)
+                p.kill()
+                p.wait(10)
+        sim.stop()
