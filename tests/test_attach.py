@@ -228,7 +228,7 @@ def test_own_feed_takes_and_gives_back_leases(prefix, tmp_path, client):
         info = m.start("NIFTY", "1m")  # nobody streams NIFTY: own (built-in simulator) feed
         assert info.source == "sim"
         owner = client.get(f"{prefix}{{{NIFTY}}}:lease").decode()
-        assert owner == m._lease_keeper.owner
+        assert owner == m.leases.owner
         m.stop()
         assert client.get(f"{prefix}{{{NIFTY}}}:lease") is None
     finally:
