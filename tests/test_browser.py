@@ -56,11 +56,11 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def write_notebook(path: Path) -> None:
+def write_notebook(path: Path, cells: list[str] = CELLS) -> None:
     import nbformat
 
     nb = nbformat.v4.new_notebook()
-    nb.cells = [nbformat.v4.new_code_cell(src) for src in CELLS]
+    nb.cells = [nbformat.v4.new_code_cell(src) for src in cells]
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
     nbformat.write(nb, path)
 
@@ -212,3 +212,119 @@ def test_live_view_refreshes_in_a_real_browser(chromium, lab, tmp_path):
             shutil.copyfile(tmp_path / name, DOCS / name)
     print(f"browser test: {time.monotonic() - t0:.1f} s in the browser, {changed:.2%} of chart pixels"
           " changed", file=sys.stderr)
+
+
+# -- the interactive live chart (live.chart(): anywidget + lightweight-charts)
+CHART_CELLS = [
+    "%load_ext kiteohlc_lab",
+    # a simulator ticking 20 times a second, reached like Kite (the built-in one ticks once a second)
+    "from kiteohlc_lab.feeds.simulator import KiteSimulator\n"
+    "sim = KiteSimulator(tick_interval=0.05).start()\n"
+    "for k, v in dict(ticker_url=sim.ticker_url, api_url=sim.api_url, api_key=sim.api_key,\n"
+    "                 access_token=sim.access_token).items():\n"
+    "    get_ipython().run_line_magic('config', f'KiteOHLC.{k} = {v!r}')",
+    "live = %ohlc_stream NSE:RELIANCE 1m --source kite --backfill 1d",
+    "chart = live.chart(height=460)\n"
+    "chart.add_line('sma20', lambda df: df.close.rolling(20).mean())\n"
+    "chart",
+]
+CHART_JS = "() => { const c = document.querySelector('.kohlc-chart'); return c && c.parentElement; }"
+
+
+def chart_data(page) -> dict:
+    return page.evaluate(f"() => {{ const el = ({CHART_JS})(); return el ? {{...el.dataset}} : null; }}")
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_live_chart_in_a_real_browser(chromium, lab, tmp_path):
+    from playwright.sync_api import sync_playwright
+
+    from kiteohlc_lab.notebook.chart import STATIC
+
+    need(STATIC.is_file(), "kiteohlc_lab/static/chart.js is not built (pip install -e . with npm)")
+    base, home = lab
+    write_notebook(home / "chart.ipynb", CHART_CELLS)
+    with sync_playwright() as pw:
+        ctx = pw.chromium.launch_persistent_context(
+            str(tmp_path / "chromium-profile"), executable_path=chromium, headless=True,
+            args=CHROMIUM_FLAGS, viewport={"width": 1280, "height": 900}, device_scale_factor=1)
+        try:
+            page = ctx.pages[0] if ctx.pages else ctx.new_page()
+            page.set_default_timeout(60_000)
+            console: list[str] = []
+            page.on("console", lambda m: console.append(f"{m.type}: {m.text}") if m.type == "error" else None)
+            page.goto(f"{base}/lab/tree/chart.ipynb?token={TOKEN}")
+            page.wait_for_function("() => window.jupyterapp && window.jupyterapp.shell"
+                                   " && document.querySelector('.jp-Notebook .jp-Cell')")
+            page.wait_for_function(
+                "() => { const p = window.jupyterapp.shell.currentWidget;"
+                " return p && p.sessionContext && p.sessionContext.session"
+                " && p.sessionContext.session.kernel"
+                " && p.sessionContext.session.kernel.status === 'idle'; }", timeout=90_000)
+            page.evaluate("() => window.jupyterapp.commands.execute('notebook:run-all-cells')")
+            page.evaluate("() => window.jupyterapp.commands.execute('application:toggle-left-area')"
+                          " .catch(() => null)")
+            page.wait_for_selector(".kohlc-chart canvas", state="visible", timeout=120_000)
+            t_shown = time.monotonic()
+            # the candles are there at once: the first load is one message
+            page.wait_for_function(f"() => {{ const el = ({CHART_JS})(); return el && +el.dataset.loads >= 1"
+                                   " && +el.dataset.bars >= 20; }", timeout=10_000)
+            first_paint = time.monotonic() - t_shown
+            errors = page.locator(".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.stderr']"
+                                  " , .jp-RenderedText[data-mime-type='application/vnd.jupyter.error']")
+            assert errors.count() == 0, errors.first.inner_text()
+            box = page.locator(".kohlc-chart").first
+            box.scroll_into_view_if_needed()
+
+            # 10 s of live updates: count how often the drawn last candle changed
+            page.evaluate(f"""() => {{
+                const el = ({CHART_JS})();
+                window.__lastChanges = 0;
+                let prev = el.dataset.last;
+                new MutationObserver(() => {{
+                    if (el.dataset.last !== prev) {{ prev = el.dataset.last; window.__lastChanges++; }}
+                }}).observe(el, {{attributes: true, attributeFilter: ["data-last"]}});
+            }}""")
+            before = chart_data(page)
+            time.sleep(10)
+            after = chart_data(page)
+            changes = page.evaluate("() => window.__lastChanges")
+            assert changes >= 60, (changes, before, after)
+            assert int(after["updates"]) - int(before["updates"]) >= 60, (before, after)
+            assert after["loads"] == before["loads"], "a delta stream, not reloads"
+
+            # wheel zoom changes the visible range; a drag pans back in time and shows the Live button
+            plot = page.locator(".kohlc-chart .kohlc-plot").first
+            pb = plot.bounding_box()
+            cx, cy = pb["x"] + pb["width"] * 0.5, pb["y"] + pb["height"] * 0.35
+            page.mouse.move(cx, cy)
+            page.wait_for_timeout(200)
+            r0 = chart_data(page)
+            page.mouse.wheel(0, -400)
+            page.wait_for_function(f"() => {{ const d = ({CHART_JS})().dataset;"
+                                   f" return Math.abs((d.to - d.from) - ({r0['to']} - {r0['from']})) > 1; }}",
+                                   timeout=5_000)
+            r1 = chart_data(page)
+            assert float(r1["to"]) - float(r1["from"]) < float(r0["to"]) - float(r0["from"]), (r0, r1)
+            legend = page.locator(".kohlc-chart .kohlc-legend").first.inner_text()
+            assert "O " in legend and "V " in legend, legend
+            page.screenshot(path=str(tmp_path / "chart_page.png"))
+            box.screenshot(path=str(tmp_path / "chart.png"))
+            page.mouse.down()
+            page.mouse.move(cx + 400, cy, steps=8)
+            page.mouse.up()
+            live_button = page.locator(".kohlc-chart .kohlc-live").first
+            live_button.wait_for(state="visible", timeout=5_000)
+            r2 = chart_data(page)
+            assert float(r2["to"]) < float(r1["to"]) - 5, (r1, r2)
+            live_button.click()
+            live_button.wait_for(state="hidden", timeout=5_000)
+            assert not [c for c in console if "kohlc" in c or "lightweight" in c], console
+        finally:
+            ctx.close()
+    if os.environ.get("UPDATE_SCREENSHOTS"):
+        DOCS.mkdir(exist_ok=True)
+        shutil.copyfile(tmp_path / "chart.png", DOCS / "chart.png")
+    print(f"chart browser test: first paint {first_paint:.2f} s after the canvas, {changes} changes of"
+          f" the last candle in 10 s", file=sys.stderr)

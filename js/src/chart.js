@@ -114,7 +114,7 @@ export function createLiveChart(el, opts = {}) {
   let tick = opts.tick > 0 ? opts.tick : 0.05;
   let precision = decimals(tick);
   let seconds = !!opts.seconds;
-  const priceFormatter = (p) => p.toFixed(precision);
+  const priceFormatter = (p) => (Math.round(p / tick) * tick).toFixed(precision); // to the tick size
 
   const chart = createChart(plot, {
     autoSize: true,
