@@ -23,7 +23,8 @@ Readings of the text where it leaves room (each one a decision, stated once here
 * Amend: "that candle's last tick" is the tick that set its close; the amended tick's oi replaces the
   candle's when present; the tick count grows by one.
 * fill_empty: the flat candles carry the previous candle's close as open/high/low/close, volume 0,
-  ticks 0, the previous candle's oi; they are emitted (closed) when the candle after the gap opens.
+  ticks 0, and no oi (rule 3: they have no ticks); they are emitted (closed) when the candle after the
+  gap opens.
 """
 
 from __future__ import annotations
@@ -348,7 +349,7 @@ class Oracle:
                 bs, be = self.bucket(token, length, b)
                 flat = {"token": token, "tf": label, "start": bs, "end": be, "open": prev["close"],
                         "high": prev["close"], "low": prev["close"], "close": prev["close"], "volume": 0.0,
-                        "oi": prev["oi"], "ticks": 0, "amended": False, "last_ts": bs}
+                        "oi": math.nan, "ticks": 0, "amended": False, "last_ts": bs}
                 self._close(key, flat)
                 b = be
         s["forming"] = {"token": token, "tf": label, "start": start, "end": end, "open": price, "high": price,

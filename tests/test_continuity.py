@@ -17,8 +17,8 @@ import pytest
 from kiteohlc_lab.stores.redis_live import RedisLive
 
 from conftest import need, redis_available
-from kiteohlc_lab.core.reference import ReferenceAggregator
 from kiteohlc_lab.feeds.synthetic import make_ticks, write_tape
+from oracle import Oracle
 
 TFS = ["1m", "5m", "15m"]
 SYMS = {"RELIANCE": 738561, "INFY": 408065, "NIFTY": 256265}
@@ -46,15 +46,15 @@ KERNEL = textwrap.dedent(
 
 
 def reference(ticks):
-    ref = ReferenceAggregator(TFS)
+    ref = Oracle(TFS)  # replay: one continuous tape, whichever kernel reads which part of it
     ref.feed(ticks)
     ref.flush()
     out = {}
     for sym, tok in SYMS.items():
         for tf in TFS:
-            rows = sorted((c for c in ref.closed if c.token == tok and c.tf == tf), key=lambda c: c.start)
-            out[f"{sym}/{tf}"] = ([c.date.isoformat() for c in rows],
-                                  [[c.open, c.high, c.low, c.close, c.volume] for c in rows])
+            df = ref.frame(tok, tf)
+            out[f"{sym}/{tf}"] = ([t.isoformat() for t in df.index],
+                                  df[["open", "high", "low", "close", "volume"]].values.tolist())
     return out
 
 

@@ -432,6 +432,17 @@ def test_empty_buckets_filled_on_request_within_one_day_only():
     check_package(rows, ["1m"], fill_empty=True)
 
 
+def test_a_late_tick_amends_a_flat_candle_when_that_is_the_last_closed_one():
+    rows = [(EQ, at("09:15:10"), 100.0, 10.0), (EQ, at("09:15:20"), 100.0, 11.0), (EQ, at("09:18:10"), 104.0, 20.0),
+            (EQ, at("09:17:30"), 90.0, 21.0)]   # late, for the flat 09:17 candle: the last closed one
+    o = run_oracle(rows, ["1m"], grace=0.0, fill_empty=True, late_policy="amend")
+    assert got(o, "1m") == [("09:15:00", 100, 100, 100, 100, 1), ("09:16:00", 100, 100, 100, 100, 0),
+                            ("09:17:00", 100, 100, 100, 100, 0), ("09:17:00", 100, 100, 90, 90, 1),
+                            ("09:18:00", 104, 104, 104, 104, 9)]
+    assert o.frame(EQ, "1m").loc[pd.Timestamp(f"{D1} 09:17", tz="Asia/Kolkata")].tolist() == [100, 100, 90, 90, 1]
+    check_package(rows, ["1m"], grace=0.0, fill_empty=True, late_policy="amend")
+
+
 def test_frame_last_version_wins_and_index_is_ist():
     o = run_oracle(AMEND, ["1m"], grace=1.0, late_policy="amend")
     f = o.frame(EQ, "1m")

@@ -14,26 +14,21 @@ import pandas as pd
 import pytest
 
 import kiteohlc_lab
-from kiteohlc_lab.core.reference import ReferenceAggregator
 from kiteohlc_lab.core.ticks import TickBatch
 from kiteohlc_lab.errors import SymbolError, TapeError
 from kiteohlc_lab.feeds.replay import ReplaySource, read_tape
 from kiteohlc_lab.feeds.synthetic import make_ticks, write_tape
+from oracle import Oracle
 
 RELIANCE, NIFTY = 738561, 256265
 
 
 def reference_frame(ticks: TickBatch, token: int, tf: str, grace: float = 5.0) -> pd.DataFrame:
-    ref = ReferenceAggregator([tf], grace=grace)
+    """The oracle's candles of one instrument (replay: the whole tape, its last candles included)."""
+    ref = Oracle([tf], grace=grace)
     ref.feed(ticks)
     ref.flush()
-    rows = sorted((c for c in ref.closed if c.token == token), key=lambda c: c.start)
-    df = pd.DataFrame(
-        {"open": [c.open for c in rows], "high": [c.high for c in rows], "low": [c.low for c in rows],
-         "close": [c.close for c in rows], "volume": [c.volume for c in rows]},
-        index=pd.DatetimeIndex([c.date for c in rows], name="date"),
-    )
-    return df
+    return ref.frame(token, tf)
 
 
 @pytest.fixture
