@@ -17,7 +17,7 @@ import re
 from pathlib import Path
 from typing import Any, Mapping
 
-from traitlets import Bool, Dict, Enum, Float, Unicode, default, validate
+from traitlets import Bool, Dict, Enum, Float, Int, Unicode, default, validate
 from traitlets.config import Configurable
 
 from .errors import ConfigError
@@ -123,6 +123,18 @@ class KiteOHLC(Configurable):
         {}, help="Session open per exchange, e.g. {'MCX': '09:00'} (defaults: NSE/BSE/NFO 09:15, MCX 09:00)."
     ).tag(config=True)
     refresh_interval = Float(0.5, help="Seconds between live view refreshes (throttle).").tag(config=True)
+    follow_interval = Float(
+        1.0, help="candles() of an instrument no stream of this process writes: re-read the stores "
+                  "(new candles only) when the last read is older than this many seconds (0: always)."
+    ).tag(config=True)
+    max_idle_series = Int(
+        256, help="Candle series kept in memory for instruments no stream, callback or view uses "
+                  "(least recently read ones are dropped; read again, they reload from the store)."
+    ).tag(config=True)
+    callback_queue = Int(
+        10_000, help="on_candle calls waiting for the callback thread at most (more are dropped, counted "
+                     "in status())."
+    ).tag(config=True)
 
     # -- defaults from the environment and .env (explicit config beats these)
     def _env_default(self, name: str, fallback: str = "") -> str:
@@ -179,6 +191,20 @@ class KiteOHLC(Configurable):
         value = float(proposal["value"])
         if value < 0 or (name != "grace" and value == 0):
             raise ConfigError(f"KiteOHLC.{name} = {value} is not accepted; use a positive number of seconds")
+        return value
+
+    @validate("follow_interval")
+    def _v_follow(self, proposal: Any) -> float:
+        value = float(proposal["value"])
+        if value < 0:
+            raise ConfigError(f"KiteOHLC.follow_interval = {value} is not accepted; use 0 or a positive number of seconds")
+        return value
+
+    @validate("max_idle_series", "callback_queue")
+    def _v_count(self, proposal: Any) -> int:
+        name, value = proposal["trait"].name, int(proposal["value"])
+        if value < (0 if name == "max_idle_series" else 1):
+            raise ConfigError(f"KiteOHLC.{name} = {value} is not accepted; use a positive whole number")
         return value
 
     @validate("data_dir")

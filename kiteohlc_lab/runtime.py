@@ -12,6 +12,7 @@ import json
 import logging
 import threading
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -21,6 +22,7 @@ import pandas as pd
 
 from .config import KiteOHLC
 from .errors import ConfigError, KiteOHLCError, SymbolError, TapeError
+from .core.bounded import CallbackWorker, ErrorLog
 from .core.candles import Candle, CandleBatch, empty_frame
 from .core.engine import Engine
 from .core.series import SeriesBuffer
@@ -84,7 +86,15 @@ class Manager:
         # the LeaseKeeper of this process's own feeds (lease_keeper() creates it; it fences the live
         # store's writes and calls lease.stand_down when a lease is lost)
         self.leases: Any = None
-        self.errors: list[tuple[str, str]] = []  # (stream, message), for the notebook to surface once
+        # (stream, message), for the notebook to surface once: the last 1000 (``errors.total`` counts all)
+        self.errors: ErrorLog = ErrorLog(1000)
+        # series no stream of this process writes: least recently read last, at most
+        # cfg.max_idle_series of them kept (those a stream, callback or pin uses are never dropped)
+        self._lru: OrderedDict[tuple[int, str], None] = OrderedDict()
+        self._pins: dict[tuple[int, str], int] = {}
+        self.evicted = 0  # series dropped from memory (they reload from the store when read)
+        self._follower: Any = None  # stores.follow.StoreFollower over the current stores
+        self._callback_worker: CallbackWorker | None = None
         self._health_cache: tuple[float, str] | None = None
         self.messages: list[str] = []
 
@@ -464,8 +474,11 @@ class Manager:
         for sym, tok in pairs:
             self.names.setdefault(tok, sym)
             self.symbol_tokens[sym.upper()] = tok
-        for tf in tfs:
-            self._load_buffers([tok for _sym, tok in pairs], tf.label)
+        with self._lock:
+            for tf in tfs:
+                self._load_buffers([tok for _sym, tok in pairs], tf.label)
+                for _sym, tok in pairs:  # a stream writes them now: never evicted while it runs
+                    self._lru.pop((tok, tf.label), None)
         eng = engine if engine is not None else (stream.engine if stream else None)
         if eng is None:
             return {}
@@ -555,24 +568,43 @@ class Manager:
         return stopped
 
     def wait(self, timeout: float | None = None) -> bool:
-        """Block until every replay stream is consumed (True) or ``timeout`` seconds pass (False)."""
+        """Block until every replay stream is consumed and the on_candle calls of its candles have
+        run (True), or ``timeout`` seconds pass (False)."""
         deadline = None if timeout is None else time.monotonic() + timeout
+        replays = 0
         for s in list(self.streams.values()):
             if s.source.live:
                 continue
+            replays += 1
             left = None if deadline is None else max(0.0, deadline - time.monotonic())
             if not s.done.wait(left):
                 return False
+        w = self._callback_worker
+        if w is not None and replays:
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            return w.wait_idle(left)
         return True
 
     def status(self) -> list[dict]:
         out = []
         store_health = self._store_health()
+        callbacks = self.callbacks_status() if self._callback_worker is not None else None
         for s in list(self.streams.values()):
             st = s.status()
             st["store"] = store_health
+            if callbacks is not None:  # on_candle calls of this process (one worker for all)
+                st["callbacks"] = dict(callbacks)
             out.append(st)
         return out
+
+    def memory_status(self) -> dict:
+        """What the reading side keeps: series in memory (and idle ones), series dropped, pins,
+        on_candle calls backlogged/dropped, errors kept/dropped."""
+        with self._lock:
+            kept, idle = len(self.buffers), len(self._lru)
+        return {"series": kept, "idle_series": idle, "max_idle_series": int(self.cfg.max_idle_series),
+                "evicted": self.evicted, "pinned": len(self._pins), "callbacks": self.callbacks_status(),
+                "errors": len(self.errors), "errors_dropped": self.errors.dropped}
 
     def _store_health(self) -> str:
         if self._stores is None:
@@ -600,11 +632,94 @@ class Manager:
 
     # ------------------------------------------------------------------ reading
     def series(self, symbol: str | int, tf: str) -> SeriesBuffer:
+        """The series of ``symbol`` at ``tf``; one that no stream of this process writes follows the
+        stores (what another process's writer stored shows within ``cfg.follow_interval`` s)."""
         tok = self.token_of(symbol)
         label = parse_timeframe(tf).label
+        key = (tok, label)
         with self._lock:
             self._load_buffers([tok], label)
-            return self.buffers[(tok, label)]
+            buf = self.buffers[key]
+            self._lru[key] = None
+            self._lru.move_to_end(key)
+            if len(self._lru) > self.cfg.max_idle_series:
+                self._evict()
+        self._follow(key, buf)
+        return buf
+
+    def in_use(self, key: tuple[int, str]) -> bool:
+        """True while a stream of this process (own or attached), a callback or a pin uses the
+        series ``key`` = (token, timeframe label)."""
+        return bool(self._callbacks.get(key) or self._pins.get(key)) or self._written_here(key)
+
+    def pin(self, symbol: str | int, tf: str) -> Callable[[], None]:
+        """Keep the series of ``symbol`` at ``tf`` in memory (a live view uses it); returns the unpin."""
+        key = (self.token_of(symbol), parse_timeframe(tf).label)
+        with self._lock:
+            self._pins[key] = self._pins.get(key, 0) + 1
+        done = []
+
+        def unpin() -> None:
+            if done:
+                return
+            done.append(1)
+            with self._lock:
+                left = self._pins.get(key, 0) - 1
+                if left > 0:
+                    self._pins[key] = left
+                else:
+                    self._pins.pop(key, None)
+
+        return unpin
+
+    def _evict(self) -> None:
+        """Drop the least recently read series beyond ``cfg.max_idle_series`` (under ``_lock``)."""
+        limit = max(0, int(self.cfg.max_idle_series))
+        while len(self._lru) > limit:
+            key = next(iter(self._lru))
+            del self._lru[key]
+            if self.in_use(key):
+                continue  # not idle: back in the LRU when it is read again
+            if self.buffers.pop(key, None) is not None:
+                self.evicted += 1
+
+    def _follow(self, key: tuple[int, str], buf: SeriesBuffer) -> None:
+        """Re-read the stores for a series no stream of this process writes, at most every
+        ``cfg.follow_interval`` seconds (new candles and the forming one only)."""
+        interval = float(self.cfg.follow_interval)
+        if time.monotonic() - buf.refreshed < interval or self._written_here(key):
+            return
+        if not buf.refresh_lock.acquire(blocking=False):
+            return  # another reader is refreshing it right now
+        try:
+            if time.monotonic() - buf.refreshed < interval:
+                return
+            follower = self._store_follower()
+            follower.refresh(buf)
+            buf.refreshed = time.monotonic()
+        except Exception as exc:  # noqa: BLE001 - a read never fails for following
+            log.debug("following the stores for %s: %s", key, exc)
+        finally:
+            buf.refresh_lock.release()
+
+    def _written_here(self, key: tuple[int, str]) -> bool:
+        """A stream of this process (own or attached) that has not ended feeds the series ``key``."""
+        tok, label = key
+        for s in list(self.streams.values()):
+            if s.done.is_set() or tok not in s.tokens:  # done: stopped, failed or finished
+                continue
+            if any(t.label == label for t in s.engine.timeframes):
+                return True
+        return False
+
+    def _store_follower(self) -> Any:
+        from .stores.follow import StoreFollower
+
+        live, hist, _ = self.stores()
+        f = self._follower
+        if f is None or f.hist is not hist or f.live is not live:
+            f = self._follower = StoreFollower(live, hist)
+        return f
 
     def _load_buffers(self, tokens: list[int], tf: str) -> None:
         """Create the series of ``tokens`` at ``tf`` that do not exist yet, with their stored history
@@ -650,6 +765,7 @@ class Manager:
         if not callable(fn):
             raise TypeError("on_candle needs a callable taking one Candle")
         key = (self.token_of(symbol), parse_timeframe(tf).label)
+        self._callbacks_worker()  # its thread runs the calls (started here, not on a stream thread)
         with self._lock:
             self._callbacks.setdefault(key, []).append(fn)
 
@@ -661,7 +777,11 @@ class Manager:
         return unsubscribe
 
     # ------------------------------------------------------------------ Listener (stream threads)
+    # grace the stream thread gives an idle callback worker (see CallbackWorker), seconds
+    callback_grace = 0.05
+
     def on_closed(self, stream: Stream, batches: list[CandleBatch]) -> None:
+        jobs: list[tuple[Callable, Candle]] = []
         for b in batches:
             order = np.argsort(b.token, kind="stable")
             toks = b.token[order]
@@ -674,9 +794,27 @@ class Manager:
                     buf.upsert(part)
                 fns = self._callbacks.get((tok, b.tf))
                 if fns:
-                    for candle in part:
-                        for fn in list(fns):
-                            self._call(fn, candle)
+                    fns = list(fns)
+                    jobs += [(fn, candle) for candle in part for fn in fns]
+        if jobs:  # on their own thread: a slow callback never holds up (or grows) the stream
+            worker = self._callback_worker or self._callbacks_worker()
+            if worker.submit(jobs):
+                worker.wait_idle(self.callback_grace)
+
+    def _callbacks_worker(self) -> CallbackWorker:
+        with self._lock:
+            w = self._callback_worker
+            if w is None:
+                w = self._callback_worker = CallbackWorker(self._call, maxsize=self.cfg.callback_queue)
+            return w
+
+    def callbacks_status(self) -> dict:
+        """on_candle calls: queued (backlog now), called, dropped (queue full), max_backlog, limit."""
+        w = self._callback_worker
+        if w is None:
+            return {"queued": 0, "called": 0, "dropped": 0, "max_backlog": 0,
+                    "limit": int(self.cfg.callback_queue)}
+        return w.status()
 
     def _call(self, fn: Callable, candle: Candle) -> None:
         try:
@@ -711,6 +849,9 @@ class Manager:
         for s in list(self.streams.values()):
             s.stop()
         self.streams.clear()
+        w, self._callback_worker = self._callback_worker, None
+        if w is not None:  # what the streams closed last is called, for up to 2 s
+            w.stop(2.0)
         self.release_leases()  # after the streams flushed: the next writer continues from their state
         if self._sim is not None:
             try:

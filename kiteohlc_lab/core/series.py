@@ -9,6 +9,7 @@ snapshot never blocks the stream for long.
 from __future__ import annotations
 
 import threading
+import time
 from typing import Any
 
 import numpy as np
@@ -37,6 +38,10 @@ class SeriesBuffer:
         self._engine_lock: Any = None  # held by the engine's stream thread while it changes
         self._cache: tuple[int, bool, pd.DataFrame] | None = None
         self.gaps: list[tuple[int, int]] = []  # marked, unrepaired outages (epoch ns)
+        # readers that follow the store (runtime.Manager): when it was last brought up to date from
+        # the stores (monotonic seconds), and the lock of the one reader doing it
+        self.refreshed = time.monotonic()
+        self.refresh_lock = threading.Lock()
 
     def __len__(self) -> int:
         return self._n + (self.forming is not None)
@@ -66,6 +71,11 @@ class SeriesBuffer:
             self._engine = engine
             self._forming = None
             self._version += 1
+
+    @property
+    def engine_bound(self) -> bool:
+        """True when the forming candle comes from a running engine (``bind_engine``)."""
+        return self._engine is not None
 
     # -- writers
     def upsert(self, batch: CandleBatch | Any) -> None:

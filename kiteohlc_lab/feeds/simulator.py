@@ -4,8 +4,9 @@ The real ``KiteTicker`` / ``KiteConnect`` clients connect to it (``root=sim.tick
 ``root=sim.api_url``); it is the live-path test bed, the default source without credentials, and
 ``kiteohlc-lab sim``. The WebSocket side runs on a ``websockets`` asyncio server in its own thread and
 event loop; REST runs on a ``ThreadingHTTPServer``. A seeded random walk (or a replay tape) makes the
-market; every tick generated is kept, so historical candles for the streamed period come from the very
-ticks that were sent, and ``sent()`` tells a test exactly what a client should have aggregated.
+market; the ticks generated are kept (the last ``max_log_ticks`` of them: a bounded window, hours of a
+busy market by default), so historical candles for the streamed period come from the very ticks that
+were sent, and ``sent()`` tells a test exactly what a client should have aggregated.
 
 >>> with KiteSimulator(tick_interval=0.05) as sim:          # doctest: +SKIP
 ...     kt = KiteTicker(sim.api_key, sim.access_token, root=sim.ticker_url)
@@ -49,6 +50,10 @@ __all__ = ["KiteSimulator", "SimInstrument", "DEFAULT_INSTRUMENTS", "main"]
 MINUTE_NS = 60 * NS
 MODES = ("ltp", "quote", "full")
 MAX_TOKENS_PER_CONNECTION = 3000
+# the tick logs (market(), sent()) keep this many ticks each, a batch counting LOG_BATCH_COST more
+# (its arrays): 2 million = 10 instruments every 50 ms for ~3 hours; about 100 MB at most
+LOG_TICKS = 2_000_000
+LOG_BATCH_COST = 32
 # What inject() can put on the wire (see KiteSimulator.inject).
 INJECT_KINDS = ("zero_volume", "stale_volume", "swap", "bogus_stamp", "zero_price", "late")
 _VOLUME_KINDS = ("zero_volume", "stale_volume", "swap")
@@ -253,7 +258,8 @@ class KiteSimulator:
                  api_key: str = "sim", access_token: str = "sim-token",
                  instruments: list[SimInstrument] | None = None, tick_interval: float = 1.0,
                  heartbeat_interval: float = 1.0, seed: int = 0, tape: str | None = None,
-                 speed: float = 1.0, max_connections: int = 3, api_secret: str = "sim-secret") -> None:
+                 speed: float = 1.0, max_connections: int = 3, api_secret: str = "sim-secret",
+                 max_log_ticks: int = LOG_TICKS) -> None:
         self.host, self.ws_port, self.http_port = host, ws_port, http_port
         self.api_key, self.access_token = api_key, access_token
         self.api_secret = api_secret  # POST /session/token checks Kite's checksum with it
@@ -272,6 +278,14 @@ class KiteSimulator:
         self._market = _Market(instr, seed, tape_df, speed)
 
         self._lock = threading.Lock()
+        # the tick logs keep a bounded window: each log at most max_log_ticks (a batch counting
+        # LOG_BATCH_COST more for its arrays); the oldest batches go first
+        self.max_log_ticks = max(1, int(max_log_ticks))
+        self._market_cost = 0
+        self._sent_cost = 0
+        self.market_dropped = 0  # ticks generated that fell out of market()
+        self.sent_offset = 0  # ticks sent that fell out of sent(): injected()[i]["index"] - this
+        self._window_ns = 0  # minutes before this start hold ticks no longer kept (history: none)
         self._market_log: list[TickBatch] = []
         self._sent_log: list[TickBatch] = []
         self._sent_kind: list[np.ndarray] = []  # per logged batch: "" or the injected kind, per tick
@@ -681,6 +695,13 @@ class KiteSimulator:
                 continue
             with self._lock:
                 self._market_log.append(batch)
+                self._market_cost += len(batch) + LOG_BATCH_COST
+                while self._market_cost > self.max_log_ticks and len(self._market_log) > 1:
+                    old = self._market_log.pop(0)
+                    self._market_cost -= len(old) + LOG_BATCH_COST
+                    self.market_dropped += len(old)
+                    # the minute of the oldest tick kept may have lost ticks: history starts after it
+                    self._window_ns = (int(self._market_log[0].ts.min()) // MINUTE_NS + 1) * MINUTE_NS
             if time.monotonic() < self._silent_until:
                 continue
             await self._broadcast(batch)
@@ -724,6 +745,13 @@ class KiteSimulator:
                                                 dtype=object))
                 self._frames += 1
                 self._sent_n += len(idx)
+                self._sent_cost += len(idx) + LOG_BATCH_COST
+                while self._sent_cost > self.max_log_ticks and len(self._sent_log) > 1:
+                    old = self._sent_log.pop(0)
+                    self._sent_kind.pop(0)
+                    self._sent_mode.pop(0)
+                    self._sent_cost -= len(old) + LOG_BATCH_COST
+                    self.sent_offset += len(old)
         if sends:
             await asyncio.gather(*sends, return_exceptions=True)
 
@@ -811,8 +839,10 @@ class KiteSimulator:
         return mins
 
     def _tick_minutes(self, inst: SimInstrument, lo: int, hi: int) -> dict[str, np.ndarray]:
-        """Minute candles built from the ticks generated (only minutes already over, like Kite)."""
+        """Minute candles built from the ticks generated (only minutes already over, like Kite);
+        none for minutes whose ticks left the bounded window."""
         t = self.market()
+        lo = max(lo, self._window_ns)
         sel = t.token == inst.instrument_token
         ts, price = t.ts[sel], t.price[sel]
         vol = np.nan_to_num(t.volume[sel])
