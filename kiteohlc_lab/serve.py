@@ -111,6 +111,10 @@ def build_app(manager: Any, api_key: str) -> Any:
         got = request.headers.get(API_KEY_HEADER, "").encode()
         if hmac.compare_digest(got, expected):
             return None
+        if request.url.path == "/" or request.url.path.startswith(("/chart/", "/static/")):
+            # the chart pages: a browser cannot send the header when it opens a page or an EventSource
+            if hmac.compare_digest(request.query_params.get("key", "").encode(), expected):
+                return None
         return JSONResponse({"error": f"missing or wrong {API_KEY_HEADER} header"}, status_code=401,
                             headers={"WWW-Authenticate": API_KEY_HEADER})
 
@@ -152,10 +156,13 @@ def build_app(manager: Any, api_key: str) -> Any:
     def openapi(request: Request) -> Response:
         return Response(json.dumps(OPENAPI), media_type="application/json")
 
+    from .serve_chart import chart_routes  # /, /chart/{symbol}/{tf}: the live chart on a web page
+
     return Starlette(routes=[
         Route("/candles/{symbol}/{tf}", candles, methods=["GET"]),
         Route("/status", status, methods=["GET"]),
         Route("/openapi.json", openapi, methods=["GET"]),
+        *chart_routes(manager, denied),
     ])
 
 

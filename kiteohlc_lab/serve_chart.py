@@ -1,0 +1,205 @@
+"""The live chart on a web page, for ``kiteohlc-lab serve``: ``/`` lists the streams, ``/chart/{symbol}/{tf}``
+is the notebook chart's JavaScript module (``kiteohlc_lab/static/chart.js``) fed by server-sent events
+from ``/chart/{symbol}/{tf}/events``: one full load (base64 float64 columns), then only what changed,
+at most ``rate`` messages per second (default 10), read from the manager's series (which follow the
+stores a collector writes).
+
+Behind the read API's key: browsers cannot send the ``X-API-Key`` header when they open a page or an
+``EventSource``, so these routes also take it as ``?key=`` (the page passes it on to its module and
+its event stream).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import html
+import json
+from typing import Any, Callable
+from urllib.parse import quote
+
+import numpy as np
+
+from .notebook.chart import COLS, WINDOW, STATIC, snapshot, stream_state
+
+HEARTBEAT = 15.0  # seconds between SSE comments on a quiet stream (proxies close idle connections)
+
+
+class Tracker:
+    """What one page has: a full load first, then the deltas since (as ``LiveChart`` sends them)."""
+
+    def __init__(self) -> None:
+        self.key: tuple[int, int] | None = None
+        self.seq = 0
+        self.total = 0
+        self.last_t = -np.inf
+        self.recent: dict[float, tuple] = {}
+
+    def _remember(self, rows: np.ndarray) -> None:
+        for r in rows[-WINDOW:]:
+            self.recent[float(r[0])] = tuple(float(x) for x in r)
+        if len(self.recent) > 2 * WINDOW:
+            for k in sorted(self.recent)[: len(self.recent) - WINDOW]:
+                del self.recent[k]
+
+    def full(self, series: Any, **extra: Any) -> dict:
+        snap = snapshot(series, None)
+        rows = snap.rows
+        self.seq += 1
+        self.key, self.total = snap.key, snap.total
+        self.last_t = float(rows[-1, 0]) if len(rows) else -np.inf
+        self.recent = {}
+        self._remember(rows)
+        buffers = [base64.b64encode(np.ascontiguousarray(rows[:, j]).tobytes()).decode() for j in range(6)]
+        return {"kind": "full", "seq": self.seq, "n": len(rows), "cols": list(COLS), "overlays": [],
+                "markers": [], "buffers": buffers, **extra}
+
+    def next(self, series: Any, **extra: Any) -> dict | None:
+        """The message that brings the page up to date with ``series``, or None."""
+        key = (id(series), int(series.version))
+        if self.key is None or key[0] != self.key[0]:
+            return self.full(series, **extra)
+        if key == self.key:
+            return None
+        snap = snapshot(series, WINDOW)
+        rows = snap.rows
+        new = rows[:, 0] > self.last_t
+        n_new = int(new.sum())
+        if snap.total - n_new != self.total or (n_new and n_new == len(rows) and snap.total > n_new):
+            return self.full(series, **extra)
+        changed = [r for r in rows[~new] if self.recent.get(float(r[0])) != tuple(float(x) for x in r)]
+        bars = changed + list(rows[new])
+        self.key = snap.key
+        if not bars:
+            return None
+        self.seq += 1
+        self.total = snap.total
+        self.last_t = max(self.last_t, float(rows[-1, 0]))
+        self._remember(np.asarray(bars))
+        return {"kind": "bars", "seq": self.seq, "bars": [[float(x) for x in r] for r in bars]}
+
+
+PAGE = """<!doctype html>
+<html><head><meta charset="utf-8"><title>{title}</title>
+<style>body{{margin:16px;font:14px "DejaVu Sans",sans-serif}} a{{color:#2962ff}}</style></head>
+<body><div><a href="/?key={key}">streams</a> · <b>{title}</b></div><div id="chart"></div>
+<script type="module">
+import {{ mountEventSource }} from "/static/chart.js?key={key}";
+const el = document.getElementById("chart");
+window.kohlcChart = mountEventSource(el, {events}, {opts});
+</script></body></html>
+"""
+
+
+def chart_routes(manager: Any, denied: Callable[[Any], Any], rate: float = 10.0) -> list:
+    """The routes of the chart pages; ``denied(request)`` is the read API's key check."""
+    from starlette.concurrency import run_in_threadpool
+    from starlette.requests import Request
+    from starlette.responses import FileResponse, HTMLResponse, Response, StreamingResponse
+    from starlette.routing import Route
+
+    from .core.timeframes import parse_timeframe
+    from .errors import KiteOHLCError
+
+    def _key(request: Request) -> str:
+        return quote(request.query_params.get("key", ""), safe="")
+
+    def index(request: Request) -> Response:
+        if (r := denied(request)) is not None:
+            return r
+        rows = []
+        for s in manager.status():
+            links = " ".join(
+                f'<a href="/chart/{quote(str(sym), safe="")}/{quote(str(tf), safe="")}?key={_key(request)}">'
+                f"{html.escape(str(sym))} {html.escape(str(tf))}</a>"
+                for sym in s.get("symbols") or [] for tf in s.get("timeframes") or [])
+            rate_s = s.get("ticks_per_s")
+            rows.append(f"<tr><td>{html.escape(str(s.get('stream', '')))}</td>"
+                        f"<td>{html.escape(str(s.get('source', '')))}</td>"
+                        f"<td>{html.escape(str(s.get('state', '')))}</td>"
+                        f"<td>{'-' if rate_s is None else f'{float(rate_s):.1f}'}</td><td>{links}</td></tr>")
+        body = ("<table><thead><tr><th>stream</th><th>source</th><th>state</th><th>ticks/s</th>"
+                "<th>charts</th></tr></thead><tbody>" + "".join(rows) + "</tbody></table>"
+                if rows else "<p><i>no streams</i></p>")
+        return HTMLResponse(f"<!doctype html><html><head><meta charset='utf-8'><title>kiteohlc_lab</title>"
+                            f"</head><body style='font:14px sans-serif'><h3>kiteohlc_lab streams</h3>{body}"
+                            "</body></html>")
+
+    def page(request: Request) -> Response:
+        if (r := denied(request)) is not None:
+            return r
+        symbol, tf = request.path_params["symbol"], request.path_params["tf"]
+        try:
+            label = parse_timeframe(tf).label
+            manager.series(symbol, label)
+        except KiteOHLCError as exc:
+            return HTMLResponse(f"<p>{html.escape(str(exc))}</p>", status_code=404)
+        from .reconcile import tick_size_of
+
+        key = _key(request)
+        events = json.dumps(f"/chart/{quote(symbol, safe='')}/{quote(label, safe='')}/events?key={key}")
+        opts = json.dumps({"tick": tick_size_of(manager, symbol), "height": 520,
+                           "seconds": parse_timeframe(label).ns < 60 * 10**9})
+        return HTMLResponse(PAGE.format(title=html.escape(f"{symbol} {label}"), key=key,
+                                        events=events, opts=opts))
+
+    def script(request: Request) -> Response:
+        if (r := denied(request)) is not None:
+            return r
+        if not STATIC.is_file():
+            return Response("the chart's JavaScript is not built: install Node.js/npm and reinstall",
+                            status_code=503)
+        return FileResponse(STATIC, media_type="text/javascript")
+
+    async def events(request: Request) -> Response:
+        if (r := denied(request)) is not None:
+            return r
+        symbol, tf = request.path_params["symbol"], request.path_params["tf"]
+        try:
+            label = parse_timeframe(tf).label
+            await run_in_threadpool(manager.series, symbol, label)
+        except KiteOHLCError as exc:
+            return Response(str(exc), status_code=404)
+        limit = int(request.query_params.get("limit", "0") or 0)  # tests: stop after N messages
+        interval = 1.0 / rate
+
+        def step(tracker: Tracker) -> dict | None:
+            series = manager.series(symbol, label)  # follows the stores (throttled by the manager)
+            extra: dict[str, Any] = {}
+            if tracker.key is None or id(series) != tracker.key[0]:
+                row = stream_state(manager, symbol, label)
+                extra = {"title": f"{symbol} {label}",
+                         "state": "not streaming" if row is None else f"{row.get('state')} ({row.get('source')})"}
+            return tracker.next(series, **extra)
+
+        async def stream():
+            tracker = Tracker()
+            sent, quiet = 0, 0.0
+            while True:
+                msg = await run_in_threadpool(step, tracker)
+                if msg is not None:
+                    yield f"data: {json.dumps(msg, separators=(',', ':'))}\n\n"
+                    sent, quiet = sent + 1, 0.0
+                    if limit and sent >= limit:
+                        return
+                else:
+                    quiet += interval
+                    if quiet >= HEARTBEAT:
+                        yield ": keep-alive\n\n"
+                        quiet = 0.0
+                if await request.is_disconnected():
+                    return
+                await asyncio.sleep(interval)
+
+        return StreamingResponse(stream(), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+    return [
+        Route("/", index, methods=["GET"]),
+        Route("/chart/{symbol}/{tf}", page, methods=["GET"]),
+        Route("/chart/{symbol}/{tf}/events", events, methods=["GET"]),
+        Route("/static/chart.js", script, methods=["GET"]),
+    ]
+
+
+__all__ = ["chart_routes", "Tracker"]
