@@ -21,14 +21,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import need, need_import, needs, redis_available
 
 redis = need_import("redis")
 
-from kiteohlc_lab.core.candles import CandleBatch  # noqa: E402
-from kiteohlc_lab.lease import LeaseKeeper, generation_key, lease_key, stand_down  # noqa: E402
-from kiteohlc_lab.stores.redis_live import RedisLive  # noqa: E402
+from kiteohlc_lab.core.candles import CandleBatch
+from kiteohlc_lab.lease import LeaseKeeper, generation_key, lease_key
+from kiteohlc_lab.stores.redis_live import RedisLive
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
 TOK = 424242
@@ -63,7 +62,7 @@ def prefix(r):
 
 
 def batch(tf: str, price: float, closed: bool, token: int = TOK, start: int = 1_700_000_040) -> CandleBatch:
-    one = lambda v, dt=np.float64: np.array([v], dt)  # noqa: E731
+    one = lambda v, dt=np.float64: np.array([v], dt)
     return CandleBatch(tf, one(token, np.int64), one(start * 10**9, np.int64), one(price), one(price + 1),
                        one(price - 1), one(price), one(10.0), one(np.nan), one(3, np.int64), closed,
                        None if not closed else np.zeros(1, bool))
