@@ -328,3 +328,64 @@ def test_live_chart_in_a_real_browser(chromium, lab, tmp_path):
         shutil.copyfile(tmp_path / "chart.png", DOCS / "chart.png")
     print(f"chart browser test: first paint {first_paint:.2f} s after the canvas, {changes} changes of"
           f" the last candle in 10 s", file=sys.stderr)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_served_chart_page_in_a_real_browser(chromium, tmp_path):
+    """``kiteohlc-lab serve``'s /chart page: the same module over server-sent events keeps updating."""
+    import threading
+
+    from playwright.sync_api import sync_playwright
+
+    from conftest_notebook import FakeManager, FakeSeries
+    from kiteohlc_lab.notebook.chart import STATIC
+
+    need(STATIC.is_file(), "kiteohlc_lab/static/chart.js is not built (pip install -e . with npm)")
+    uvicorn = pytest.importorskip("uvicorn")
+    from kiteohlc_lab.serve import build_app
+
+    m = FakeManager()
+    s = m.buffers[("NIFTY", "1m")] = FakeSeries("1m", n=500)
+    m.streams["sim-1"] = dict(stream="sim-1", source="sim", state="running", symbols=["NIFTY"],
+                              timeframes=["1m"])
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(build_app(m, "k3y"), host="127.0.0.1", port=port,
+                                           log_level="warning"))
+    srv = threading.Thread(target=server.run, name="kiteohlc-test-uvicorn", daemon=True)
+    srv.start()
+    stop = threading.Event()
+
+    def ticker() -> None:  # the forming candle moves 20 times a second
+        i = 0
+        while not stop.wait(0.05):
+            i += 1
+            s.tick(22000.0 + (i % 40) * 0.05)
+
+    tick = threading.Thread(target=ticker, name="kiteohlc-test-ticker", daemon=True)
+    tick.start()
+    try:
+        wait_until(lambda: server.started, 20, "uvicorn to start")
+        with sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path=chromium, headless=True, args=CHROMIUM_FLAGS)
+            try:
+                page = browser.new_page(viewport={"width": 1100, "height": 700})
+                page.goto(f"http://127.0.0.1:{port}/?key=k3y")
+                page.click("text=NIFTY 1m")
+                page.wait_for_selector(".kohlc-chart canvas", state="visible", timeout=20_000)
+                page.wait_for_function("() => { const c = document.querySelector('.kohlc-chart');"
+                                       " return c && +c.parentElement.dataset.bars === 500; }", timeout=10_000)
+                get = "() => +document.querySelector('.kohlc-chart').parentElement.dataset.updates"
+                u0 = page.evaluate(get)
+                time.sleep(3)
+                u1 = page.evaluate(get)
+                assert u1 - u0 >= 15, (u0, u1)
+                loads = page.evaluate("() => +document.querySelector('.kohlc-chart').parentElement.dataset.loads")
+                assert loads == 1
+            finally:
+                browser.close()
+    finally:
+        stop.set()
+        tick.join(2)
+        server.should_exit = True
+        srv.join(10)
