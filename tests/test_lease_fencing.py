@@ -316,7 +316,7 @@ def test_collector_frozen_past_its_lease_stands_down_when_thawed(r, prefix, tmp_
 
     from kiteohlc_lab.collector import list_collectors
     from kiteohlc_lab.config import KiteOHLC
-    from kiteohlc_lab.core.reference import ReferenceAggregator
+    from oracle import Oracle
     from kiteohlc_lab.feeds.simulator import KiteSimulator
     from kiteohlc_lab.runtime import Manager
 
@@ -373,13 +373,16 @@ def test_collector_frozen_past_its_lease_stands_down_when_thawed(r, prefix, tmp_
         sim.pause()
 
         def check() -> str:
-            ref = ReferenceAggregator(TFS, grace=1.0)
+            ref = Oracle(TFS, grace=1.0, live=True)
             sent = sim.sent()
             ref.feed(sent.take(np.isin(sent.token, [NIFTY, RELIANCE])))
-            exp = {(c.token, c.start): (c.open, c.high, c.low, c.close, c.volume)
-                   for c in ref.closed if c.tf == "10s" and c.start >= cutoff}
-            exp.update({(tok, c.start): (c.open, c.high, c.low, c.close, c.vol)
-                        for (tok, tf), c in ref.forming.items() if tf == "10s" and c.start >= cutoff})
+            exp = {}
+            for tok in (NIFTY, RELIANCE):
+                want = ref.frame(tok, "10s", closed_only=False)
+                for s, row in zip(want.index.as_unit("ns").asi8.tolist(),
+                                  want[["open", "high", "low", "close", "volume"]].to_numpy().tolist()):
+                    if s >= cutoff:
+                        exp[(tok, s)] = tuple(row)
             problems = []
             for tok in (NIFTY, RELIANCE):
                 df = m.candles(tok, "10s")
