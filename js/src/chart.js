@@ -258,6 +258,7 @@ export function createLiveChart(el, opts = {}) {
   }
 
   function full(msg, buffers) {
+    const t0 = performance.now();
     const n = msg.n | 0;
     const cols = msg.cols || ["time", "open", "high", "low", "close", "volume"];
     const col = {};
@@ -304,6 +305,7 @@ export function createLiveChart(el, opts = {}) {
     state.textContent = msg.state || "";
     showLegend(hovering || lastBar);
     stamp();
+    ds.loadMs = (performance.now() - t0).toFixed(1); // decode + setData of the full load
   }
 
   function bars(msg) {
