@@ -308,6 +308,8 @@ class Manager:
         tape = self._tapes.get(key)
         if tape is None:
             tape = self._tapes[key] = read_tape(p)
+            while len(self._tapes) > 2:  # the last two tapes read (a tape is ~40 bytes a tick)
+                self._tapes.pop(next(iter(self._tapes)))
         return tape
 
     def _start_replay(self, syms, tfs, tape_path, speed, record) -> StreamInfo:
