@@ -76,7 +76,8 @@ def messy_tapes(draw, max_rows: int = 120, bogus: bool = True):
     tokens = draw(st.lists(st.sampled_from(TOKENS), min_size=1, max_size=5, unique=True))
     fractional = draw(st.booleans())
     cum = {k: float(draw(st.integers(0, 10_000))) for k in tokens}
-    events = draw(st.lists(_event(KINDS + (BOGUS if bogus else [])), min_size=1, max_size=max_rows))
+    n = draw(st.integers(1, max_rows))  # a drawn length: long tapes are common, and shrink well
+    events = draw(st.lists(_event(KINDS + (BOGUS if bogus else [])), min_size=n, max_size=n))
     rows: list[tuple] = []
     for kind, ti, a, b, p, o in events:
         tok = tokens[ti % len(tokens)]
@@ -167,3 +168,56 @@ def in_order_tapes(draw, max_rows: int = 150):
         rows.append((tok, int(t), draw(st.integers(1000, 1100)) / 10, vol, oi))
     cuts = sorted(draw(st.lists(st.integers(0, n), max_size=8)))
     return rows, cuts
+
+
+@st.composite
+def live_frames(draw, max_frames: int = 40):
+    """A live feed: frames ``(now_ns, rows, resumed_tokens)`` where now_ns is the exchange clock at the
+    frame's arrival (monotone), rows stamped 0-3 s before it (sometimes later, sometimes ahead of it by
+    more than 10 s, sometimes Kite's cached tick of yesterday, sometimes a bad price), heartbeat frames
+    with no rows (a quiet market), outages, and reconnects (``resumed_tokens``: resume before the
+    frame) after which the cumulative volumes have moved on."""
+    now = draw(st.sampled_from(STARTS)) + draw(st.integers(0, 60)) * S
+    tokens = draw(st.lists(st.sampled_from(TOKENS), min_size=1, max_size=4, unique=True))
+    cum = {k: float(draw(st.integers(0, 10_000))) for k in tokens}
+    frames = []
+    n = draw(st.integers(1, max_frames))
+    events = draw(st.lists(st.tuples(st.sampled_from(["ticks"] * 6 + ["heartbeat", "quiet", "reconnect"]),
+                                     st.integers(0, 5000), st.lists(_event(["step", "step", "step", "step", "late",
+                                                                            "ahead", "cached", "bad_price",
+                                                                            "zero_vol", "step"]), max_size=6)),
+                           min_size=n, max_size=n))
+    for kind, a, ticks in events:
+        resumed: list[int] = []
+        if kind == "quiet":
+            now += (30 + a % 600) * S
+        elif kind == "reconnect":
+            now += (5 + a % 300) * S
+            resumed = list(tokens)
+            for k in cum:
+                cum[k] += float(a % 3000)
+        else:
+            now += (a % 6) * S + (a % 997) * 1_000_000
+        rows = []
+        if kind != "heartbeat":
+            for tk, ti, x, y, p, o in ticks:
+                tok = tokens[ti % len(tokens)]
+                if tok != IDX:
+                    cum[tok] += float(x % 300)
+                vol = math.nan if tok == IDX else cum[tok]
+                oi = float(o) if tok in HAS_OI and o % 2 else math.nan
+                ts = now - (x % 4) * S - y * 1_000_000
+                price = p / 10
+                if tk == "late":
+                    ts = now - (4 + x % 12) * S
+                elif tk == "ahead":
+                    ts = now + (10 + x % 90) * S + y * 1_000_000
+                elif tk == "cached":
+                    ts = now - (ts + 19_800 * S) % DAY - (1 + x % 3600) * S  # before today's 00:00
+                elif tk == "bad_price":
+                    price = BAD_PRICES[x % len(BAD_PRICES)]
+                elif tk == "zero_vol" and tok != IDX:
+                    vol = 0.0
+                rows.append((tok, int(ts), price, vol, oi))
+        frames.append((int(now), rows, resumed))
+    return frames

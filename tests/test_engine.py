@@ -14,7 +14,8 @@ from kiteohlc_lab.core.engine import Engine
 from kiteohlc_lab.core.ticks import TickBatch
 from kiteohlc_lab.core.timeframes import IST, NS
 
-from strategies import TFS as ORACLE_TFS, in_order_tapes, messy_tapes
+from strategies import TFS as ORACLE_TFS, in_order_tapes, live_frames, messy_tapes, to_batch
+from oracle import Oracle
 from test_oracle_rules import assert_same, run_oracle, run_package
 
 EQ, IDX, FUT, MCX = 738561, 256265, 12345602, 0x1234507
@@ -276,3 +277,29 @@ def test_engine_equals_reference_on_in_order_tapes(data, grace):
 def test_engine_equals_oracle_with_empty_buckets_filled_and_session_opens(data, policy, session_open):
     rows, cuts = data
     _equal_to_oracle(rows, cuts, grace=5.0, late_policy=policy, fill_empty=True, session_open=session_open)
+
+
+@settings(suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(frames=live_frames(), grace=st.sampled_from([0.0, 2.0, 5.0]), policy=st.sampled_from(["drop", "amend"]))
+def test_engine_equals_oracle_on_live_frames(frames, grace, policy):
+    """Live: the exchange clock moves at every frame (closing candles of a quiet market), stamps are
+    checked against it, reconnects resume the instruments."""
+    from kiteohlc_lab.core.sanity import TickFilter
+
+    o = Oracle(ORACLE_TFS, grace=grace, late_policy=policy, live=True)
+    flt = TickFilter(live=True)
+    eng = Engine(ORACLE_TFS, grace=grace, late_policy=policy)
+    out = []
+    for now, rows, resumed in frames:
+        if resumed:
+            o.resume(resumed)
+            eng.resume(resumed)
+        o.advance(now)
+        for r in rows:
+            o.tick(*r, now_ns=now)
+        out += eng.advance(now)
+        out += eng.process(flt.check(to_batch(rows), now_ns=now))
+    o.flush()
+    out += eng.process(flt.flush())
+    out += eng.flush()
+    assert_same(o, [c for b in out for c in b], flt, eng)

@@ -363,6 +363,14 @@ def test_first_tick_after_a_resume_adds_nothing():
     check_package(rows, ["5m"], resume_at={2: [EQ]})
 
 
+def test_a_resume_before_the_instruments_first_tick():
+    # a feed reconnected before this instrument ticked at all: its first tick is still a baseline
+    rows = [(EQ, at("09:15:01"), 100.0, 100.0), (EQ, at("09:15:10"), 100.0, 150.0)]
+    o = run_oracle(rows, ["1m"], resume_at={0: [EQ, EQ2]})
+    assert got(o, "1m") == [("09:15:00", 100, 100, 100, 100, 50)]
+    check_package(rows, ["1m"], resume_at={0: [EQ, EQ2]})
+
+
 def test_a_dropped_late_ticks_increase_counts_in_m_but_lands_in_no_candle():
     rows = [(EQ, at("09:15:10"), 100.0, 100.0), (EQ, at("09:16:05"), 101.0, 200.0),
             (EQ, at("09:15:30"), 108.0, 300.0),    # late for 1m (dropped), in time for 1h: +100 there
