@@ -109,17 +109,17 @@ class TickFilter:
         if not self.live:
             jumps = self._jumps(ts, ok)
             if jumps is not None:
-                bad_j, hold = jumps
+                bad_j, nxt, hold = jumps
                 for i in np.flatnonzero(bad_j)[:1]:
-                    why[int(batch.token[i])] = (f"{_span(int(ts[i]) - int(ts[i + 1]))} after the next tick of the "
+                    why[int(batch.token[i])] = (f"{_span(int(ts[i]) - int(nxt[i]))} after the next tick of the "
                                                 "tape, a lone jump the tape does not follow (accepted: up to "
                                                 f"{self.jump_ns // NS} s ahead of the running time, or a jump "
                                                 "the tape follows)")
                 bad_stamp |= bad_j
                 ok &= ~bad_j
-                if hold:
-                    ok[-1] = False
-                    self._held = batch.take(slice(n - 1, n))
+                if hold is not None:
+                    ok[hold] = False
+                    self._held = batch.take(slice(hold, hold + 1))
         if not ok.all():
             self._count(batch, bad_price, bad_volume & ~bad_price,
                         bad_stamp & ~bad_price & ~bad_volume, why)
@@ -156,40 +156,52 @@ class TickFilter:
         return {name(tok): dict(c) for tok, c in self.counts.items()}
 
     # ------------------------------------------------------------------ internals
-    def _jumps(self, ts: np.ndarray, ok: np.ndarray) -> tuple[np.ndarray, bool] | None:
-        """Replay: lone forward jumps (rejected) and whether the batch's last tick must wait."""
-        n = len(ts)
+    def _jumps(self, ts: np.ndarray, ok: np.ndarray) -> tuple[np.ndarray, np.ndarray, int | None] | None:
+        """Replay: lone forward jumps among the ticks not already rejected.
+
+        Returns (rejected mask, the next good tick's stamp for each, the index of a suspect last
+        good tick that must wait for the next batch), or None when there is nothing to judge.
+        """
         J = self.jump_ns
         if self._run != _NONE and ok.all():
             # the usual tape: every tick within J of the running time before it, so no jump to judge
             run = np.maximum.accumulate(ts)
-            if int(ts[0]) <= self._run + J and (n == 1 or bool((ts[1:] <= run[:-1] + J).all())):
+            if int(ts[0]) <= self._run + J and (len(ts) == 1 or bool((ts[1:] <= run[:-1] + J).all())):
                 return None
+        idx = np.flatnonzero(ok)  # bad prices, volumes and impossible stamps are out already
+        n = len(idx)
+        if n == 0:
+            return None
+        t = ts[idx]
         nxt = np.empty(n, np.int64)
-        nxt[:-1] = ts[1:]
+        nxt[:-1] = t[1:]
         nxt[-1] = np.iinfo(np.int64).max  # unknown: decided with the next batch
-        acc = ok.copy()
+        acc = np.ones(n, bool)
         bad = np.zeros(n, bool)
         while True:
             # running time before each tick, over the accepted ones
-            seen = np.where(acc, ts, _NONE)
+            seen = np.where(acc, t, _NONE)
             run = np.empty(n, np.int64)
             run[0] = self._run
             if n > 1:
                 np.maximum.accumulate(seen[:-1], out=run[1:])
                 np.maximum(run[1:], self._run, out=run[1:])
             first = run == _NONE
-            jump = acc & (first | (ts > run + J))
-            cand = jump & (ts - J > nxt)
+            jump = acc & (first | (t > run + J))
+            cand = jump & (t - J > nxt)
             if not cand.any():
                 break
             i = int(np.flatnonzero(cand)[0])
             acc[i] = False
             bad[i] = True
-        hold = bool(jump[-1] and acc[-1])
-        if not bad.any() and not hold:
+        hold = int(idx[-1]) if (jump[-1] and acc[-1]) else None
+        if not bad.any() and hold is None:
             return None
-        return bad, hold
+        full = np.zeros(len(ts), bool)
+        full[idx[bad]] = True
+        nxt_full = np.zeros(len(ts), np.int64)
+        nxt_full[idx] = nxt
+        return full, nxt_full, hold
 
     def _count(self, batch: TickBatch, bad_price, bad_volume, bad_stamp, why: dict[int, str]) -> None:
         for kind, mask in (("bad_price", bad_price), ("bad_volume", bad_volume), ("bad_stamp", bad_stamp)):
