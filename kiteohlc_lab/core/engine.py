@@ -520,6 +520,8 @@ class Engine:
         if parts:
             closed = CandleBatch.concat(parts)
             out.extend(self._emit(s, closed))
+        if self.fill_empty and not tf.is_day:
+            out.extend(self._fill_forward(s, ls))
         if any_late:
             self._late(s, np.flatnonzero(late), slot, b, ts, price, inc, oi, out)
         return late
@@ -608,22 +610,55 @@ class Engine:
 
     def _fill(self, s: _Series, closed: CandleBatch) -> CandleBatch:
         """Insert flat candles between consecutive candles of one instrument on the same IST day."""
-        size = s.tf.ns
         if s.tf.is_day:
             return closed
         prev_bucket = self._fill_prev.setdefault(s.tf.label, {})  # last emitted candle per token
         rows: list[Candle] = []
         for c in closed:
             pb = prev_bucket.get(c.token)
-            if pb is not None and c.start - pb[0] > size and trading_day(np.int64(pb[0])) == trading_day(np.int64(c.start)):
-                anchor = self._anchor[self.slot(c.token)]
-                t = int(bucket_end(np.int64(pb[0]), s.tf, anchor))
-                while t < c.start:
-                    rows.append(Candle(c.token, c.tf, t, pb[1], pb[1], pb[1], pb[1], 0.0, math.nan, 0))
-                    t = int(bucket_end(np.int64(t), s.tf, anchor))
+            if pb is not None:
+                rows += self._flats(s, c.token, pb, c.start)
             rows.append(c)
             prev_bucket[c.token] = (c.start, c.close)
         return CandleBatch.from_candles(s.tf.label, rows)
+
+    def _flats(self, s: _Series, token: int, pb: tuple[int, float], until: int) -> list[Candle]:
+        """Flat candles (close ``pb[1]``) for the buckets after ``pb[0]`` and before ``until``, same IST day."""
+        if trading_day(np.int64(pb[0])) != trading_day(np.int64(until)):
+            return []
+        anchor = self._anchor[self.slot(token)]
+        rows = []
+        t = int(bucket_end(np.int64(pb[0]), s.tf, anchor))
+        while t < until:
+            rows.append(Candle(token, s.tf.label, t, pb[1], pb[1], pb[1], pb[1], 0.0, math.nan, 0))
+            t = int(bucket_end(np.int64(t), s.tf, anchor))
+        return rows
+
+    def _fill_forward(self, s: _Series, slots: np.ndarray) -> list[CandleBatch]:
+        """Flat candles up to each instrument's new forming candle, emitted as soon as it opens (its
+        empty buckets are over then); the last of them is the instrument's last closed candle."""
+        prev_bucket = self._fill_prev.setdefault(s.tf.label, {})
+        rows: list[Candle] = []
+        for sl in slots.tolist():
+            tok = int(self._slot_tokens[sl])
+            pb = prev_bucket.get(tok)
+            fb = int(s.f["bucket"][sl])
+            if pb is None or fb == NONE or fb <= pb[0]:
+                continue
+            flats = self._flats(s, tok, pb, fb)
+            if flats:
+                rows += flats
+                last = flats[-1]
+                prev_bucket[tok] = (last.start, last.close)
+                one = np.array([sl])
+                self._remember_closed(s, one, np.array([last.start]), np.array([last.open]),
+                                      np.array([last.high]), np.array([last.low]), np.array([last.close]),
+                                      np.zeros(1), np.full(1, np.nan), np.zeros(1, np.int64),
+                                      np.array([NONE]))
+        if not rows:
+            return []
+        self.stats["closed"] += len(rows)
+        return [CandleBatch.from_candles(s.tf.label, rows)]
 
     def _late(self, s, idx, slot, b, ts, price, inc, oi, out) -> None:
         if self.late_policy != "amend":
@@ -686,7 +721,8 @@ class Engine:
             return
         toks = np.fromiter((int(t) for t in tokens), np.int64)
         if len(toks):
-            self._v["resume"][self._slots(toks)] = True
+            slots = self._slots(toks)  # may grow the arrays: index them afterwards
+            self._v["resume"][slots] = True
 
     def glitches(self) -> dict[int, int]:
         """Volume glitches per instrument token (only those with any)."""
