@@ -279,6 +279,23 @@ def test_the_short_first_bucket_after_midnight_closes_at_its_own_end():
     assert [(hm(c["start"]), c["token"]) for c in o.closed] == [("11-26 00:00:00", MCX)]
 
 
+def test_the_short_first_bucket_after_midnight_ends_at_its_grid_point_for_lateness_too():
+    # MCX 7m: the first bucket of 11-26 is 00:00-00:01; by 00:01:11 its end + 5 s grace has passed
+    rows = [(NCO, at("00:00:28", D2), 50.0), (NCO, at("00:01:11", D2), 50.0),
+            (MCX, at("00:00:54", D2), 100.0, 10.0),   # late: no forming candle, end + grace reached
+            (MCX, at("00:01:20", D2), 101.0, 12.0)]
+    o = run_oracle(rows, ["7m"])
+    assert got(o, "7m", MCX) == [("00:01:00", 101, 101, 101, 101, 2)]
+    assert o.late == 1
+    check_package(rows, ["7m"])
+    rows = [(MCX, at("00:00:30", D2), 100.0, 5.0), (MCX, at("00:00:40", D2), 100.0, 6.0),
+            (NCO, at("00:01:00", D2), 50.0), (MCX, at("00:00:50", D2), 102.0, 7.0)]  # closed at 00:01: late
+    o = run_oracle(rows, ["7m"], grace=0.0)
+    assert got(o, "7m", MCX) == [("00:00:00", 100, 100, 100, 100, 1)] and o.late == 1
+    check_package(rows, ["7m"], grace=0.0)
+    check_package(rows, ["7m"], grace=0.0, cuts=[3])  # (the package re-opens the closed bucket: 2 candles)
+
+
 @pytest.mark.parametrize("token,when,tf,start", [
     (EQ, "09:14:59", "15m", "09:00:00"), (EQ, "09:15:00", "15m", "09:15:00"), (IDX, "09:20:00", "1h", "09:15:00"),
     (MCX, "09:05:00", "15m", "09:00:00"), (NCO, "09:05:00", "15m", "09:00:00"), (EQ, "00:10:00", "1h", "00:00:00"),
