@@ -388,6 +388,18 @@ def test_a_resume_before_the_instruments_first_tick():
     check_package(rows, ["1m"], resume_at={0: [EQ, EQ2]})
 
 
+def test_glitch_count_does_not_depend_on_the_batch_split():
+    # found by the property test: a followed jump 10 years ahead (two identical ticks: accepted), then
+    # NCO's first tick (late everywhere, still its baseline M = 1), then NCO's 0: a glitch
+    far = at("23:59:59") + 10 * 365 * DAY
+    rows = [(EQ, far, 100.0, 0.0), (EQ, far, 100.0, 0.0), (NCO, at("00:00:00", D2), 100.0, 1.0),
+            (EQ, at("23:46:16", D2), 100.0, 509.0), (NCO, at("23:46:16", D2), 100.0, 0.0)]
+    o = run_oracle(rows, ["1m"], grace=0.0)
+    assert o.glitches == 1 and o.late == 3
+    check_package(rows, ["1m"], grace=0.0)
+    check_package(rows, ["1m"], grace=0.0, cuts=[2])
+
+
 def test_a_dropped_late_ticks_increase_counts_in_m_but_lands_in_no_candle():
     rows = [(EQ, at("09:15:10"), 100.0, 100.0), (EQ, at("09:16:05"), 101.0, 200.0),
             (EQ, at("09:15:30"), 108.0, 300.0),    # late for 1m (dropped), in time for 1h: +100 there
