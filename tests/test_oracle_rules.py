@@ -480,6 +480,16 @@ def test_a_late_tick_amends_a_flat_candle_when_that_is_the_last_closed_one():
     check_package(rows, ["1m"], grace=0.0, fill_empty=True, late_policy="amend")
 
 
+def test_flat_candles_carry_the_amended_close():
+    rows = [(EQ, at("09:15:10"), 100.0, 1.0), (EQ, at("09:15:20"), 101.0, 2.0),
+            (EQ2, at("09:16:00"), 50.0, 1.0),                 # the clock closes EQ's 09:15 (grace 0)
+            (EQ, at("09:15:30"), 105.0, 3.0),                 # late: amends 09:15, close 105
+            (EQ2, at("09:17:00"), 50.0, 1.0), (EQ, at("09:18:10"), 106.0, 4.0)]   # flat 09:16, 09:17 at 105
+    o = run_oracle(rows, ["1m"], grace=0.0, fill_empty=True, late_policy="amend")
+    assert [c[4] for c in got(o, "1m")] == [101, 105, 105, 105, 106]  # 09:15, its amendment, flat 09:16-09:17
+    check_package(rows, ["1m"], grace=0.0, fill_empty=True, late_policy="amend")
+
+
 def test_frame_last_version_wins_and_index_is_ist():
     o = run_oracle(AMEND, ["1m"], grace=1.0, late_policy="amend")
     f = o.frame(EQ, "1m")
