@@ -98,8 +98,13 @@ def stops_what_it_starts():
     reported as an error of the test. Costs a thread list per test; waits only for stragglers."""
     threads = _service_threads()
     sources = {id(s) for s in list(_kite_sources) if getattr(s, "_running", False)}
+    retrying = {id(f) for f in _retrying_factories()}
     yield
     leaks: list[str] = []
+    for f in _retrying_factories():  # a ticker whose server is gone keeps "Retrying connection..."
+        if id(f) not in retrying:
+            leaks.append(f"a reconnecting {type(f).__name__} (a KiteTicker never closed)")
+            f.stopTrying()
     for src in list(_kite_sources):
         if getattr(src, "_running", False) and id(src) not in sources:
             leaks.append(f"KiteSource {getattr(src, 'name', '?')} (tokens {list(src.tokens)[:5]})")
@@ -123,6 +128,27 @@ def stops_what_it_starts():
     if leaks:
         pytest.fail("the test left running what it started (stopped now): " + "; ".join(leaks),
                     pytrace=False)
+
+
+def _retrying_factories() -> list:
+    """Twisted reconnecting client factories with a retry scheduled (KiteTicker's reconnect loop)."""
+    import sys
+
+    if "twisted.internet.reactor" not in sys.modules:
+        return []
+    from twisted.internet import reactor
+    from twisted.internet.protocol import ReconnectingClientFactory
+
+    out = []
+    try:
+        calls = list(reactor.getDelayedCalls())  # type: ignore[attr-defined]
+    except Exception:  # noqa: BLE001 - the reactor is changing its list right now
+        return out
+    for dc in calls:
+        owner = getattr(dc.func, "__self__", None)
+        if isinstance(owner, ReconnectingClientFactory) and owner.continueTrying and dc.active():
+            out.append(owner)
+    return out
 
 
 @pytest.fixture(autouse=True)

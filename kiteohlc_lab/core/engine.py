@@ -356,8 +356,9 @@ class Engine:
         resumed = V["resume"][fs] & ~never
         state_day = np.where(never, NONE, V["day"][fs])
         # running IST day per instrument (seeded with its state's day): a tick of an earlier day is stale
-        dmin = int(min(day.min(), state_day[~never].min() if (~never).any() else day.min())) - 1
-        span = int(day.max()) - dmin + 2
+        known = state_day[~never]
+        dmin = int(min(day.min(), known.min() if len(known) else day.min())) - 1
+        span = int(max(day.max(), known.max() if len(known) else day.max())) - dmin + 2
         key = g * span + (day - dmin)
         seed = np.where(never, 0, state_day - dmin)
         gi = np.flatnonzero(first)
@@ -533,10 +534,10 @@ class Engine:
         anchor = self._anchor[slot]
         b = bucket_start(ts, tf, anchor)
         late_clock = b + (tf.ns + self.grace_ns) <= clock
-        if not tf.is_day and self._may_cross_midnight(b, tf):
-            # a bucket cut at midnight ends before start + size: only those near 24:00 IST can be
+        if not tf.is_day and self._may_be_cut(b, tf):
+            # a bucket cut at midnight ends before start + size: only those near 00:00 IST can be
             tod = (b + IST_OFFSET_NS) % DAY_NS
-            near = tod > DAY_NS - tf.ns
+            near = (tod > DAY_NS - tf.ns) | (tod < tf.ns)
             if near.any():
                 late_clock[near] = bucket_end(b[near], tf, anchor[near]) + self.grace_ns <= clock[near]
         # the usual case: buckets never go back within an instrument, nor behind its forming candle
@@ -561,12 +562,12 @@ class Engine:
         return b, (bs < run) | late_clock
 
     @staticmethod
-    def _may_cross_midnight(b: np.ndarray, tf: Timeframe) -> bool:
-        """Whether any bucket in ``b`` might end at 24:00 IST before ``start + size`` (two reductions
-        instead of a per-tick modulo: intraday tapes of one session never come near midnight)."""
+    def _may_be_cut(b: np.ndarray, tf: Timeframe) -> bool:
+        """Whether any bucket in ``b`` might be one cut at midnight (ending before ``start + size``):
+        two reductions instead of a per-tick modulo, as tapes of a session never come near 00:00."""
         lo, hi = int(b.min()) + IST_OFFSET_NS, int(b.max()) + IST_OFFSET_NS
         day = (lo // DAY_NS) * DAY_NS
-        return hi - day > DAY_NS - tf.ns
+        return lo - day < tf.ns or hi - day > DAY_NS - tf.ns
 
     def _take_forming(self, s: _Series, slots: np.ndarray) -> CandleBatch:
         """Close the forming candles of ``slots`` (remembering them as last closed)."""
@@ -678,6 +679,11 @@ class Engine:
             C["ticks"][sl] += 1
             if not math.isnan(oi[i]):
                 C["oi"][sl] = oi[i]
+            if self.fill_empty:  # flat candles after it carry its amended close
+                prev = self._fill_prev.get(s.tf.label, {})
+                tok = int(self._slot_tokens[sl])
+                if tok in prev and prev[tok][0] == int(C["bucket"][sl]):
+                    prev[tok] = (prev[tok][0], float(C["close"][sl]))
             amended[sl] = Candle(
                 int(self._slot_tokens[sl]), s.tf.label, int(C["bucket"][sl]), float(C["open"][sl]),
                 float(C["high"][sl]), float(C["low"][sl]), float(C["close"][sl]), float(C["vol"][sl]),
