@@ -7,7 +7,9 @@ behind the ``X-API-Key`` header (401 without it, or with a wrong one):
   + forming unless ``closed_only``), ``from``/``to`` bound the candle start (naive values are IST)
 * ``GET /status`` one entry per stream, and the stores' health
 
-``GET /openapi.json`` (the schema, no key needed) describes them. Nothing here writes: a collector
+``GET /openapi.json`` (the schema, no key needed) describes them. The chart pages (``/``,
+``/chart/{symbol}/{tf}``, see ``serve_chart``) take the header or a session cookie set by a login
+form that POSTs the key to ``/login``; the key never goes into a URL. Nothing here writes: a collector
 (``kiteohlc-lab collect``) fills the stores, any number of read servers read them.
 
 >>> app = build_app(kiteohlc_lab.api.manager(), api_key="k")        # doctest: +SKIP
@@ -107,14 +109,12 @@ def build_app(manager: Any, api_key: str) -> Any:
         raise ConfigError(f"the read API needs an API key: pass api_key or set {API_KEY_ENV}")
     expected = api_key.encode()
 
+    def key_ok(got: str) -> bool:
+        return hmac.compare_digest(got.encode("utf-8", "surrogateescape"), expected)
+
     def denied(request: Request) -> JSONResponse | None:
-        got = request.headers.get(API_KEY_HEADER, "").encode()
-        if hmac.compare_digest(got, expected):
+        if key_ok(request.headers.get(API_KEY_HEADER, "")):
             return None
-        if request.url.path == "/" or request.url.path.startswith(("/chart/", "/static/")):
-            # the chart pages: a browser cannot send the header when it opens a page or an EventSource
-            if hmac.compare_digest(request.query_params.get("key", "").encode(), expected):
-                return None
         return JSONResponse({"error": f"missing or wrong {API_KEY_HEADER} header"}, status_code=401,
                             headers={"WWW-Authenticate": API_KEY_HEADER})
 
@@ -156,13 +156,13 @@ def build_app(manager: Any, api_key: str) -> Any:
     def openapi(request: Request) -> Response:
         return Response(json.dumps(OPENAPI), media_type="application/json")
 
-    from .serve_chart import chart_routes  # /, /chart/{symbol}/{tf}: the live chart on a web page
+    from .serve_chart import chart_routes  # /, /chart/{symbol}/{tf}, /login: the live chart on a web page
 
     return Starlette(routes=[
         Route("/candles/{symbol}/{tf}", candles, methods=["GET"]),
         Route("/status", status, methods=["GET"]),
         Route("/openapi.json", openapi, methods=["GET"]),
-        *chart_routes(manager, denied),
+        *chart_routes(manager, key_ok),
     ])
 
 

@@ -4,25 +4,88 @@ from ``/chart/{symbol}/{tf}/events``: one full load (base64 float64 columns), th
 at most ``rate`` messages per second (default 10), read from the manager's series (which follow the
 stores a collector writes).
 
-Behind the read API's key: browsers cannot send the ``X-API-Key`` header when they open a page or an
-``EventSource``, so these routes also take it as ``?key=`` (the page passes it on to its module and
-its event stream).
+Behind the read API's key, which never goes into a URL or a page: browsers cannot send the
+``X-API-Key`` header when they open a page or an ``EventSource``, so these routes take either the
+header or a session cookie. Without one, a page is a small login form (no data) that POSTs the key
+to ``/login``; a right key (compared in constant time) sets an HttpOnly, SameSite=Strict cookie
+holding a random session token (never the key; tokens live in this process's memory and expire after
+``SESSION_TTL``) and redirects (303) back to the page, whose module and event stream then carry the
+cookie (same origin). The JSON API (``/candles``, ``/status``) stays header-only.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import hashlib
 import html
 import json
+import secrets
+import threading
+import time
 from typing import Any, Callable
-from urllib.parse import quote
+from urllib.parse import parse_qs, quote, urlsplit
 
 import numpy as np
 
 from .notebook.chart import COLS, WINDOW, STATIC, snapshot, stream_state
 
 HEARTBEAT = 15.0  # seconds between SSE comments on a quiet stream (proxies close idle connections)
+SESSION_COOKIE = "kohlc_session"
+SESSION_TTL = 12 * 3600.0  # seconds a login lasts
+MAX_SESSIONS = 1000  # live logins kept; past it the oldest goes
+_MAX_LOGIN_BODY = 8192
+
+
+class Sessions:
+    """The chart pages' logins: random tokens (never the key) kept in memory, each expiring ``ttl``
+    seconds after its login. Only a digest of each token is stored; the repr shows counts, no token."""
+
+    def __init__(self, ttl: float = SESSION_TTL, clock: Callable[[], float] = time.monotonic,
+                 limit: int = MAX_SESSIONS) -> None:
+        self.ttl, self.limit, self._clock = float(ttl), int(limit), clock
+        self._lock = threading.Lock()
+        self._expiry: dict[bytes, float] = {}
+
+    @staticmethod
+    def _digest(token: str) -> bytes:
+        return hashlib.sha256(token.encode("utf-8", "replace")).digest()
+
+    def new(self) -> str:
+        """A fresh session token (goes into the cookie only)."""
+        token = secrets.token_urlsafe(32)
+        now = self._clock()
+        with self._lock:
+            self._expiry = {d: t for d, t in self._expiry.items() if t > now}
+            while len(self._expiry) >= self.limit:
+                del self._expiry[min(self._expiry, key=self._expiry.__getitem__)]
+            self._expiry[self._digest(token)] = now + self.ttl
+        return token
+
+    def valid(self, token: str | None) -> bool:
+        if not token or len(token) > 256:
+            return False
+        d = self._digest(token)
+        with self._lock:
+            exp = self._expiry.get(d)
+            if exp is None:
+                return False
+            if exp <= self._clock():
+                del self._expiry[d]
+                return False
+            return True
+
+    def drop(self, token: str | None) -> None:
+        if token:
+            with self._lock:
+                self._expiry.pop(self._digest(token), None)
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._expiry)
+
+    def __repr__(self) -> str:
+        return f"Sessions({len(self)} active, ttl={self.ttl:g}s)"
 
 
 class Tracker:
@@ -82,27 +145,86 @@ class Tracker:
 PAGE = """<!doctype html>
 <html><head><meta charset="utf-8"><title>{title}</title>
 <style>body{{margin:16px;font:14px "DejaVu Sans",sans-serif}} a{{color:#2962ff}}</style></head>
-<body><div><a href="/?key={key}">streams</a> · <b>{title}</b></div><div id="chart"></div>
+<body><div><a href="/">streams</a> · <b>{title}</b></div><div id="chart"></div>
 <script type="module">
-import {{ mountEventSource }} from "/static/chart.js?key={key}";
+import {{ mountEventSource }} from "/static/chart.js";
 const el = document.getElementById("chart");
 window.kohlcChart = mountEventSource(el, {events}, {opts});
 </script></body></html>
 """
 
+LOGIN = """<!doctype html>
+<html><head><meta charset="utf-8"><title>kiteohlc_lab: sign in</title></head>
+<body style="font:14px sans-serif"><h3>kiteohlc_lab</h3>{message}
+<form method="post" action="/login">
+<input type="hidden" name="next" value="{next}">
+<label>API key <input type="password" name="key" autocomplete="current-password" required autofocus></label>
+<button type="submit">Sign in</button>
+</form></body></html>
+"""
 
-def chart_routes(manager: Any, denied: Callable[[Any], Any], rate: float = 10.0) -> list:
-    """The routes of the chart pages; ``denied(request)`` is the read API's key check."""
+
+def _safe_next(target: str) -> str:
+    """Where a login may send the browser back to: a path of these pages on this server, else ``/``."""
+    path = urlsplit(target or "/").path if "\\" not in (target or "") else "/"
+    if path == "/" or (path.startswith("/chart/") and not path.startswith("//")):
+        return path
+    return "/"
+
+
+def chart_routes(manager: Any, key_ok: Callable[[str], bool], rate: float = 10.0,
+                 sessions: Sessions | None = None) -> list:
+    """The routes of the chart pages and their login; ``key_ok(s)`` is the read API's constant-time
+    key check, ``sessions`` the logins (a fresh ``Sessions()`` by default)."""
     from starlette.concurrency import run_in_threadpool
     from starlette.requests import Request
-    from starlette.responses import FileResponse, HTMLResponse, Response, StreamingResponse
+    from starlette.responses import FileResponse, HTMLResponse, RedirectResponse, Response, StreamingResponse
     from starlette.routing import Route
 
     from .core.timeframes import parse_timeframe
     from .errors import KiteOHLCError
+    from .serve import API_KEY_HEADER
 
-    def _key(request: Request) -> str:
-        return quote(request.query_params.get("key", ""), safe="")
+    logins = Sessions() if sessions is None else sessions
+    no_store = {"Cache-Control": "no-store"}
+
+    def form(next_path: str, status: int, message: str = "") -> HTMLResponse:
+        headers = dict(no_store)
+        if status == 401:
+            headers["WWW-Authenticate"] = API_KEY_HEADER
+        return HTMLResponse(LOGIN.format(next=html.escape(_safe_next(next_path), quote=True),
+                                         message=f"<p>{html.escape(message)}</p>" if message else ""),
+                            status_code=status, headers=headers)
+
+    def denied(request: Request) -> Response | None:
+        """None with the ``X-API-Key`` header or a live session cookie, else the login form (no data)."""
+        if key_ok(request.headers.get(API_KEY_HEADER, "")):
+            return None
+        if logins.valid(request.cookies.get(SESSION_COOKIE)):
+            return None
+        raw = request.scope.get("raw_path")
+        path = raw.decode("latin-1") if raw else quote(request.url.path)
+        return form(path.removesuffix("/events"), 401)
+
+    async def login(request: Request) -> Response:
+        if request.method == "GET":
+            return form(request.query_params.get("next", "/"), 200)
+        body = b""
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > _MAX_LOGIN_BODY:
+                return Response("login body too large", status_code=413)
+        try:
+            fields = parse_qs(body.decode("utf-8", "replace"), keep_blank_values=True, max_num_fields=8)
+        except ValueError:
+            return Response("bad login form", status_code=400)
+        next_path = _safe_next((fields.get("next") or ["/"])[0])
+        if not key_ok((fields.get("key") or [""])[0]):
+            return form(next_path, 403, "Wrong key.")
+        resp = RedirectResponse(next_path, status_code=303, headers=no_store)
+        resp.set_cookie(SESSION_COOKIE, logins.new(), max_age=int(logins.ttl), path="/", httponly=True,
+                        samesite="strict", secure=request.url.scheme == "https")
+        return resp
 
     def index(request: Request) -> Response:
         if (r := denied(request)) is not None:
@@ -110,7 +232,7 @@ def chart_routes(manager: Any, denied: Callable[[Any], Any], rate: float = 10.0)
         rows = []
         for s in manager.status():
             links = " ".join(
-                f'<a href="/chart/{quote(str(sym), safe="")}/{quote(str(tf), safe="")}?key={_key(request)}">'
+                f'<a href="/chart/{quote(str(sym), safe="")}/{quote(str(tf), safe="")}">'
                 f"{html.escape(str(sym))} {html.escape(str(tf))}</a>"
                 for sym in s.get("symbols") or [] for tf in s.get("timeframes") or [])
             rate_s = s.get("ticks_per_s")
@@ -136,12 +258,11 @@ def chart_routes(manager: Any, denied: Callable[[Any], Any], rate: float = 10.0)
             return HTMLResponse(f"<p>{html.escape(str(exc))}</p>", status_code=404)
         from .reconcile import tick_size_of
 
-        key = _key(request)
-        events = json.dumps(f"/chart/{quote(symbol, safe='')}/{quote(label, safe='')}/events?key={key}")
+        events = json.dumps(f"/chart/{quote(symbol, safe='')}/{quote(label, safe='')}/events")
         opts = json.dumps({"tick": tick_size_of(manager, symbol), "height": 520,
                            "seconds": parse_timeframe(label).ns < 60 * 10**9})
-        return HTMLResponse(PAGE.format(title=html.escape(f"{symbol} {label}"), key=key,
-                                        events=events, opts=opts))
+        return HTMLResponse(PAGE.format(title=html.escape(f"{symbol} {label}"), events=events, opts=opts),
+                            headers=no_store)
 
     def script(request: Request) -> Response:
         if (r := denied(request)) is not None:
@@ -195,6 +316,7 @@ def chart_routes(manager: Any, denied: Callable[[Any], Any], rate: float = 10.0)
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
     return [
+        Route("/login", login, methods=["GET", "POST"]),
         Route("/", index, methods=["GET"]),
         Route("/chart/{symbol}/{tf}", page, methods=["GET"]),
         Route("/chart/{symbol}/{tf}/events", events, methods=["GET"]),
@@ -202,4 +324,4 @@ def chart_routes(manager: Any, denied: Callable[[Any], Any], rate: float = 10.0)
     ]
 
 
-__all__ = ["chart_routes", "Tracker"]
+__all__ = ["chart_routes", "Tracker", "Sessions", "SESSION_COOKIE", "SESSION_TTL"]

@@ -333,7 +333,8 @@ def test_live_chart_in_a_real_browser(chromium, lab, tmp_path):
 @pytest.mark.slow
 @pytest.mark.timeout(120)
 def test_served_chart_page_in_a_real_browser(chromium, tmp_path):
-    """``kiteohlc-lab serve``'s /chart page: the same module over server-sent events keeps updating."""
+    """``kiteohlc-lab serve``'s /chart page: a login form first (the key goes in the POST body, a session
+    cookie comes back), then the same module over server-sent events keeps updating."""
     import threading
 
     from playwright.sync_api import sync_playwright
@@ -370,7 +371,23 @@ def test_served_chart_page_in_a_real_browser(chromium, tmp_path):
             browser = pw.chromium.launch(executable_path=chromium, headless=True, args=CHROMIUM_FLAGS)
             try:
                 page = browser.new_page(viewport={"width": 1100, "height": 700})
-                page.goto(f"http://127.0.0.1:{port}/?key=k3y")
+                base = f"http://127.0.0.1:{port}"
+                seen: list[str] = []  # every URL the page asks for: the key is in none of them
+                page.on("request", lambda req: seen.append(req.url))
+                page.goto(f"{base}/chart/NIFTY/1m")  # no session yet: the login form, no chart
+                assert page.locator("input[type=password]").count() == 1
+                assert page.locator(".kohlc-chart").count() == 0
+                page.fill("input[name=key]", "wrong")
+                page.click("button[type=submit]")
+                page.wait_for_selector("text=Wrong key", timeout=10_000)
+                page.fill("input[name=key]", "k3y")
+                page.click("button[type=submit]")  # -> 303 back to the chart, with the session cookie
+                page.wait_for_selector(".kohlc-chart canvas", state="visible", timeout=20_000)
+                assert page.url == f"{base}/chart/NIFTY/1m"
+                cookie, = [c for c in page.context.cookies() if c["name"] == "kohlc_session"]
+                assert cookie["httpOnly"] and cookie["sameSite"] == "Strict" and "k3y" not in cookie["value"]
+                assert page.evaluate("() => document.cookie") == ""  # HttpOnly: not readable by scripts
+                page.click("text=streams")
                 page.click("text=NIFTY 1m")
                 page.wait_for_selector(".kohlc-chart canvas", state="visible", timeout=20_000)
                 page.wait_for_function("() => { const c = document.querySelector('.kohlc-chart');"
@@ -382,6 +399,8 @@ def test_served_chart_page_in_a_real_browser(chromium, tmp_path):
                 assert u1 - u0 >= 15, (u0, u1)
                 loads = page.evaluate("() => +document.querySelector('.kohlc-chart').parentElement.dataset.loads")
                 assert loads == 1
+                assert "k3y" not in page.content()
+                assert seen and not [u for u in seen if "k3y" in u or "key=" in u], seen
             finally:
                 browser.close()
     finally:
