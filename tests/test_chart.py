@@ -307,3 +307,33 @@ def test_missing_javascript_is_one_clear_error(shell, series, fake_manager, monk
         chart_mod.LiveChart("NIFTY", "5m", manager=fake_manager)
     with pytest.raises(UsageError, match="not built"):
         shell.run_line_magic("ohlc_chart", "NIFTY 5m")
+
+
+def test_a_chart_pins_its_series_until_it_closes(tmp_path, widget_comm):
+    """The idle-series LRU never drops the series a chart shows; closing (or retargeting) unpins."""
+    from kiteohlc_lab.config import KiteOHLC
+    from kiteohlc_lab.runtime import Manager
+
+    m = Manager(KiteOHLC(data_dir=str(tmp_path / "d"), max_idle_series=4))
+    try:
+        c = chart_mod.LiveChart(111, "1m", manager=m, autostart=False, tick_size=0.05)
+        shown = c.live.series
+        assert m.memory_status()["pinned"] == 1
+        for i in range(50):
+            m.candles(1_000_000 + i, "1m")
+        assert c.live.series is shown and (111, "1m") in m.buffers
+        c.tf = "5m"  # the old series is no longer shown: unpinned; the new one pinned
+        assert m._pins == {(111, "5m"): 1}
+        c.close()
+        assert m.memory_status()["pinned"] == 0
+        for i in range(50):
+            m.candles(2_000_000 + i, "1m")
+        assert (111, "1m") not in m.buffers and (111, "5m") not in m.buffers
+        # the front end closing the comm unpins too
+        c = chart_mod.LiveChart(111, "1m", manager=m, autostart=False, tick_size=0.05)
+        assert m.memory_status()["pinned"] == 1
+        c.comm.front_end_close()
+        assert m.memory_status()["pinned"] == 0
+        c.close()
+    finally:
+        m.shutdown()

@@ -92,3 +92,43 @@ def test_wall_clock_conversion():
     out = _wall_clock(df)
     assert out.index.tz is None and out.index[0] == pd.Timestamp("2024-05-02 09:15")
     assert list(out.columns) == ["open", "high", "low", "close", "volume"]
+
+
+def test_a_live_object_pins_its_series_until_it_is_dropped(tmp_path):
+    """The idle-series LRU (``max_idle_series``) never drops a series a LiveCandles shows; once the
+    object is garbage-collected (or released) the series is idle again and can go."""
+    import gc
+
+    from kiteohlc_lab.config import KiteOHLC
+    from kiteohlc_lab.runtime import Manager
+
+    m = Manager(KiteOHLC(data_dir=str(tmp_path / "d"), max_idle_series=4))
+    try:
+        live = LiveCandles(111, "1m", manager=m)
+        assert live.pinned and m.memory_status()["pinned"] == 1  # pinned before the first read
+        shown = live.series
+        other = LiveCandles(222, "1m", manager=m)
+        released = other.series
+        other.release()
+        other.release()  # idempotent
+        assert not other.pinned and m.memory_status()["pinned"] == 1
+        for i in range(50):  # reads of many instruments nobody shows
+            m.candles(1_000_000 + i, "1m")
+        assert live.series is shown and (111, "1m") in m.buffers
+        assert (222, "1m") not in m.buffers and other.series is not released  # released: evicted
+        assert not other.pinned  # reading a released object does not pin it again
+        del live, shown
+        gc.collect()
+        assert m.memory_status()["pinned"] == 0
+        for i in range(50):
+            m.candles(2_000_000 + i, "1m")
+        assert (111, "1m") not in m.buffers  # dropped with its object: idle, evicted
+        # an unknown symbol: no pin (and no error) until it resolves; reading it says why
+        from kiteohlc_lab.errors import KiteOHLCError
+
+        nope = LiveCandles("NOPE_NOT_A_SYMBOL", "1m", manager=m)
+        assert not nope.pinned
+        with pytest.raises(KiteOHLCError):
+            nope.series
+    finally:
+        m.shutdown()

@@ -20,7 +20,9 @@ Times are UTC seconds shifted by +19800 s, so the chart's (UTC) axis reads IST.
 A background thread polls the series' ``version`` at ``rate`` per second (default 10): nothing is
 read or sent unless it moved, and several ticks between two polls become one message. It holds the
 chart weakly and stops when the chart is closed (``chart.close()``, or the front end closing its
-comm) or dropped. Widget messages are sent from that thread; ``display()`` never is.
+comm) or dropped. Widget messages are sent from that thread; ``display()`` never is. The series the
+chart shows is pinned in the manager (the idle-series LRU never drops it) until the chart closes,
+switches to another series, or is dropped.
 """
 
 from __future__ import annotations
@@ -309,17 +311,27 @@ def _make_class():
 
         def close(self) -> None:
             self.stop()
+            self._release()
             super().close()
+
+        def _release(self) -> None:
+            """Unpin the series this chart shows (it is closed: the idle LRU may drop it)."""
+            live = self.__dict__.get("live")
+            if live is not None:
+                live.release()
 
         def _watch_comm(self, comm: Any) -> None:
             on_close = getattr(comm, "on_close", None)
             if on_close is None:
                 return
-            stop, wake = self._stop, self._wake
+            stop, wake, ref = self._stop, self._wake, weakref.ref(self)
 
             def closed(msg: Any = None) -> None:
                 stop.set()
                 wake.set()
+                chart = ref()
+                if chart is not None:
+                    chart._release()
 
             on_close(closed)
 
@@ -327,6 +339,7 @@ def _make_class():
             if change["new"] is None:
                 self._stop.set()
                 self._wake.set()
+                self._release()
             else:
                 self._watch_comm(change["new"])
 
@@ -337,7 +350,9 @@ def _make_class():
                 label = parse_timeframe(self.tf).label
                 live = LiveCandles(self.symbol, label, manager=self._manager)
                 live.series  # fails (and changes nothing) for an unknown symbol
-                self.live = live
+                old, self.live = self.live, live
+                if old is not live:
+                    old.release()  # the chart's own handle: the old series is no longer shown
                 with self.hold_trait_notifications():
                     self.title = f"{self.symbol} {label}"
                     self.seconds = parse_timeframe(label).ns < 60 * 10**9

@@ -8,15 +8,18 @@ go to that frame (``live.close.rolling(20).mean()``, ``live["volume"].sum()``, `
 from __future__ import annotations
 
 import html
+import weakref
 from typing import Any
 
 import pandas as pd
 
+from ..errors import KiteOHLCError
 from . import get_manager
 
 ROWS = 10
 _MARK = "forming"
-_OWN = frozenset({"df", "series", "version", "closed", "forming", "state", "symbol", "tf", "rows"})
+_OWN = frozenset({"df", "series", "version", "closed", "forming", "state", "symbol", "tf", "rows", "pinned",
+                  "release"})
 
 
 def stream_state(manager: Any, symbol: str, tf: str | None = None) -> dict | None:
@@ -62,6 +65,10 @@ class LiveCandles:
     >>> live = kiteohlc_lab.live("NIFTY", "5m")
     >>> live.close.rolling(20).mean().iloc[-1]
     >>> live.view()          # an auto-refreshing widget
+
+    While the object lives it pins its series in the manager (``Manager.pin``): the idle-series LRU
+    (``max_idle_series``) never drops what it shows. The pin goes when the object is garbage-collected
+    or on ``release()``.
     """
 
     def __init__(self, symbol: str, tf: str, manager: Any = None, rows: int = ROWS) -> None:
@@ -71,12 +78,42 @@ class LiveCandles:
         self._manager = manager if manager is not None else get_manager()
         self._key: tuple[int, int] | None = None
         self._df: pd.DataFrame | None = None
+        self._pin: weakref.finalize | None = None
+        self._released = False
+        self._ensure_pin()
+
+    def _ensure_pin(self) -> None:
+        """Pin the series (once); an unknown symbol is pinned when it first resolves."""
+        if self._pin is not None or self._released:
+            return
+        pin = getattr(self._manager, "pin", None)
+        if pin is None:
+            return
+        try:
+            unpin = pin(self.symbol, self.tf)
+        except KiteOHLCError:
+            return  # not resolvable yet: reading the series says why; pinned once it reads
+        self._pin = weakref.finalize(self, unpin)  # holds the unpin, not self
+        self._pin.atexit = False  # nothing to unpin at interpreter exit
+
+    def release(self) -> None:
+        """Unpin the series now (idempotent; the object still reads, the LRU may drop its series)."""
+        self._released = True
+        if self._pin is not None:
+            self._pin()
+
+    @property
+    def pinned(self) -> bool:
+        return self._pin is not None and self._pin.alive
 
     # -- the current frame
     @property
     def series(self) -> Any:
         """The manager's ``SeriesBuffer`` (``.version``, ``.frame()``)."""
-        return self._manager.series(self.symbol, self.tf)
+        s = self._manager.series(self.symbol, self.tf)
+        if self._pin is None and not self._released:
+            self._ensure_pin()
+        return s
 
     @property
     def version(self) -> int:
