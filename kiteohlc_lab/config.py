@@ -137,6 +137,22 @@ class KiteOHLC(Configurable):
     ).tag(config=True)
 
     # -- defaults from the environment and .env (explicit config beats these)
+    _DYNAMIC = ("api_key", "access_token", "api_secret", "ticker_url", "api_url", "redis_url",
+                "mongo_uri", "data_dir")  # read by their @default below
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        # every other option (numbers, switches, session_open ...) from KITEOHLC_<X> or .env too,
+        # unless given explicitly (keyword, %config, ipython_config.py)
+        section = self.config.get(type(self).__name__, {}) if self.config else {}
+        dotenv = read_dotenv()
+        for name in self.option_names():
+            if name in kwargs or name in section or name in self._DYNAMIC:
+                continue
+            value = lookup(name, dotenv=dotenv)
+            if value is not None:
+                set_option(self, name, value)
+
     def _env_default(self, name: str, fallback: str = "") -> str:
         value = lookup(name)
         return fallback if value is None else value

@@ -185,3 +185,24 @@ def test_history_prints_csv(capsys, isolated_env):
     code, out, _ = run(capsys, "history", "256265", "1m", "--from", "2023-11-15 03:45", "--csv",
                        "--redis-url", "redis://127.0.0.1:1/0")
     assert code == 0 and len(out.strip().splitlines()) == 2
+
+
+def test_every_option_reads_its_environment_variable_in_a_notebook_too(monkeypatch, tmp_path):
+    # numbers and switches, not only the URLs: KITEOHLC_<OPTION> works for KiteOHLC() as for the CLI
+    from traitlets.config import Config
+
+    from kiteohlc_lab.config import KiteOHLC
+    from kiteohlc_lab.errors import ConfigError
+
+    monkeypatch.setenv("KITEOHLC_GRACE", "2.5")
+    monkeypatch.setenv("KITEOHLC_MAX_IDLE_SERIES", "9")
+    monkeypatch.setenv("KITEOHLC_FILL_EMPTY", "true")
+    c = KiteOHLC()
+    assert (c.grace, c.max_idle_series, c.fill_empty) == (2.5, 9, True)
+    assert KiteOHLC(grace=1.0).grace == 1.0  # explicit beats the environment
+    cf = Config()
+    cf.KiteOHLC.grace = 3.0
+    assert KiteOHLC(config=cf).grace == 3.0  # %config / ipython_config.py too
+    monkeypatch.setenv("KITEOHLC_GRACE", "soon")
+    with pytest.raises(ConfigError, match="KiteOHLC.grace = 'soon' is not accepted"):
+        KiteOHLC()
