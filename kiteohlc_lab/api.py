@@ -2,42 +2,22 @@
 
 from __future__ import annotations
 
-import atexit
-import threading
 from typing import Any, Callable
 
 import pandas as pd
 
+from . import current
 from .runtime import Manager, StreamInfo
-
-_manager: Manager | None = None
-_lock = threading.Lock()
 
 
 def manager() -> Manager:
     """The process-wide Manager (created on first use, shut down at exit)."""
-    global _manager
-    with _lock:
-        if _manager is None:
-            _manager = Manager()
-            atexit.register(_shutdown)
-        return _manager
-
-
-def _shutdown() -> None:
-    global _manager
-    m = _manager
-    if m is not None:
-        m.shutdown()
+    return current.manager()
 
 
 def reset() -> None:
     """Shut the current Manager down and forget it (tests, ``%unload_ext``)."""
-    global _manager
-    with _lock:
-        m, _manager = _manager, None
-    if m is not None:
-        m.shutdown()
+    current.reset()
 
 
 def stream(symbols: str | list[str], *timeframes: str, source: str | None = None, tape: str | None = None,

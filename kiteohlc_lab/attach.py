@@ -411,7 +411,7 @@ def attach_leased(manager: Any, syms: list[str], tfs: list[Any], force: bool = F
 
 def start_attached(manager: Any, pairs: list[tuple[str, int]], tfs: list[Any]) -> Any:
     """Follow ``pairs`` x ``tfs`` from Redis (extends a running attached stream of the same store)."""
-    from .runtime import StreamInfo
+    from .streaminfo import StreamInfo
 
     if not pairs:
         raise ConfigError("no symbol to attach to")
@@ -420,7 +420,7 @@ def start_attached(manager: Any, pairs: list[tuple[str, int]], tfs: list[Any]) -
     existing = next((s for s in manager.streams.values()
                      if getattr(s, "attached", False) and s.alive and s.live is live), None)
     all_tfs = tfs if existing is None else list({t.label: t for t in [*existing.engine.timeframes, *tfs]}.values())
-    manager._prepare(None, pairs, all_tfs)
+    manager.prepare(None, pairs, all_tfs)
 
     def initial(batches: list[CandleBatch]) -> None:
         for b in batches:
@@ -445,8 +445,8 @@ def start_attached(manager: Any, pairs: list[tuple[str, int]], tfs: list[Any]) -
         existing.subscribe([t for _, t in pairs], symbols, tfs)
         msg = f"Attached {names} {labels} to the running Redis follower{writers}; no Kite connection opened"
         return StreamInfo(existing.name, "redis", pairs, [t.label for t in existing.engine.timeframes], msg)
-    with manager._lock:
-        name = "redis" if "redis" not in manager.streams else manager._name("redis")
+    with manager.lock:
+        name = "redis" if "redis" not in manager.streams else manager.new_stream_name("redis")
         stream = AttachedStream(name, live, [t for _, t in pairs], tfs, listener=manager,
                                 symbols=symbols, on_initial=initial)
         manager.streams[name] = stream

@@ -55,7 +55,7 @@ def _flag(option: str) -> str:
 
 def _add_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("configuration (flag > env KITEOHLC_* > .env > --config file > default)")
-    g.add_argument("--config", metavar="FILE", dest="_config",
+    g.add_argument("--config", metavar="FILE", dest="config_file",
                    help="TOML or JSON file of options (keys are option names)")
     for name in KiteOHLC.option_names():
         trait = KiteOHLC.class_traits()[name]
@@ -143,7 +143,7 @@ def read_config_file(path: str) -> dict[str, Any]:
 def config_from_args(args: argparse.Namespace, env: Any = None, dotenv: Any = None,
                      origins: dict[str, str] | None = None) -> KiteOHLC:
     flags = {n: getattr(args, n, None) for n in KiteOHLC.option_names()}
-    cfg_file = read_config_file(args._config) if getattr(args, "_config", None) else None
+    cfg_file = read_config_file(args.config_file) if getattr(args, "config_file", None) else None
     return from_sources(flags, env=env, dotenv=dotenv, config_file=cfg_file, origins=origins)
 
 

@@ -28,6 +28,7 @@ import socket
 import sys
 import threading
 import time
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +36,16 @@ from .config import KiteOHLC
 from .errors import ConfigError
 
 log = logging.getLogger("kiteohlc_lab.collector")
+_OURS: "weakref.WeakSet[logging.Handler]" = weakref.WeakSet()  # handlers setup_logging added
+
+
+def remove_log_handlers() -> None:
+    """Take the handlers ``setup_logging`` added off the root logger and close them."""
+    root = logging.getLogger()
+    for h in list(root.handlers):
+        if h in _OURS:
+            root.removeHandler(h)
+            h.close()
 
 LOG_NAME = "collector.log"
 HEARTBEAT_TTL_BEATS = 3
@@ -51,7 +62,7 @@ def setup_logging(data_dir: str, level: int = logging.INFO, stderr: bool = True)
     fmt = logging.Formatter("%(asctime)s %(levelname)s [%(process)d] %(name)s: %(message)s")
     root = logging.getLogger()
     for h in list(root.handlers):
-        if getattr(h, "_kiteohlc", False):
+        if h in _OURS:
             root.removeHandler(h)
             h.close()
     handlers: list[logging.Handler] = [
@@ -62,7 +73,7 @@ def setup_logging(data_dir: str, level: int = logging.INFO, stderr: bool = True)
     for h in handlers:
         h.setFormatter(fmt)
         h.addFilter(_FILTER)  # handler level: records propagated from any logger are redacted
-        h._kiteohlc = True  # type: ignore[attr-defined]
+        _OURS.add(h)
         root.addHandler(h)
     root.setLevel(level)
     logging.getLogger("kiteohlc_lab").setLevel(level)
@@ -191,7 +202,7 @@ class Collector:
         problems = [f"{s['stream']} {s['state']}" for s in streams
                     if s.get("state") not in ("running", "connected", "done")]
         problems += [f"{s['stream']}: {s['error']}" for s in streams if s.get("error")][:1]
-        store = streams[0]["store"] if streams else m._store_health()
+        store = streams[0]["store"] if streams else m.store_health()
         if "DOWN" in store:
             problems.append(store)
         if ages and min(ages) > self.cfg.stall_timeout:
@@ -336,7 +347,7 @@ class Collector:
             self.unpublish()
             if self.reconciler is not None:
                 self.reconciler.stop()
-            live = self.manager._stores[0] if self.manager._stores else None
+            live = self.manager.opened_stores()[0] if self.manager.opened_stores() else None
             self.manager.shutdown()  # streams stop (final write), leases released, stores closed
             if live is not None and getattr(live, "spool", None) is not None and len(live.spool):
                 log.warning("collector %s: %d live writes stay spooled for the next run", self.id,

@@ -134,7 +134,7 @@ def reconcile(symbol: str | int, tf: str = "1m", start: Any = None, end: Any = N
     >>> kiteohlc_lab.reconcile("NIFTY", "1m").query("~match")     # doctest: +SKIP
     """
     if manager is None:
-        from .api import manager as _m
+        from .current import manager as _m
 
         manager = _m()
     t = parse_timeframe(tf)
@@ -221,7 +221,7 @@ class Reconciler:
                  prefix: str | None = None, interval: float = 5.0,
                  clock: Callable[[], int] = time.time_ns) -> None:
         if manager is None:
-            from .api import manager as _m
+            from .current import manager as _m
 
             manager = _m()
         self.manager = manager

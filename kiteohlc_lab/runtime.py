@@ -13,7 +13,6 @@ import logging
 import threading
 import time
 from collections import OrderedDict
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -21,6 +20,7 @@ import numpy as np
 import pandas as pd
 
 from .config import KiteOHLC
+from .streaminfo import StreamInfo, split_symbols  # noqa: F401 - re-exported
 from .errors import ConfigError, KiteOHLCError, SymbolError, TapeError
 from .core.bounded import CallbackWorker, ErrorLog
 from .core.candles import Candle, CandleBatch, empty_frame
@@ -32,33 +32,6 @@ from .core.timeframes import bound_ns, parse_timeframe
 log = logging.getLogger("kiteohlc_lab")
 
 SOURCES = ("kite", "sim", "replay", "redis")
-
-
-@dataclass
-class StreamInfo:
-    """What ``start`` did: the stream, its source, the instruments and a one-line message."""
-
-    name: str
-    source: str
-    instruments: list[tuple[str, int]]
-    timeframes: list[str]
-    message: str
-
-    def __repr__(self) -> str:
-        return self.message
-
-
-def split_symbols(symbols: str | list[str] | tuple[str, ...]) -> list[str]:
-    if isinstance(symbols, (int, np.integer)):
-        return [str(symbols)]
-    if isinstance(symbols, str):
-        parts = symbols.split(",")
-    else:
-        parts = [p for s in symbols for p in str(s).split(",")]
-    out = [p.strip() for p in parts if p.strip()]
-    if not out:
-        raise SymbolError("no symbol given; use e.g. NIFTY, NSE:RELIANCE or a numeric token")
-    return out
 
 
 class Manager:
@@ -127,6 +100,15 @@ class Manager:
             k, self.leases = self.leases, None
         if k is not None:
             k.stop(release=True)
+
+    @property
+    def lock(self) -> threading.RLock:
+        """Guards ``streams`` (and the stores' opening) between threads."""
+        return self._lock
+
+    def opened_stores(self) -> tuple[Any, Any, str] | None:
+        """The stores if they are open, without opening them."""
+        return self._stores
 
     def stores(self) -> tuple[Any, Any, str]:
         """(live store, history store, description), opened once per configuration."""
@@ -296,7 +278,8 @@ class Manager:
         return Engine(tfs, grace=c.grace, late_policy=c.late_policy, fill_empty=c.fill_empty,
                       session_open=dict(c.session_open) or None)
 
-    def _name(self, base: str) -> str:
+    def new_stream_name(self, base: str) -> str:
+        """``base``, or ``base#N`` when a stream of that name exists."""
         self._seq += 1
         return base if base not in self.streams else f"{base}#{self._seq}"
 
@@ -339,7 +322,7 @@ class Manager:
                 )
         tokens = [t for _, t in pairs]
         src = ReplaySource(tape, tokens, speed=speed)
-        name = self._name(f"replay:{Path(tape.path).name}")
+        name = self.new_stream_name(f"replay:{Path(tape.path).name}")
         first_ts = int(tape.ticks.ts[0]) if len(tape.ticks) else None
         info = self._launch(name, src, pairs, tfs, record, first_ts=first_ts)
         info.message = (
@@ -400,7 +383,7 @@ class Manager:
         if existing is not None:
             for tf in tfs:  # on the stream thread, between two batches
                 existing.add_timeframe(tf)
-            self._prepare(existing, pairs, [t for t in existing.engine.timeframes], resume=True)
+            self.prepare(existing, pairs, [t for t in existing.engine.timeframes], resume=True)
             existing.subscribe([t for _, t in pairs], {t: s for s, t in pairs})
             self._backfill(existing, pairs, tfs, backfill, kite, progress)
             return StreamInfo(existing.name, source, pairs, [t.label for t in existing.engine.timeframes],
@@ -412,7 +395,7 @@ class Manager:
         src = KiteSource(api_key, token, [t for _, t in pairs], ticker_url=ticker_url, api_url=api_url,
                          mode=mode or c.mode, stall_timeout=c.stall_timeout, history=hist_client)
         src.name = source
-        info = self._launch(source if source not in self.streams else self._name(source), src, pairs, tfs, record)
+        info = self._launch(source if source not in self.streams else self.new_stream_name(source), src, pairs, tfs, record)
         self._backfill(self.streams[info.name], pairs, tfs, backfill, kite, progress)
         where = ("the built-in Kite simulator (no credentials configured)" if source == "sim" and not c.ticker_url
                  else f"Kite ({ticker_url or 'wss://ws.kite.trade'})")
@@ -463,7 +446,7 @@ class Manager:
 
         return attach_leased(self, syms, tfs, force=True)[1]
 
-    def _prepare(self, stream: Stream | None, pairs, tfs, first_ts: int | None = None,
+    def prepare(self, stream: Stream | None, pairs, tfs, first_ts: int | None = None,
                  engine: Engine | None = None, resume: bool = False) -> dict[int, dict]:
         """Load history into the series and continue the live state from Redis.
 
@@ -524,7 +507,7 @@ class Manager:
     def _launch(self, name, source, pairs, tfs, record, first_ts: int | None = None) -> StreamInfo:
         live, hist, _ = self.stores()
         eng = self._engine(tfs)
-        usable = self._prepare(None, pairs, tfs, first_ts=first_ts, engine=eng, resume=bool(source.live))
+        usable = self.prepare(None, pairs, tfs, first_ts=first_ts, engine=eng, resume=bool(source.live))
         if source.live and usable:
             from .feeds.kite import KiteSource
 
@@ -589,7 +572,7 @@ class Manager:
 
     def status(self) -> list[dict]:
         out = []
-        store_health = self._store_health()
+        store_health = self.store_health()
         callbacks = self.callbacks_status() if self._callback_worker is not None else None
         for s in list(self.streams.values()):
             st = s.status()
@@ -608,7 +591,8 @@ class Manager:
                 "evicted": self.evicted, "pinned": len(self._pins), "callbacks": self.callbacks_status(),
                 "errors": len(self.errors), "errors_dropped": self.errors.dropped}
 
-    def _store_health(self) -> str:
+    def store_health(self) -> str:
+        """One line: each store's health (cached for a second)."""
         if self._stores is None:
             return "not opened"
         cached = self._health_cache

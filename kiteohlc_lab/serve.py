@@ -150,7 +150,7 @@ def build_app(manager: Any, api_key: str) -> Any:
         if (r := denied(request)) is not None:
             return r
         streams = manager.status()
-        stores = manager._store_health() if hasattr(manager, "_store_health") else None
+        stores = manager.store_health() if hasattr(manager, "store_health") else None
         return JSONResponse(_clean({"streams": streams, "stores": stores}))
 
     def openapi(request: Request) -> Response:
@@ -162,7 +162,7 @@ def build_app(manager: Any, api_key: str) -> Any:
         Route("/candles/{symbol}/{tf}", candles, methods=["GET"]),
         Route("/status", status, methods=["GET"]),
         Route("/openapi.json", openapi, methods=["GET"]),
-        *chart_routes(manager, key_ok),
+        *chart_routes(manager, key_ok, header=API_KEY_HEADER),
     ])
 
 

@@ -173,9 +173,11 @@ def _safe_next(target: str) -> str:
 
 
 def chart_routes(manager: Any, key_ok: Callable[[str], bool], rate: float = 10.0,
-                 sessions: Sessions | None = None) -> list:
+                 sessions: Sessions | None = None, header: str = "X-API-Key") -> list:
     """The routes of the chart pages and their login; ``key_ok(s)`` is the read API's constant-time
-    key check, ``sessions`` the logins (a fresh ``Sessions()`` by default)."""
+    key check on the ``header`` it is sent in, ``sessions`` the logins (a fresh ``Sessions()`` by
+    default)."""
+    API_KEY_HEADER = header
     from starlette.concurrency import run_in_threadpool
     from starlette.requests import Request
     from starlette.responses import FileResponse, HTMLResponse, RedirectResponse, Response, StreamingResponse
@@ -183,7 +185,6 @@ def chart_routes(manager: Any, key_ok: Callable[[str], bool], rate: float = 10.0
 
     from .core.timeframes import parse_timeframe
     from .errors import KiteOHLCError
-    from .serve import API_KEY_HEADER
 
     logins = Sessions() if sessions is None else sessions
     no_store = {"Cache-Control": "no-store"}

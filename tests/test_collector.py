@@ -464,10 +464,9 @@ def test_logs_redact_the_token(tmp_path):
         text = path.read_text()
         assert TOKEN not in text and text.count("***") == 2
     finally:
-        root = logging.getLogger()
-        for h in [h for h in root.handlers if getattr(h, "_kiteohlc", False)]:
-            root.removeHandler(h)
-            h.close()
+        from kiteohlc_lab.collector import remove_log_handlers
+
+        remove_log_handlers()
 
 
 @pytest.mark.slow

@@ -43,6 +43,14 @@ class SeriesBuffer:
         self.refreshed = time.monotonic()
         self.refresh_lock = threading.Lock()
 
+    def tail_columns(self, keep: int | None = None) -> tuple[int, dict[str, np.ndarray]]:
+        """(closed candles held, copies of the columns of the last ``keep`` of them; all with None),
+        taken under the buffer's lock: a reader in another thread gets a consistent slice."""
+        with self._lock:
+            n = self._n
+            lo = 0 if keep is None else max(0, n - keep)
+            return n, {k: v[lo:n].copy() for k, v in self._cols.items()}
+
     def __len__(self) -> int:
         return self._n + (self.forming is not None)
 

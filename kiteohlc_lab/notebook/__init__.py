@@ -18,7 +18,7 @@ def get_manager() -> Any:
     """The process-wide ``Manager`` (``kiteohlc_lab.api.manager()``), or the one set by ``use_manager``."""
     if _override is not None:
         return _override
-    from ..api import manager
+    from ..current import manager
 
     return manager()
 

@@ -39,7 +39,7 @@ import numpy as np
 import pandas as pd
 
 from ..errors import KiteOHLCError
-from .live import LiveCandles, stream_state
+from .handle import SeriesHandle, stream_state
 
 IST_SHIFT = 19_800  # seconds: UTC -> IST wall clock on the chart's UTC axis
 DEFAULT_RATE = 10.0
@@ -116,13 +116,10 @@ def snapshot(series: Any, keep: int | None) -> Snapshot:
     ``version`` and ``frame()`` through its frame.
     """
     key = (id(series), int(series.version))  # before reading: a racing change only forces a poll
-    cols = getattr(series, "_cols", None)
-    lock = getattr(series, "_lock", None)
-    if cols is not None and lock is not None and hasattr(series, "_n") and hasattr(series, "forming"):
-        with lock:
-            n = int(series._n)
-            lo = 0 if keep is None else max(0, n - keep)
-            part = [cols[k][lo:n].copy() for k in ("start", "open", "high", "low", "close", "volume")]
+    if hasattr(series, "tail_columns") and hasattr(series, "forming"):
+        n, cols = series.tail_columns(keep)
+        lo = n - len(cols["start"])
+        part = [cols[k] for k in ("start", "open", "high", "low", "close", "volume")]
         forming = series.forming  # the engine's lock is never taken under the buffer's
         rows = np.empty((n - lo + (forming is not None), 6))
         rows[: n - lo, 0] = _seconds(part[0])
@@ -192,7 +189,7 @@ def _updater(ref: "weakref.ref[LiveChart]", stop: threading.Event, wake: threadi
         try:
             chart.poll()
         except Exception as exc:  # never die silently
-            chart._failed(exc)
+            chart.report_failure(exc)
         del chart  # only a weak hold while sleeping: a dropped chart ends the thread
 
 
@@ -250,8 +247,8 @@ def _make_class():
             self._wake = threading.Event()
             self._thread: threading.Thread | None = None
             esm = _esm_text()
-            self.live = LiveCandles(symbol, tf, manager=manager)
-            self._manager = self.live._manager
+            self.live = SeriesHandle(symbol, tf, manager=manager)
+            self._manager = self.live.manager
             self.live.series  # an unknown symbol or timeframe fails here, in the cell
             label = parse_timeframe(tf).label
             if tick_size is None:
@@ -311,10 +308,10 @@ def _make_class():
 
         def close(self) -> None:
             self.stop()
-            self._release()
+            self.release_series()
             super().close()
 
-        def _release(self) -> None:
+        def release_series(self) -> None:
             """Unpin the series this chart shows (it is closed: the idle LRU may drop it)."""
             live = self.__dict__.get("live")
             if live is not None:
@@ -331,7 +328,7 @@ def _make_class():
                 wake.set()
                 chart = ref()
                 if chart is not None:
-                    chart._release()
+                    chart.release_series()
 
             on_close(closed)
 
@@ -339,7 +336,7 @@ def _make_class():
             if change["new"] is None:
                 self._stop.set()
                 self._wake.set()
-                self._release()
+                self.release_series()
             else:
                 self._watch_comm(change["new"])
 
@@ -348,7 +345,7 @@ def _make_class():
 
             with self._lock:
                 label = parse_timeframe(self.tf).label
-                live = LiveCandles(self.symbol, label, manager=self._manager)
+                live = SeriesHandle(self.symbol, label, manager=self._manager)
                 live.series  # fails (and changes nothing) for an unknown symbol
                 old, self.live = self.live, live
                 if old is not live:
@@ -575,7 +572,7 @@ def _make_class():
             self._emit({"kind": "markers", "markers": self._marker_list()})
 
         # -- reporting
-        def _failed(self, exc: BaseException) -> None:
+        def report_failure(self, exc: BaseException) -> None:
             self.errors += 1
             self.last_error = f"{type(exc).__name__}: {exc}".splitlines()[0]
             with contextlib.suppress(Exception):

@@ -11,74 +11,22 @@ the next cell that runs.
 from __future__ import annotations
 
 import atexit
-import functools
 import html
 import sys
-from typing import Any, Callable
+from typing import Any
 
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, line_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
 
 from ..config import KiteOHLC, mask_url
-from ..errors import KiteOHLCError
 from . import get_manager
 
-SOURCES = ("kite", "sim", "replay", "redis")
-MODES = ("ltp", "quote", "full")
-
-
-def _speed(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if not value >= 0 or value == float("inf"):
-        import argparse
-
-        raise argparse.ArgumentTypeError(
-            f"{text!r} is not accepted; use 0 (as fast as possible) or a positive factor like 1 or 60")
-    return value
-
-
-def _when(text: str) -> Any:
-    """A date/time argument; naive values are IST wall-clock (the exchange's clock)."""
-    import argparse
-
-    import pandas as pd
-
-    try:
-        ts = pd.Timestamp(text)
-    except (ValueError, TypeError):
-        raise argparse.ArgumentTypeError(
-            f"{text!r} is not a date; use e.g. 2024-05-02 or '2024-05-02 09:15'") from None
-    return ts.tz_localize("Asia/Kolkata") if ts.tzinfo is None else ts.tz_convert("Asia/Kolkata")
-
-
-def _symbols(text: str) -> list[str]:
-    out = [s.strip() for s in text.split(",") if s.strip()]
-    if not out:
-        raise UsageError(f"no symbol in {text!r}; use e.g. NIFTY or NIFTY,NSE:RELIANCE or 256265")
-    return out
-
-
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip() or type(exc).__name__
-    return text.splitlines()[0]
-
-
-def friendly(fn: Callable) -> Callable:
-    """Turn the project's errors into a one-line ``UsageError``."""
-
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(*args, **kwargs)
-        except KiteOHLCError as exc:
-            raise UsageError(_one_line(exc)) from None
-
-    return wrapper
-
+from .args import MODES, SOURCES, friendly
+from .args import one_line as _one_line
+from .args import speed as _speed
+from .args import symbols as _symbols
+from .args import when as _when
 
 class StatusTable:
     """``%ohlc_status`` result: rows from ``Manager.status()``, shown as an HTML or text table."""

