@@ -146,13 +146,14 @@ def anchor_for_tokens(tokens: npt.ArrayLike, session_open: dict[str, str] | None
     return seg_anchor[np.asarray(tokens, dtype=np.int64) & 0xFF]
 
 
-def bucket_start(ts: npt.ArrayLike, tf: Timeframe, anchor: npt.ArrayLike) -> np.ndarray:
+def bucket_start(ts: npt.ArrayLike, tf: Timeframe, anchor: npt.ArrayLike, cut_free: bool = False) -> np.ndarray:
     """Start (epoch ns) of the bucket holding each timestamp.
 
     ``anchor`` is the session-open offset in ns after 00:00 IST (scalar or per tick). Intraday
     buckets are the grid ``open + k * size`` of the tick's IST day, cut at midnight: a bucket never
     starts before 00:00 IST of its tick's day (a timeframe that does not divide the day gets a short
-    first bucket there, and never a bucket of the day before).
+    first bucket there, and never a bucket of the day before). ``cut_free=True`` promises that no
+    timestamp lies within ``size`` of midnight (the caller checked the batch's range): the cut is skipped.
     """
     local = np.asarray(ts, dtype=np.int64) + IST_OFFSET_NS
     day = (local // DAY_NS) * DAY_NS
@@ -161,7 +162,7 @@ def bucket_start(ts: npt.ArrayLike, tf: Timeframe, anchor: npt.ArrayLike) -> np.
     size = tf.ns
     a = np.asarray(anchor, dtype=np.int64)
     start = day + a + ((local - day - a) // size) * size
-    if (start < day).any():
+    if not cut_free and (start < day).any():
         np.maximum(start, day, out=start)
     return start - IST_OFFSET_NS
 
