@@ -36,17 +36,18 @@ _LOCK_GUARD = threading.Lock()
 def engine_lock(engine: Any) -> "threading.RLock":
     """The lock guarding ``engine``'s state between its stream thread and readers in other threads.
 
-    One per engine (attached to it on first use), so a SeriesBuffer bound to the engine before its
-    Stream exists and the Stream itself share it. The stream thread holds it per batch while the
-    engine aggregates (and while a ``Stream.call`` runs); readers hold it while they copy.
+    One per engine (``Engine.lock``, made with the engine; an engine-like object without one gets a
+    ``lock`` attribute on first use), so a SeriesBuffer bound to the engine before its Stream exists
+    and the Stream itself share it. The stream thread holds it per batch while the engine aggregates
+    (and while a ``Stream.call`` runs); readers hold it while they copy.
     """
-    lock = getattr(engine, "_kiteohlc_lock", None)
+    lock = getattr(engine, "lock", None)
     if lock is None:
         with _LOCK_GUARD:
-            lock = getattr(engine, "_kiteohlc_lock", None)
+            lock = getattr(engine, "lock", None)
             if lock is None:
                 lock = threading.RLock()
-                engine._kiteohlc_lock = lock
+                engine.lock = lock
     return lock
 
 
@@ -254,15 +255,7 @@ class Stream:
         """Stop aggregating ``tf`` (its forming candles are dropped); True if it was there."""
         label = parse_timeframe(tf).label
 
-        def drop() -> bool:
-            eng = self.engine
-            if label not in eng.series or len(eng.series) <= 1:
-                return False  # the last timeframe stays: an engine needs one
-            del eng.series[label]
-            getattr(eng, "_fill_prev", {}).pop(label, None)
-            return True
-
-        return self.call(drop)
+        return self.call(lambda: self.engine.remove_timeframe(label))  # the last one stays
 
     def import_state(self, states: Any) -> None:
         """Continue instruments from saved live state (``Engine.import_state``), on the stream thread."""
@@ -472,7 +465,7 @@ class Stream:
             return out
         src = parse_timeframe(tf)
         eng = self.engine
-        anchor = eng._anchor[eng.slot(token)] if eng.slot(token) is not None else None
+        anchor = eng.anchor_of(token)
         order = np.argsort(minutes.start, kind="stable")
         minutes = minutes.select(order)
         for t in eng.timeframes:
