@@ -1,0 +1,303 @@
+"""SeriesRegistry: the candle series the researcher reads, and the stream side that feeds them.
+
+It owns one ``SeriesBuffer`` per (instrument, timeframe), the pins of live views, the idle-series LRU,
+the store following of series no stream of this process writes, and the ``on_candle`` callbacks with
+the worker thread that calls them. Its ``on_closed``/``on_forming``/``on_gap`` are the Stream
+Listener's candle methods (the Manager forwards them).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import OrderedDict
+from typing import Any, Callable, Iterable
+
+import numpy as np
+import pandas as pd
+
+from ..config import KiteOHLC
+from ..core.bounded import CallbackWorker, ErrorLog
+from ..core.candles import Candle, CandleBatch
+from ..core.series import SeriesBuffer
+from ..core.timeframes import bound_ns, parse_timeframe
+
+log = logging.getLogger("kiteohlc_lab")
+
+Key = tuple[int, str]  # (token, timeframe label)
+
+
+class SeriesRegistry:
+    """The series in memory, their pins, eviction, store following and on_candle callbacks."""
+
+    # grace the stream thread gives an idle callback worker (see CallbackWorker), seconds
+    callback_grace = 0.05
+
+    def __init__(self, config: Callable[[], KiteOHLC], lock: threading.RLock,
+                 stores: Callable[[], tuple[Any, Any, str]], streams: Callable[[], Iterable[Any]],
+                 token_of: Callable[[str | int], int], errors: ErrorLog) -> None:
+        self._config = config  # the Manager's current configuration (it may be replaced)
+        self._lock = lock  # the Manager's lock: guards buffers, the LRU, pins and callbacks
+        self._stores = stores  # (live, history, description), opened on first use
+        self._streams = streams  # the streams of this process now (own and attached)
+        self._token_of = token_of  # symbol -> token (SymbolBook.token_of)
+        self._errors = errors  # where a failing callback is reported (once)
+        self.buffers: dict[Key, SeriesBuffer] = {}
+        # series no stream of this process writes: least recently read last, at most
+        # cfg.max_idle_series of them kept (those a stream, callback or pin uses are never dropped)
+        self._lru: OrderedDict[Key, None] = OrderedDict()
+        self.pins: dict[Key, int] = {}  # key -> live views (LiveCandles, charts) showing it
+        self.evicted = 0  # series dropped from memory (they reload from the store when read)
+        self._follower: Any = None  # stores.follow.StoreFollower over the current stores
+        self._callbacks: dict[Key, list[Callable[[Candle], Any]]] = {}
+        self._failed_callbacks: set[int] = set()  # id() of callbacks that raised (reported once)
+        self._worker: CallbackWorker | None = None  # runs the on_candle calls, started on first use
+
+    # ------------------------------------------------------------------ reading
+    def series(self, symbol: str | int, tf: str) -> SeriesBuffer:
+        """The series of ``symbol`` at ``tf``; one that no stream of this process writes follows the
+        stores (what another process's writer stored shows within ``cfg.follow_interval`` s)."""
+        tok = self._token_of(symbol)
+        label = parse_timeframe(tf).label
+        key = (tok, label)
+        with self._lock:
+            self.load([tok], label)
+            buf = self.buffers[key]
+            self._lru[key] = None
+            self._lru.move_to_end(key)
+            if len(self._lru) > self._config().max_idle_series:
+                self._evict()
+        self._follow(key, buf)
+        return buf
+
+    def candles(self, symbol: str | int, tf: str, closed_only: bool = False,
+                start: Any = None, end: Any = None) -> pd.DataFrame:
+        """History + closed + forming candles of ``symbol`` at ``tf``."""
+        return self.series(symbol, tf).frame(closed_only=closed_only, start=bound_ns(start), end=bound_ns(end))
+
+    def in_use(self, key: Key) -> bool:
+        """True while a stream of this process (own or attached), a callback or a pin uses the
+        series ``key`` = (token, timeframe label)."""
+        return bool(self._callbacks.get(key) or self.pins.get(key)) or self._written_here(key)
+
+    def pin(self, symbol: str | int, tf: str) -> Callable[[], None]:
+        """Keep the series of ``symbol`` at ``tf`` in memory (a live view uses it); returns the unpin."""
+        key = (self._token_of(symbol), parse_timeframe(tf).label)
+        with self._lock:
+            self.pins[key] = self.pins.get(key, 0) + 1
+        done = []
+
+        def unpin() -> None:
+            if done:
+                return
+            done.append(1)
+            with self._lock:
+                left = self.pins.get(key, 0) - 1
+                if left > 0:
+                    self.pins[key] = left
+                else:
+                    self.pins.pop(key, None)
+
+        return unpin
+
+    def _evict(self) -> None:
+        """Drop the least recently read series beyond ``cfg.max_idle_series`` (under the lock)."""
+        limit = max(0, int(self._config().max_idle_series))
+        while len(self._lru) > limit:
+            key = next(iter(self._lru))
+            del self._lru[key]
+            if self.in_use(key):
+                continue  # not idle: back in the LRU when it is read again
+            if self.buffers.pop(key, None) is not None:
+                self.evicted += 1
+
+    def _follow(self, key: Key, buf: SeriesBuffer) -> None:
+        """Re-read the stores for a series no stream of this process writes, at most every
+        ``cfg.follow_interval`` seconds (new candles and the forming one only)."""
+        interval = float(self._config().follow_interval)
+        if time.monotonic() - buf.refreshed < interval or self._written_here(key):
+            return
+        if not buf.refresh_lock.acquire(blocking=False):
+            return  # another reader is refreshing it right now
+        try:
+            if time.monotonic() - buf.refreshed < interval:
+                return
+            follower = self._store_follower()
+            follower.refresh(buf)
+            buf.refreshed = time.monotonic()
+        except Exception as exc:  # noqa: BLE001 - a read never fails for following
+            log.debug("following the stores for %s: %s", key, exc)
+        finally:
+            buf.refresh_lock.release()
+
+    def _written_here(self, key: Key) -> bool:
+        """A stream of this process (own or attached) that has not ended feeds the series ``key``."""
+        tok, label = key
+        for s in list(self._streams()):
+            if s.done.is_set() or tok not in s.tokens:  # done: stopped, failed or finished
+                continue
+            if any(t.label == label for t in s.engine.timeframes):
+                return True
+        return False
+
+    def _store_follower(self) -> Any:
+        from ..stores.follow import StoreFollower
+
+        live, hist, _ = self._stores()
+        f = self._follower
+        if f is None or f.hist is not hist or f.live is not live:
+            f = self._follower = StoreFollower(live, hist)
+        return f
+
+    def load(self, tokens: list[int], tf: str) -> None:
+        """Create the series of ``tokens`` at ``tf`` that do not exist yet, with their stored history
+        (one query for thousands of instruments where the store can)."""
+        new = [tok for tok in tokens if (tok, tf) not in self.buffers]
+        if not new:
+            return
+        hist = self._stores()[1]
+        read_many = getattr(hist, "read_many", None)
+        try:
+            if read_many is not None:
+                found = read_many(new, tf)
+            else:
+                found = {}
+                for tok in new:
+                    df = hist.read(tok, tf)
+                    if len(df):
+                        found[tok] = _batch_from_frame(tok, tf, df)
+        except Exception as exc:
+            log.warning("history at %s not readable: %s", tf, exc)
+            found = {}
+        for tok in new:
+            buf = SeriesBuffer(tok, tf)
+            if tok in found:
+                buf.upsert(found[tok])
+            self.buffers[(tok, tf)] = buf
+
+    def load_streamed(self, tokens: list[int], labels: list[str]) -> None:
+        """Load the series a stream is about to write; they are never evicted while it runs."""
+        with self._lock:
+            for label in labels:
+                self.load(tokens, label)
+                for tok in tokens:
+                    self._lru.pop((tok, label), None)
+
+    def bind_engine(self, tokens: list[int], engine: Any, lock: Any) -> None:
+        """The series of ``tokens`` read their forming candles from ``engine`` (under ``lock``)."""
+        for tok in tokens:
+            for tf in engine.timeframes:
+                buf = self.buffers.get((tok, tf.label))
+                if buf is not None:
+                    buf.bind_engine(engine, lock)
+
+    def memory_status(self) -> dict:
+        """Series in memory (and idle ones), series dropped, pins, on_candle calls."""
+        with self._lock:
+            kept, idle = len(self.buffers), len(self._lru)
+        return {"series": kept, "idle_series": idle, "max_idle_series": int(self._config().max_idle_series),
+                "evicted": self.evicted, "pinned": len(self.pins), "callbacks": self.callbacks_status()}
+
+    # ------------------------------------------------------------------ on_candle
+    def on_candle(self, symbol: str | int, tf: str, fn: Callable[[Candle], Any]) -> Callable[[], None]:
+        """Call ``fn(candle)`` for each closed candle of ``symbol`` at ``tf``; returns an unsubscribe."""
+        if not callable(fn):
+            raise TypeError("on_candle needs a callable taking one Candle")
+        key = (self._token_of(symbol), parse_timeframe(tf).label)
+        self._callbacks_worker()  # its thread runs the calls (started here, not on a stream thread)
+        with self._lock:
+            self._callbacks.setdefault(key, []).append(fn)
+
+        def unsubscribe() -> None:
+            with self._lock:
+                if fn in self._callbacks.get(key, []):
+                    self._callbacks[key].remove(fn)
+
+        return unsubscribe
+
+    def _callbacks_worker(self) -> CallbackWorker:
+        with self._lock:
+            w = self._worker
+            if w is None:
+                w = self._worker = CallbackWorker(self._call, maxsize=self._config().callback_queue)
+            return w
+
+    @property
+    def callbacks_started(self) -> bool:
+        """True once an on_candle callback was registered (its worker runs)."""
+        return self._worker is not None
+
+    def callbacks_status(self) -> dict:
+        """on_candle calls: queued (backlog now), called, dropped (queue full), max_backlog, limit."""
+        w = self._worker
+        if w is None:
+            return {"queued": 0, "called": 0, "dropped": 0, "max_backlog": 0,
+                    "limit": int(self._config().callback_queue)}
+        return w.status()
+
+    def wait_callbacks(self, timeout: float | None) -> bool:
+        """Block until the on_candle calls queued so far have run (True) or ``timeout`` passes."""
+        w = self._worker
+        return True if w is None else w.wait_idle(timeout)
+
+    def stop_callbacks(self, timeout: float) -> None:
+        """Stop the worker; what is queued is called for up to ``timeout`` seconds."""
+        w, self._worker = self._worker, None
+        if w is not None:
+            w.stop(timeout)
+
+    def _call(self, fn: Callable, candle: Candle) -> None:
+        try:
+            fn(candle)
+        except Exception as exc:  # a user's callback never stops the stream; reported once
+            if id(fn) not in self._failed_callbacks:
+                self._failed_callbacks.add(id(fn))
+                name = getattr(fn, "__name__", repr(fn))
+                msg = f"on_candle callback {name} raised {type(exc).__name__}: {exc} (reported once; the stream goes on)"
+                log.warning(msg)
+                self._errors.append(("callback", msg))
+
+    # ------------------------------------------------------------------ Listener (stream threads)
+    def on_closed(self, stream: Any, batches: list[CandleBatch]) -> None:
+        jobs: list[tuple[Callable, Candle]] = []
+        for b in batches:
+            order = np.argsort(b.token, kind="stable")
+            toks = b.token[order]
+            cuts = np.flatnonzero(toks[1:] != toks[:-1]) + 1
+            for idx in np.split(order, cuts):
+                tok = int(b.token[idx[0]])
+                part = b.select(idx)
+                buf = self.buffers.get((tok, b.tf))
+                if buf is not None:
+                    buf.upsert(part)
+                fns = self._callbacks.get((tok, b.tf))
+                if fns:
+                    fns = list(fns)
+                    jobs += [(fn, candle) for candle in part for fn in fns]
+        if jobs:  # on their own thread: a slow callback never holds up (or grows) the stream
+            worker = self._worker or self._callbacks_worker()
+            if worker.submit(jobs):
+                worker.wait_idle(self.callback_grace)
+
+    def on_forming(self, stream: Any, batches: list[CandleBatch]) -> None:
+        for b in batches:
+            for c in b:
+                buf = self.buffers.get((c.token, b.tf))
+                if buf is not None:
+                    buf.set_forming(c)
+
+    def on_gap(self, stream: Any, token: int, start_ns: int, end_ns: int) -> None:
+        for (tok, _tf), buf in list(self.buffers.items()):
+            if tok == token:
+                buf.mark_gap(start_ns, end_ns)
+
+
+def _batch_from_frame(token: int, tf: str, df: pd.DataFrame) -> CandleBatch:
+    n = len(df)
+    start = df.index.as_unit("ns").asi8 if hasattr(df.index, "as_unit") else df.index.asi8
+    oi = df["oi"].to_numpy(float) if "oi" in df.columns else np.full(n, np.nan)
+    return CandleBatch(tf, np.full(n, token, np.int64), np.asarray(start, np.int64),
+                       df["open"].to_numpy(float), df["high"].to_numpy(float), df["low"].to_numpy(float),
+                       df["close"].to_numpy(float), df["volume"].to_numpy(float), oi,
+                       np.zeros(n, np.int64))
