@@ -145,7 +145,8 @@ def _retrying_factories() -> list:
     except Exception:  # noqa: BLE001 - the reactor is changing its list right now
         return out
     for dc in calls:
-        owner = getattr(dc.func, "__self__", None)
+        owner = getattr(dc.func, "__self__", None)  # the factory, or the connector it retries
+        owner = owner if isinstance(owner, ReconnectingClientFactory) else getattr(owner, "factory", None)
         if isinstance(owner, ReconnectingClientFactory) and owner.continueTrying and dc.active():
             out.append(owner)
     return out
