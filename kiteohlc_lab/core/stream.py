@@ -21,13 +21,13 @@ import numpy as np
 from .candles import CandleBatch
 from .clock import ExchangeClock
 from .engine import Engine
+from .repair import REPAIR_SETTLE_S, Repairs
 from .sanity import TickFilter
 from .ticks import TickBatch
-from .timeframes import NS, bucket_start, parse_timeframe
+from .timeframes import parse_timeframe
 
 log = logging.getLogger("kiteohlc_lab.stream")
 
-REPAIR_SETTLE_S = 12.0  # Kite's candle is final a little after it ends (Zerodha: wait > 10 s)
 CALL_TIMEOUT_S = 30.0  # Stream.call: how long the notebook waits for the stream thread
 
 _LOCK_GUARD = threading.Lock()
@@ -164,13 +164,12 @@ class Stream:
         self._writer = _Writer(self._write_history, f"kiteohlc-{name}-history")
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"kiteohlc-{name}", daemon=True)
-        # gap repair of candles longer than a minute, or not closed yet when the minutes came:
-        # (token, tf, lo, hi) waits until [lo, hi) is over on Kite's side, then Kite's minutes for
-        # the whole buckets are fetched (repair thread) and come back as "repaired" items
-        self._repair_fetch = repair_fetch
-        self.repair_settle = float(repair_settle)
-        self._repairs: list[tuple[int, str, int, int]] = []
-        self._repair_q: queue.SimpleQueue | None = None
+        # gap repair (core.repair): candles longer than a minute, or not closed yet when the
+        # minutes came, are fetched whole once over on Kite's side (repair thread)
+        self.repairs = Repairs(name, engine, repair_fetch, repair_settle, source=source,
+                               deliver=self._q.put, on_error=self.on_error,
+                               record_error=self._record_error, stop=self._stop,
+                               name_of=lambda t: self.symbols.get(t, t))
         # bad ticks never reach the engine (core.sanity); a live source's stamps are checked against
         # the exchange clock its feed estimates (feeds.kite), else the wall clock
         self.exchange_clock: ExchangeClock = getattr(source, "exchange_clock", None) or ExchangeClock()
@@ -405,10 +404,10 @@ class Stream:
                 self.listener.on_gap(self, token, s, e)
             elif kind == "history":
                 _, token, tf, candles = item
-                closed += self._rebucket(token, tf, candles)
+                closed += self.repairs.rebucket(token, tf, candles)
             elif kind == "repaired":
                 _, token, tf, lo, hi, candles = item
-                closed += self._rebucket(token, "1m", candles, only=(tf, lo, hi))
+                closed += self.repairs.rebucket(token, "1m", candles, only=(tf, lo, hi))
             elif kind == "stop":
                 keep_going = False
             elif kind == "call":  # a change from another thread (Stream.call), in batch order
@@ -416,8 +415,8 @@ class Stream:
         if self.source.live and not finished:
             closed += eng.advance(self.exchange_clock.now_ns())
         self._notices()
-        if self._repairs:
-            self._due_repairs()
+        if self.repairs.pending:
+            self.repairs.due(time.time_ns())  # this module's clock (tests shift it)
         closed = [c for c in closed if len(c)]
         for c in closed:
             touched.update(np.unique(c.token).tolist())
@@ -446,109 +445,14 @@ class Stream:
             return False
         return keep_going
 
-    def _rebucket(self, token: int, tf: str, minutes: CandleBatch,
-                  only: tuple[str, int, int] | None = None) -> list[CandleBatch]:
-        """Gap repair: candles from Kite's historical minute candles, for each timeframe >= 1 minute.
+    @property
+    def repair_settle(self) -> float:
+        """Seconds after a bucket's end before its repair is fetched (``Repairs.settle``)."""
+        return self.repairs.settle
 
-        Every candle from the one holding the last tick before an outage to the one holding the
-        first tick after is replaced by one built from Kite's minutes for its *whole* bucket, once
-        that bucket is over on Kite's side: the minutes the feed delivers (the outage's own) replace
-        closed candles of their timeframe at once; a longer candle, or one still forming, waits
-        (``_repairs``) until its end + ``repair_settle`` seconds and then gets its complete minutes
-        fetched. The engine's volume baseline is the cumulative volume of the last tick it saw, so
-        candles after the repaired ones are right as they are. Sub-minute timeframes are never
-        filled: the listener marks the gap. ``only=(tf, lo, hi)``: apply fetched minutes to that
-        timeframe's buckets in ``[lo, hi)``.
-        """
-        out: list[CandleBatch] = []
-        if len(minutes) == 0:
-            return out
-        src = parse_timeframe(tf)
-        eng = self.engine
-        anchor = eng.anchor_of(token)
-        order = np.argsort(minutes.start, kind="stable")
-        minutes = minutes.select(order)
-        for t in eng.timeframes:
-            if t.seconds < src.seconds or t.seconds % src.seconds:
-                continue
-            if only is not None and t.label != only[0]:
-                continue
-            fb = eng.forming(t.label, token)
-            limit = int(fb.start[0]) if len(fb) else None
-            b = bucket_start(minutes.start, t, anchor if anchor is not None else 0)
-            m = minutes
-            if only is not None:
-                keep = (b >= only[1]) & (b < only[2])
-                b, m = b[keep], m.select(keep)
-                if not len(b):
-                    continue
-            elif t.seconds > src.seconds:
-                # the delivered minutes cover only part of these buckets: fetch them whole later
-                self._pend(token, t.label, int(b[0]), int(b[-1]) + t.ns)
-                continue
-            st = np.flatnonzero(np.append(True, b[1:] != b[:-1]))
-            ends = np.append(st[1:] - 1, len(b) - 1)
-            cb = CandleBatch(
-                t.label, np.full(len(st), token, np.int64), b[st], m.open[st],
-                np.maximum.reduceat(m.high, st), np.minimum.reduceat(m.low, st), m.close[ends],
-                np.add.reduceat(m.volume, st), m.oi[ends], np.add.reduceat(m.ticks, st),
-            )
-            if limit is not None and (cb.start >= limit).any():
-                # still forming here: replaced once it is over (the ticks miss the outage's part)
-                self._pend(token, t.label, limit, int(cb.start[-1]) + t.ns)
-                cb = cb.select(cb.start < limit)
-            if len(cb):
-                out.append(cb)
-        return out
-
-    def _pend(self, token: int, tf: str, lo: int, hi: int) -> None:
-        item = (int(token), tf, int(lo), int(hi))
-        if item not in self._repairs:
-            self._repairs.append(item)
-
-    def _due_repairs(self) -> None:
-        """Hand repairs whose buckets are over (on Kite's side, and closed here) to the fetcher."""
-        now = time.time_ns()
-        settle = int(self.repair_settle * NS)
-        for item in list(self._repairs):
-            token, tf, lo, hi = item
-            if now < hi + settle:
-                continue
-            fb = self.engine.forming(tf, token)
-            if len(fb) and int(fb.start[0]) < hi:
-                continue  # the engine has not closed it yet (grace): next round
-            self._repairs.remove(item)
-            fetch = self._repair_fetch or self._source_fetch()
-            if fetch is None:
-                self._record_error("gap repair of longer candles unavailable: no historical client")
-                continue
-            if self._repair_q is None:
-                self._repair_q = queue.SimpleQueue()
-                threading.Thread(target=self._repair_worker, args=(self._repair_q, fetch),
-                                 name=f"kiteohlc-repair-{self.name}", daemon=True).start()
-            self._repair_q.put(item)
-
-    def _source_fetch(self) -> Callable[[int, int, int], CandleBatch] | None:
-        client_of = getattr(self.source, "_history_client", None)  # KiteSource's historical client
-        if client_of is None:
-            return None
-        self._repair_fetch = lambda tok, a, b: client_of().fetch(tok, "1m", a, b)
-        return self._repair_fetch
-
-    def _repair_worker(self, q: queue.SimpleQueue, fetch: Callable) -> None:
-        # its own thread: Kite's 3 requests/s limit must not stall aggregation
-        while not self._stop.is_set():
-            try:
-                token, tf, lo, hi = q.get(timeout=0.5)
-            except queue.Empty:
-                continue
-            try:
-                minutes = fetch(token, lo, hi)
-            except Exception as exc:  # noqa: BLE001 - the gap stays marked
-                self.on_error(f"gap repair of {self.symbols.get(token, token)} {tf} failed: {exc}",
-                              False)
-                continue
-            self._q.put(("repaired", token, tf, lo, hi, minutes))
+    @repair_settle.setter
+    def repair_settle(self, seconds: float) -> None:
+        self.repairs.settle = float(seconds)
 
     def _write_history(self, closed: list[CandleBatch]) -> None:
         if self.history is not None:
