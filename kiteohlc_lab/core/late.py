@@ -24,9 +24,10 @@ def lateness(s: Series, anchor: np.ndarray, slot, ts, clock, gstart, gid,
     or its candle already closed by the clock ``grace_ns`` after its end). Ticks grouped by slot;
     ``anchor`` per tick; no state is changed."""
     tf = s.tf
-    b = bucket_start(ts, tf, anchor)
+    near_midnight = not tf.is_day and _near_midnight(ts, tf)
+    b = bucket_start(ts, tf, anchor, cut_free=not near_midnight)
     late_clock = b + (tf.ns + grace_ns) <= clock
-    if not tf.is_day and _may_be_cut(b, tf):
+    if near_midnight:
         # a bucket cut at midnight ends before start + size: only those near 00:00 IST can be
         tod = (b + IST_OFFSET_NS) % DAY_NS
         near = (tod > DAY_NS - tf.ns) | (tod < tf.ns)
@@ -53,12 +54,12 @@ def lateness(s: Series, anchor: np.ndarray, slot, ts, clock, gstart, gid,
     run = np.maximum.accumulate(key) - gid * span + lo
     return b, (bs < run) | late_clock
 
-def _may_be_cut(b: np.ndarray, tf: Timeframe) -> bool:
-    """Whether any bucket in ``b`` might be one cut at midnight (ending before ``start + size``):
-    two reductions instead of a per-tick modulo, as tapes of a session never come near 00:00."""
-    lo, hi = int(b.min()) + IST_OFFSET_NS, int(b.max()) + IST_OFFSET_NS
+def _near_midnight(ts: np.ndarray, tf: Timeframe) -> bool:
+    """Whether any tick lies within ``size`` of 00:00 IST (only then can its bucket be cut there):
+    two reductions instead of a per-tick modulo, as tapes of a session never come near midnight."""
+    lo, hi = int(ts.min()) + IST_OFFSET_NS, int(ts.max()) + IST_OFFSET_NS
     day = (lo // DAY_NS) * DAY_NS
-    return lo - day < tf.ns or hi - day > DAY_NS - tf.ns
+    return lo - day < tf.ns or hi - day >= DAY_NS - tf.ns
 
 
 def amend_late(s: Series, idx, slot, b, ts, price, inc, oi, slot_tokens: np.ndarray,

@@ -104,10 +104,14 @@ def _volume_slow(V, inc, idx, s, t, v, day, first, last) -> tuple[np.ndarray, in
     a = v2.copy()
     a[segstart] = np.maximum(a[segstart], base[segstart])
     seg = np.cumsum(segstart) - 1
-    # segmented running maximum, exact for any float: on order-preserving integer codes
-    uniq, code = np.unique(a, return_inverse=True)
-    k2 = (seg.astype(np.int64) << _VOL_BITS) + code.astype(np.int64)
-    incl = uniq[np.maximum.accumulate(k2) - (seg.astype(np.int64) << _VOL_BITS)]
+    # segmented running maximum, exact for any float: whole figures (Kite's) packed with their
+    # segment into one int64; fractional ones through order-preserving integer codes
+    segk = seg.astype(np.int64) << _VOL_BITS
+    if a.min() >= 0 and a.max() < 2.0 ** _VOL_BITS and (a == np.floor(a)).all():
+        incl = (np.maximum.accumulate(segk + a.astype(np.int64)) - segk).astype(np.float64)
+    else:
+        uniq, code = np.unique(a, return_inverse=True)
+        incl = uniq[np.maximum.accumulate(segk + code.astype(np.int64)) - segk]
     excl = np.empty(n2)
     excl[1:] = incl[:-1]
     excl[segstart] = base[segstart]
