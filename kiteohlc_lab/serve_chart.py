@@ -28,7 +28,8 @@ from urllib.parse import parse_qs, quote, urlsplit
 
 import numpy as np
 
-from .notebook.chart import COLS, WINDOW, STATIC, snapshot, stream_state
+from .notebook.chart_data import COLS, STATIC, WINDOW, snapshot
+from .notebook.handle import stream_state
 
 HEARTBEAT = 15.0  # seconds between SSE comments on a quiet stream (proxies close idle connections)
 SESSION_COOKIE = "kohlc_session"

@@ -339,7 +339,7 @@ def shutdown(forget: bool = False) -> None:
         return  # no manager was ever made: nothing to stop
     try:
         if _override is None and forget:
-            from ..api import reset
+            from ..current import reset
 
             reset()
         else:
