@@ -143,7 +143,7 @@ def _rows(batches, tf: str) -> dict:
 
 
 def test_timeframes_added_and_removed_100_times_while_ticks_flow():
-    src = PushSource(min_batches=2000)
+    src = PushSource(min_batches=11_000)  # >= 9 minutes of market: at least 8 closed candles each, however fast the changes run
     listener = Collect()
     s = Stream("own", src, Engine(["1m"]), list(TOKENS), listener=listener)
     s.start()

@@ -208,3 +208,14 @@ def frame_from_arrays(
 def empty_frame() -> pd.DataFrame:
     e = np.empty(0)
     return frame_from_arrays(e.astype(np.int64), e, e, e, e, e)
+
+
+def batch_from_frame(token: int, tf: str, df: pd.DataFrame) -> CandleBatch:
+    """A public candle frame (``hist.read``) as a closed ``CandleBatch`` of ``token``."""
+    n = len(df)
+    start = df.index.as_unit("ns").asi8 if hasattr(df.index, "as_unit") else df.index.asi8
+    oi = df["oi"].to_numpy(float) if "oi" in df.columns else np.full(n, np.nan)
+    return CandleBatch(tf, np.full(n, token, np.int64), np.asarray(start, np.int64),
+                       df["open"].to_numpy(float), df["high"].to_numpy(float), df["low"].to_numpy(float),
+                       df["close"].to_numpy(float), df["volume"].to_numpy(float), oi,
+                       np.zeros(n, np.int64))

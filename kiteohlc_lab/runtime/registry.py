@@ -19,7 +19,7 @@ import pandas as pd
 
 from ..config import KiteOHLC
 from ..core.bounded import CallbackWorker, ErrorLog
-from ..core.candles import Candle, CandleBatch
+from ..core.candles import Candle, CandleBatch, batch_from_frame
 from ..core.series import SeriesBuffer
 from ..core.timeframes import bound_ns, parse_timeframe
 
@@ -166,7 +166,7 @@ class SeriesRegistry:
                 for tok in new:
                     df = hist.read(tok, tf)
                     if len(df):
-                        found[tok] = _batch_from_frame(tok, tf, df)
+                        found[tok] = batch_from_frame(tok, tf, df)
         except Exception as exc:
             log.warning("history at %s not readable: %s", tf, exc)
             found = {}
@@ -291,13 +291,3 @@ class SeriesRegistry:
         for (tok, _tf), buf in list(self.buffers.items()):
             if tok == token:
                 buf.mark_gap(start_ns, end_ns)
-
-
-def _batch_from_frame(token: int, tf: str, df: pd.DataFrame) -> CandleBatch:
-    n = len(df)
-    start = df.index.as_unit("ns").asi8 if hasattr(df.index, "as_unit") else df.index.asi8
-    oi = df["oi"].to_numpy(float) if "oi" in df.columns else np.full(n, np.nan)
-    return CandleBatch(tf, np.full(n, token, np.int64), np.asarray(start, np.int64),
-                       df["open"].to_numpy(float), df["high"].to_numpy(float), df["low"].to_numpy(float),
-                       df["close"].to_numpy(float), df["volume"].to_numpy(float), oi,
-                       np.zeros(n, np.int64))

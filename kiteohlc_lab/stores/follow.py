@@ -21,10 +21,8 @@ import logging
 import time
 from typing import Any
 
-import numpy as np
-import pandas as pd
 
-from ..core.candles import Candle, CandleBatch
+from ..core.candles import Candle, batch_from_frame
 
 log = logging.getLogger("kiteohlc_lab")
 
@@ -98,14 +96,3 @@ class StoreFollower:
             buf.set_forming(forming)
         self.refreshes += 1
         return n
-
-
-def batch_from_frame(token: int, tf: str, df: pd.DataFrame) -> CandleBatch:
-    """A public candle frame (``hist.read``) as a closed ``CandleBatch`` of ``token``."""
-    n = len(df)
-    start = df.index.as_unit("ns").asi8 if hasattr(df.index, "as_unit") else df.index.asi8
-    oi = df["oi"].to_numpy(float) if "oi" in df.columns else np.full(n, np.nan)
-    return CandleBatch(tf, np.full(n, token, np.int64), np.asarray(start, np.int64),
-                       df["open"].to_numpy(float), df["high"].to_numpy(float), df["low"].to_numpy(float),
-                       df["close"].to_numpy(float), df["volume"].to_numpy(float), oi,
-                       np.zeros(n, np.int64))
