@@ -56,6 +56,15 @@ class ExchangeClock:
         self._lock = threading.Lock()
         self.message: str | None = None  # set once when the machine is off by more than warn_s
         self._reported = False
+        self._born = int(wall())
+        self._seen = False  # a stamped frame was observed
+
+    @property
+    def ready(self) -> bool:
+        """Whether the offset is known: a stamped frame was seen, or none came for 10 s (ltp/quote
+        feeds carry no stamps: the wall clock is all there is). Until then the live clock must not
+        move candles on, or a machine that runs ahead would close the first candles early."""
+        return self._seen or int(self._wall()) - self._born > 10 * NS
 
     def observe(self, receive_ns: int, stamps_ns: np.ndarray) -> None:
         """One frame: its receive time and the exchange stamps of its packets that carry one."""
@@ -66,6 +75,7 @@ class ExchangeClock:
         if not len(lags):
             return
         with self._lock:
+            self._seen = True
             self._lags.append(int(lags.min()))
             if len(self._lags) < min(self._min_frames, self._lags.maxlen or 1) and self._estimate == 0:
                 # the first frames: take what there is (a clock 8 s off must not wait to be corrected)

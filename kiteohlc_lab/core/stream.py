@@ -412,7 +412,7 @@ class Stream:
                 keep_going = False
             elif kind == "call":  # a change from another thread (Stream.call), in batch order
                 self._run_call(item[1], item[2])
-        if self.source.live and not finished:
+        if self.source.live and not finished and self.exchange_clock.ready:
             closed += eng.advance(self.exchange_clock.now_ns())
         self._notices()
         if self.repairs.pending:
