@@ -180,3 +180,17 @@ from hypothesis import settings  # noqa: E402
 settings.register_profile("ci", max_examples=250, deadline=None)
 settings.register_profile("thorough", max_examples=2000, deadline=None)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+
+def wait_for(cond, timeout: float, what: str, every: float = 0.02):
+    """Poll ``cond`` until it returns something truthy (returned) or ``timeout`` seconds pass
+    (AssertionError naming ``what``): waiting on a condition with a deadline, not a blind sleep."""
+    deadline = time.monotonic() + timeout
+    while True:
+        got = cond()
+        if got:
+            return got
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(every)
+

@@ -17,8 +17,6 @@ import shutil
 import subprocess
 import sys
 import textwrap
-import threading
-import time
 from pathlib import Path
 
 import pandas as pd
@@ -27,6 +25,7 @@ import pytest
 from conftest import need
 from kiteohlc_lab.core.timeframes import NS
 from kiteohlc_lab.feeds.simulator import KiteSimulator
+from conftest import wait_for  # noqa: E402
 
 pytestmark = pytest.mark.integration
 
@@ -107,18 +106,6 @@ KERNEL = textwrap.dedent('''
     with open(out, "w") as f:
         json.dump({"status": status, "candles": frames, "word": word}, f, default=str)
 ''')
-
-
-def wait_for(cond, timeout: float, what: str, every: float = 0.05):
-    ev = threading.Event()
-    deadline = time.monotonic() + timeout
-    while True:
-        got = cond()
-        if got:
-            return got
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        ev.wait(every)
 
 
 class Kernel:

@@ -33,6 +33,7 @@ from kiteohlc_lab.feeds.simulator import KiteSimulator
 
 from conftest import needs, redis_available
 from oracle import Oracle
+from conftest import wait_for  # noqa: E402
 
 NIFTY, RELIANCE = 256265, 738561
 TFS = ["10s", "1m"]
@@ -41,17 +42,6 @@ REDIS_URL = "redis://127.0.0.1:6379/0"
 NS = 10**9
 MIN_NS = 60 * NS
 REPAIR_GRACE_S = 12.0  # KiteSource.repair_grace: a minute is fetched once over + this
-
-
-def wait_for(cond, timeout: float, what: str, every: float = 0.05):
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = cond()
-        if last:
-            return last
-        time.sleep(every)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
 @pytest.fixture

@@ -28,19 +28,10 @@ redis = need_import("redis")
 from kiteohlc_lab.core.candles import CandleBatch
 from kiteohlc_lab.lease import LeaseKeeper, generation_key, lease_key
 from kiteohlc_lab.stores.redis_live import RedisLive
+from conftest import wait_for  # noqa: E402
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
 TOK = 424242
-
-
-def wait_for(cond, timeout: float, what: str, every: float = 0.02):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        got = cond()
-        if got:
-            return got
-        time.sleep(every)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
 @pytest.fixture

@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
-import time
 
 import numpy as np
 import pandas as pd
@@ -19,6 +18,7 @@ from kiteohlc_lab.core.ticks import TickBatch
 from kiteohlc_lab.core.timeframes import NS
 from kiteohlc_lab.feeds.frames import decode_frame
 from kiteohlc_lab.feeds.simulator import KiteSimulator
+from conftest import wait_for  # noqa: E402
 
 pytestmark = pytest.mark.integration
 
@@ -26,19 +26,6 @@ RELIANCE, INFY, NIFTY, NIFTYFUT = 738561, 408065, 256265, 13238786
 SYMS = {"RELIANCE": RELIANCE, "INFY": INFY, "NIFTY25DECFUT": NIFTYFUT}
 TEN_YEARS_S = 3653 * 86400
 COLS = ["open", "high", "low", "close", "volume"]
-
-
-def wait_for(cond, timeout: float, what: str, every: float = 0.02):
-    """Wait for a condition with a deadline (an Event.wait loop, not a blind sleep)."""
-    ev = threading.Event()
-    deadline = time.monotonic() + timeout
-    while True:
-        got = cond()
-        if got:
-            return got
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        ev.wait(every)
 
 
 def all_full(sim: KiteSimulator, tokens) -> bool:

@@ -24,19 +24,10 @@ import pytest
 from kiteohlc_lab.config import KiteOHLC
 from kiteohlc_lab.core.bounded import ErrorLog
 from kiteohlc_lab.feeds.simulator import KiteSimulator
+from conftest import wait_for  # noqa: E402
 
 NIFTY, RELIANCE = 256265, 738561
 TOKEN = "follow-token-77"
-
-
-def wait_for(cond, timeout: float, what: str, every: float = 0.05):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        got = cond()
-        if got:
-            return got
-        time.sleep(every)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
 @pytest.fixture

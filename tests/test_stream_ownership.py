@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import sys
 import threading
-import time
 
 import numpy as np
 import pytest
@@ -20,6 +19,7 @@ from kiteohlc_lab.core.engine import Engine
 from kiteohlc_lab.core.series import SeriesBuffer
 from kiteohlc_lab.core.stream import Stream
 from kiteohlc_lab.core.ticks import TickBatch
+from conftest import wait_for  # noqa: E402
 
 try:  # the reference aggregator written from the README alone (tests/oracle.py)
     from oracle import Oracle
@@ -33,15 +33,6 @@ NS = 1_000_000_000
 TOKENS = np.array([738561, 408065, 2953217, 341249, 1270529, 779521, 2714625, 424961], np.int64)  # NSE
 MANY = np.arange(1, 503, dtype=np.int64) * 256 + 1  # 502 NSE tokens
 T0 = 1767585000 * NS  # 2026-01-05 09:20 IST, a Monday in session
-
-
-def wait_for(cond, timeout: float, what: str) -> None:
-    ev = threading.Event()
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        ev.wait(0.01)
 
 
 class Collect:
