@@ -172,6 +172,8 @@ class Collector:
         if source == "redis":
             raise ConfigError("a collector writes; --source redis only makes sense for a reader "
                               "(use kite, sim or replay)")
+        if cfg.record_ticks == "auto":  # a collector keeps every tick it streams (stores.ticks)
+            cfg.record_ticks = "on"
         self.cfg = cfg
         self.symbols = split_symbols(symbols)
         self.timeframes = list(timeframes)

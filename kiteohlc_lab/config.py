@@ -136,6 +136,23 @@ class KiteOHLC(Configurable):
                      "in status())."
     ).tag(config=True)
 
+    record_ticks = Unicode(
+        "auto", help="Keep every accepted tick of live streams in the Parquet tick store "
+                     "(stores/ticks.py): on, off, or auto (on in a collector, off in a notebook)."
+    ).tag(config=True)
+    tick_store = Unicode(
+        "", help="Where the tick store is: a path or a pyarrow filesystem URL (file:///..., "
+                 "s3://bucket/ticks); empty: data_dir/ticks."
+    ).tag(config=True)
+    tick_file_seconds = Float(
+        300.0, help="Seconds a tick store file stays open before it is closed and published (a crash "
+                    "loses at most the open part)."
+    ).tag(config=True)
+    tick_retention_days = Int(
+        0, help="Days of ticks the tick store keeps (older date partitions are deleted at start and "
+                "daily); 0 keeps everything."
+    ).tag(config=True)
+
     # -- defaults from the environment and .env (explicit config beats these)
     _DYNAMIC = ("api_key", "access_token", "api_secret", "ticker_url", "api_url", "redis_url",
                 "mongo_uri", "data_dir")  # read by their @default below
@@ -221,6 +238,23 @@ class KiteOHLC(Configurable):
         name, value = proposal["trait"].name, int(proposal["value"])
         if value < (0 if name == "max_idle_series" else 1):
             raise ConfigError(f"KiteOHLC.{name} = {value} is not accepted; use a positive whole number")
+        return value
+
+    @validate("record_ticks")
+    def _v_record_ticks(self, proposal: Any) -> str:
+        value = str(proposal["value"]).strip().lower()
+        value = {"true": "on", "1": "on", "yes": "on", "false": "off", "0": "off", "no": "off"}.get(value, value)
+        if value not in ("on", "off", "auto"):
+            raise ConfigError(f"KiteOHLC.record_ticks = {proposal['value']!r} is not accepted; use on, off "
+                              "or auto (on in a collector, off in a notebook)")
+        return value
+
+    @validate("tick_file_seconds", "tick_retention_days")
+    def _v_tick_numbers(self, proposal: Any) -> Any:
+        name, value = proposal["trait"].name, proposal["value"]
+        if value < 0 or (name == "tick_file_seconds" and value == 0):
+            raise ConfigError(f"KiteOHLC.{name} = {value} is not accepted; use a positive number"
+                              + (" of seconds" if name == "tick_file_seconds" else " of days, or 0 to keep all"))
         return value
 
     @validate("data_dir")

@@ -75,6 +75,9 @@ class TickFilter:
         self._held: TickBatch | None = None  # replay: a suspect last tick waiting for the next one
         self._messages: list[str] = []
         self._reported: set[tuple[int, str]] = set()
+        # rejected rows for the tick store (take_rejected), kept only when it asks
+        self.keep_rejected = False
+        self._kept: list[tuple[TickBatch, np.ndarray]] = []
 
     # ------------------------------------------------------------------ API
     def check(self, batch: TickBatch, now_ns: int | None = None) -> TickBatch:
@@ -123,6 +126,8 @@ class TickFilter:
         if not ok.all():
             self._count(batch, bad_price, bad_volume & ~bad_price,
                         bad_stamp & ~bad_price & ~bad_volume, why)
+            if self.keep_rejected:
+                self._keep(batch, bad_price, bad_volume, bad_stamp)
         if not self.live:
             acc = ts[ok]
             if len(acc):
@@ -144,6 +149,18 @@ class TickFilter:
             return TickBatch.empty()
         self._run = max(self._run, ts)
         return held
+
+    def take_rejected(self) -> tuple[TickBatch, np.ndarray] | None:
+        """The rejected ticks since the last call and their kinds (``keep_rejected`` on), or None."""
+        kept, self._kept = self._kept, []
+        if not kept:
+            return None
+        return TickBatch.concat(b for b, _ in kept), np.concatenate([r for _, r in kept])
+
+    def _keep(self, batch: TickBatch, bad_price, bad_volume, bad_stamp) -> None:
+        bad = bad_price | bad_volume | bad_stamp
+        kinds = np.where(bad_price, "bad_price", np.where(bad_volume, "bad_volume", "bad_stamp"))
+        self._kept.append((batch.take(bad), kinds[bad].astype(object)))
 
     def take_messages(self) -> list[str]:
         """New one-line reports since the last call (one per instrument and kind, ever)."""

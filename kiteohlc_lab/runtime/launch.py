@@ -289,6 +289,12 @@ def launch(m: Any, name, source, pairs, tfs, record, first_ts: int | None = None
         recorder = TapeRecorder(record, {t: s for s, t in pairs})
     stream = Stream(name, source, eng, [t for _, t in pairs], listener=m, history=hist,
                     live_store=live, recorder=recorder, symbols={t: s for s, t in pairs})
+    if source.live:  # every tick a live stream accepts, kept (KiteOHLC.record_ticks; stores.ticks)
+        from ..stores.ticks import TickStoreSink, open_tick_store
+
+        ticks = open_tick_store(m.cfg)
+        if ticks is not None:
+            stream.tick_store = TickStoreSink(stream.events, ticks, stream.filter).store
     with m.lock:
         m.streams[name] = stream
     stream.start()
