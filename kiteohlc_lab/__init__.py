@@ -19,6 +19,7 @@ __all__ = [
     "live",
     "on_candle",
     "history",
+    "ticks",
     "login",
     "reconcile",
     "load_ipython_extension",
@@ -28,7 +29,7 @@ __all__ = [
 
 def __getattr__(name: str) -> Any:
     if name in {"candles", "wait", "status", "stream", "stop", "live", "on_candle", "history",
-                "reconcile", "manager", "login"}:
+                "reconcile", "manager", "login", "ticks"}:
         from . import api
 
         return getattr(api, name)

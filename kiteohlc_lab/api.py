@@ -39,18 +39,42 @@ def stop(symbols: str | list[str] | None = None) -> list[str]:
     return manager().stop(symbols)
 
 
-def candles(symbol: str | int, tf: str, closed_only: bool = False, start: Any = None, end: Any = None) -> pd.DataFrame:
+def candles(symbol: str | int, tf: str, closed_only: bool = False, start: Any = None, end: Any = None,
+            frame: str = "pandas") -> Any:
     """Candles of ``symbol`` at ``tf``: index ``date`` (tz-aware Asia/Kolkata, candle start), columns
     ``open high low close volume`` (+ ``oi`` where the feed has it). History from earlier sessions is
     included; the last row may be the forming candle (``df.attrs['forming']`` gives its date) unless
-    ``closed_only``. ``start``/``end`` bound the dates (naive values are IST).
+    ``closed_only``. ``start``/``end`` bound the dates (naive values are IST). ``frame="polars"`` or
+    ``"arrow"`` returns a polars DataFrame / pyarrow Table (``date`` the first column).
     """
-    return manager().candles(symbol, tf, closed_only=closed_only, start=start, end=end)
+    from .tickapi import check_frame, convert
+
+    check_frame(frame)
+    return convert(manager().candles(symbol, tf, closed_only=closed_only, start=start, end=end), frame)
 
 
-def history(symbol: str | int, tf: str, start: Any = None, end: Any = None) -> pd.DataFrame:
-    """Closed candles from the history store, without a running stream."""
-    return manager().history(symbol, tf, start=start, end=end)
+def history(symbol: str | int, tf: str, start: Any = None, end: Any = None, frame: str = "pandas") -> Any:
+    """Closed candles from the history store, without a running stream (``frame=`` as ``candles``)."""
+    from .tickapi import check_frame, convert
+
+    check_frame(frame)
+    return convert(manager().history(symbol, tf, start=start, end=end), frame)
+
+
+def ticks(symbols: Any = None, start: Any = None, end: Any = None, columns: list[str] | None = None,
+          frame: str = "pandas") -> Any:
+    """The recorded ticks of ``symbols`` (all when None) with exchange time in ``[start, end)``
+    (naive values are IST), from the tick store (``KiteOHLC.record_ticks``, ``tick_store``).
+
+    pandas: index ``exchange_time`` (tz-aware Asia/Kolkata), columns ``token receive_time last_price
+    volume oi`` (``columns=`` picks some); rows in the order the live stream processed them.
+    ``frame="polars"`` / ``"arrow"``: the same with ``exchange_time`` as the first column.
+
+    >>> kiteohlc_lab.ticks("NIFTY", "2026-11-25 10:00", "2026-11-25 10:05")   # doctest: +SKIP
+    """
+    from .tickapi import ticks as _ticks
+
+    return _ticks(manager(), symbols, start, end, columns=columns, frame=frame)
 
 
 def wait(timeout: float | None = None) -> bool:

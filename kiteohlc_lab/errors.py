@@ -29,3 +29,11 @@ class CredentialsError(KiteOHLCError):
 
 class StoreError(KiteOHLCError):
     """A store that cannot be reached or used."""
+
+
+class TickStoreError(KiteOHLCError, ValueError):
+    """A tick store range that cannot be read (bad bounds, nothing stored there)."""
+
+
+class MissingExtraError(KiteOHLCError, ImportError):
+    """An optional dependency that is not installed (the message names the pip extra)."""
