@@ -223,7 +223,7 @@ CHART_CELLS = [
     "for k, v in dict(ticker_url=sim.ticker_url, api_url=sim.api_url, api_key=sim.api_key,\n"
     "                 access_token=sim.access_token).items():\n"
     "    get_ipython().run_line_magic('config', f'KiteOHLC.{k} = {v!r}')",
-    "live = %ohlc_stream NSE:RELIANCE 1m --source kite --backfill 1d",
+    "live = %ohlc_stream NSE:RELIANCE 1m 5m --source kite --backfill 1d",
     "chart = live.chart(height=460)\n"
     "chart.add_line('sma20', lambda df: df.close.rolling(20).mean())\n"
     "chart",
@@ -320,6 +320,14 @@ def test_live_chart_in_a_real_browser(chromium, lab, tmp_path):
             assert float(r2["to"]) < float(r1["to"]) - 5, (r1, r2)
             live_button.click()
             live_button.wait_for(state="hidden", timeout=5_000)
+
+            # the picker in the header switches the timeframe inside the widget: one reload
+            loads = int(chart_data(page)["loads"])
+            tf_select = page.locator(".kohlc-chart select.kohlc-tf").first
+            assert sorted(tf_select.locator("option").all_inner_texts()) == ["1m", "5m"]
+            tf_select.select_option("5m")
+            page.wait_for_function(f"() => +({CHART_JS})().dataset.loads > {loads}", timeout=15_000)
+            assert page.locator(".kohlc-chart input.kohlc-symbol").first.input_value() == "NSE:RELIANCE"
             assert not [c for c in console if "kohlc" in c or "lightweight" in c], console
         finally:
             ctx.close()

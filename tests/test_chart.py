@@ -158,6 +158,50 @@ def test_switching_timeframe_reloads(chart, series, fake_manager):
     assert chart.title == "NIFTY 1m"
 
 
+def front_set(chart, **state) -> None:
+    """What the picker in the chart's header does: set traits from the front end."""
+    chart._handle_msg({"content": {"data": {"method": "update", "state": state, "buffer_paths": []}},
+                       "buffers": []})
+
+
+def test_picker_switches_symbol_and_timeframe_from_the_front_end(chart, series, fake_manager):
+    from kiteohlc_lab.errors import KiteOHLCError
+
+    fake_manager.streams["s1"] = {"state": "running", "symbols": ["NIFTY", "NSE:RELIANCE"],
+                                  "timeframes": ["1m", "5m"]}
+    fake_manager.streams["s2"] = {"state": "running", "symbols": ["BANKNIFTY"], "timeframes": ["10s"]}
+    fake_manager.buffers[("NIFTY", "1m")] = FakeSeries("1m", n=7)
+    fake_manager.buffers[("BANKNIFTY", "10s")] = FakeSeries("10s", n=3)
+    chart._refresh_choices(force=True)
+    assert chart.symbol_choices == ["NIFTY", "NSE:RELIANCE", "BANKNIFTY"]
+    assert chart.tf_choices == ["1m", "5m"]  # what is streamed for the shown symbol
+    front_sync(chart)
+    front_set(chart, tf="1m")
+    content, _ = custom(chart.comm)[-1]
+    assert content["kind"] == "full" and content["n"] == 7 and content["title"] == "NIFTY 1m"
+    # another symbol: the timeframe list follows it (a tf it does not stream stays listed as shown)
+    front_set(chart, symbol="BANKNIFTY", tf="10s")
+    assert chart.title == "BANKNIFTY 10s" and custom(chart.comm)[-1][0]["n"] == 3
+    assert chart.tf_choices == ["10s"] and chart.error == ""
+
+    real = fake_manager.series
+
+    def series_or_fail(symbol, tf):
+        if symbol == "NOPE":
+            raise KiteOHLCError("unknown symbol 'NOPE'; did you mean NIFTY?")
+        return real(symbol, tf)
+
+    fake_manager.series = series_or_fail
+    sent = len(custom(chart.comm))
+    front_set(chart, symbol="NOPE")  # a bad pick changes nothing and says why in the header
+    assert chart.symbol == "BANKNIFTY" and "NOPE" in chart.error and len(custom(chart.comm)) == sent
+    front_set(chart, tf="7x")
+    assert chart.tf == "10s" and "7x" in chart.error
+    with pytest.raises(KiteOHLCError):  # from Python, the same mistake raises
+        chart.symbol = "NOPE"
+    assert chart.symbol == "BANKNIFTY"
+
+
 def test_overlays_and_markers(chart, series):
     front_sync(chart)
     chart.add_line("sma5", lambda df: df.close.rolling(5).mean())

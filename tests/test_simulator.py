@@ -376,6 +376,59 @@ def test_historical_minutes_come_from_sent_ticks_and_overrides(kc, sim):
     assert changed[0]["close"] == 1234.5 and changed[0]["volume"] == 7
 
 
+def test_market_has_the_days_rhythm_and_moves_like_nifty():
+    """The walk moves like the instruments it stands for: NIFTY several points a minute, a busy
+    open, a quieter midday, a busier close; volume in lots, none for indices."""
+    from kiteohlc_lab.feeds.sim_market import DEFAULT_INSTRUMENTS, SimMarket
+
+    market = SimMarket(list(DEFAULT_INSTRUMENTS), 7, None, 1.0)
+    day = pd.Timestamp("2026-11-25 09:15", tz="Asia/Kolkata").value // NS
+    price, volume = [], []
+    for s in range(0, 375 * 60, 2):  # the whole session, a step every 2 s
+        b = market.step(day + s, float(day + s))
+        price.append(b.price.copy())
+        volume.append(np.nan_to_num(b.volume))
+    price, volume = np.array(price), np.array(volume)
+    per_min = 30  # steps a minute
+    nifty = price[::per_min, 0]
+    moves = np.abs(np.diff(nifty))
+    assert 2 < moves.mean() < 30, moves.mean()  # points a minute
+    # the rhythm, as realised variance of minute returns pooled over the instruments
+    r2 = np.diff(np.log(price[::per_min]), axis=0) ** 2
+    open_half, midday, close_half = r2[0:30].mean(), r2[150:240].mean(), r2[345:374].mean()
+    assert open_half > 1.5 * midday and close_half > 1.2 * midday, (open_half, midday, close_half)
+    reliance = np.diff(volume[::per_min, 2])
+    assert reliance[:30].mean() > 1.5 * reliance[150:240].mean()
+    assert np.all(volume[:, 0] == 0)  # an index trades nothing
+    fut = volume[:, 7]
+    assert np.all(np.diff(fut) % 75 == 0) and fut[-1] > 0  # NIFTY futures trade in lots of 75
+
+
+def test_history_before_the_start_joins_the_live_prices(kc, sim):
+    """The minute history before the simulator started closes at the live starting price, and the
+    first live ticks continue from there: no jump between backfilled history and live candles."""
+    start_min = sim.started_ns // MIN * MIN
+
+    def ist(ns):
+        return pd.Timestamp(ns + IST_OFFSET_NS).strftime("%Y-%m-%d %H:%M:%S")
+
+    for token, tick in ((NIFTY, 0.05), (RELIANCE, 0.05), (CRUDE, 1.0)):
+        inst = sim.instrument(token)
+        candles = kc.historical_data(token, ist(start_min - 4 * 24 * 60 * MIN), ist(start_min - MIN), "minute")
+        assert candles, "no history before the start"
+        last = candles[-1]
+        assert last["date"].timestamp() * NS < start_min
+        assert last["close"] == pytest.approx(inst.last_price)
+        closes = np.array([c["close"] for c in candles])
+        # a realistic path: it moves, by small steps relative to the price
+        assert np.abs(np.diff(closes)).mean() < 0.003 * inst.last_price
+        assert closes.max() - closes.min() > 20 * tick
+    live = sim.market()
+    first = live.take(live.token == NIFTY).price[0] if len(live) else None
+    if first is not None:
+        assert abs(first - sim.instrument(NIFTY).last_price) < 0.002 * sim.instrument(NIFTY).last_price
+
+
 # ---------------------------------------------------------------- command line
 def test_main_prints_urls_and_stops_on_sigterm():
     code = "from kiteohlc_lab.feeds.simulator import main; raise SystemExit(main(['--tick-interval','0.1']))"

@@ -70,6 +70,11 @@ const CSS = `
   padding: 3px 10px; border: 1px solid #2962ff; border-radius: 12px; background: #fff; color: #2962ff;
   cursor: pointer; font: inherit; }
 .kohlc-chart .kohlc-live:hover { background: #2962ff; color: #fff; }
+.kohlc-chart .kohlc-pick { display: inline-flex; gap: 4px; align-items: baseline; }
+.kohlc-chart .kohlc-pick input, .kohlc-chart .kohlc-pick select { font: inherit; padding: 0 2px;
+  border: 1px solid #d1d4dc; border-radius: 3px; background: #fff; color: inherit; }
+.kohlc-chart .kohlc-pick input { width: 11em; }
+.kohlc-chart .kohlc-error { color: #ef5350; }
 `;
 
 function injectCss(doc) {
@@ -99,6 +104,48 @@ export function createLiveChart(el, opts = {}) {
   const state = doc.createElement("span");
   state.className = "kohlc-state";
   head.append(title, legend, state);
+  // the picker (notebook host only: opts.pick(symbol, tf) asks the kernel to switch)
+  let picker = null;
+  if (opts.pick) {
+    const box = doc.createElement("span");
+    box.className = "kohlc-pick";
+    const sym = doc.createElement("input");
+    sym.className = "kohlc-symbol";
+    sym.title = "Symbol (Enter to switch)";
+    const listId = `kohlc-symbols-${Math.random().toString(36).slice(2)}`;
+    const list = doc.createElement("datalist");
+    list.id = listId;
+    sym.setAttribute("list", listId);
+    const tfSel = doc.createElement("select");
+    tfSel.className = "kohlc-tf";
+    tfSel.title = "Timeframe";
+    const err = doc.createElement("span");
+    err.className = "kohlc-error";
+    box.append(sym, list, tfSel, err);
+    head.insertBefore(box, legend);
+    title.style.display = "none";
+    const fill = (sel, values, current) => {
+      const want = values.includes(current) ? values : [current, ...values];
+      if ([...sel.options].map((o) => o.value).join("|") !== want.join("|")) {
+        sel.replaceChildren(...want.map((v) => { const o = doc.createElement("option"); o.value = v; o.textContent = v; return o; }));
+      }
+      sel.value = current;
+    };
+    picker = {
+      set(p) {
+        if (doc.activeElement !== sym) sym.value = p.symbol;
+        list.replaceChildren(...(p.symbols || []).map((v) => { const o = doc.createElement("option"); o.value = v; return o; }));
+        fill(tfSel, p.tfs || [], p.tf);
+        err.textContent = p.error || "";
+      },
+    };
+    sym.addEventListener("keydown", (ev) => {
+      if (ev.key === "Enter" && sym.value.trim()) { ev.preventDefault(); opts.pick(sym.value.trim(), null); }
+      ev.stopPropagation(); // typing here is not a notebook shortcut
+    });
+    sym.addEventListener("change", () => { if (sym.value.trim()) opts.pick(sym.value.trim(), null); });
+    tfSel.addEventListener("change", () => opts.pick(null, tfSel.value));
+  }
   const plot = doc.createElement("div");
   plot.className = "kohlc-plot";
   plot.style.height = `${opts.height || 420}px`;
@@ -358,6 +405,7 @@ export function createLiveChart(el, opts = {}) {
   return {
     chart,
     handle,
+    setPicker(p) { if (picker) picker.set(p); },
     destroy() {
       chart.remove();
       root.remove();
@@ -374,12 +422,25 @@ function render({ model, el }) {
     seconds: model.get("seconds"),
     visible: model.get("visible"),
     resync: () => model.send({ type: "sync" }),
+    pick: (symbol, tf) => {
+      if (symbol !== null && symbol !== model.get("symbol")) model.set("symbol", symbol);
+      if (tf !== null && tf !== model.get("tf")) model.set("tf", tf);
+      model.save_changes();
+    },
   });
+  const showPicker = () => view.setPicker({
+    symbol: model.get("symbol"), tf: model.get("tf"), symbols: model.get("symbol_choices") || [],
+    tfs: model.get("tf_choices") || [], error: model.get("error"),
+  });
+  const traits = ["symbol", "tf", "symbol_choices", "tf_choices", "error"].map((n) => `change:${n}`);
+  showPicker();
+  traits.forEach((ev) => model.on(ev, showPicker));
   const onMsg = (msg, buffers) => view.handle(msg, buffers);
   model.on("msg:custom", onMsg);
   model.send({ type: "sync" }); // a (re)rendered view always starts from a full load
   return () => {
     model.off("msg:custom", onMsg);
+    traits.forEach((ev) => model.off(ev, showPicker));
     view.destroy();
   };
 }

@@ -21,6 +21,7 @@ import pandas as pd
 from ..core.ticks import TickBatch, ist_naive_to_epoch_ns
 from ..core.timeframes import DAY_NS, IST, IST_OFFSET_NS, Timeframe, bucket_start
 from .sim_market import MINUTE_NS, SimInstrument, hash_uniform
+from . import sim_rhythm as rhythm
 
 # Kite's span limits for one historical request, in days (forum figures from Zerodha staff).
 SPAN_LIMIT_DAYS = {
@@ -28,8 +29,6 @@ SPAN_LIMIT_DAYS = {
     "15minute": 200, "30minute": 200, "60minute": 400, "day": 2000,
 }
 # Synthetic history session per exchange: (open, close) minutes after 00:00 IST.
-_SESSIONS = {"MCX": (9 * 60, 23 * 60 + 30), "CDS": (9 * 60, 17 * 60)}
-_DEFAULT_SESSION = (9 * 60 + 15, 15 * 60 + 30)
 
 
 class SimulatorApi(Protocol):
@@ -94,42 +93,61 @@ def tick_minutes(t: TickBatch, token: int, lo: int, hi: int, window_ns: int,
     return {k: v[keep] for k, v in out.items()}
 
 
-def synthetic_minutes(inst: SimInstrument, seed: int, lo: int, hi: int) -> dict[str, np.ndarray]:
-    """Deterministic (seeded) minute candles in [lo, hi) for market hours on weekdays (the history
-    before the simulator started)."""
-    open_min, close_min = _SESSIONS.get(inst.exchange, _DEFAULT_SESSION)
+def synthetic_minutes(inst: SimInstrument, seed: int, lo: int, hi: int,
+                      end_ns: int | None = None) -> dict[str, np.ndarray]:
+    """Deterministic (seeded) minute candles in [lo, hi) for market hours on weekdays: the history
+    before the simulator started at ``end_ns``.
+
+    The path moves like the live walk (``feeds.sim_rhythm``: the instrument's volatility and
+    turnover, the day's rhythm, an overnight gap at each open) and is pinned at its end: the last
+    minute before ``end_ns`` closes at the live starting price, so history joins live without a jump.
+    """
+    end_ns = hi if end_ns is None else end_ns
+    hi = min(hi, end_ns)
+    open_min, close_min = rhythm.session(inst)
     per_day = close_min - open_min
     d0 = (lo + IST_OFFSET_NS) // DAY_NS
-    d1 = (hi - 1 + IST_OFFSET_NS) // DAY_NS
+    d1 = (end_ns - 1 + IST_OFFSET_NS) // DAY_NS
     days = np.arange(d0, d1 + 1)
     days = days[(days + 3) % 7 < 5]  # 1970-01-01 was a Thursday: Monday == 0
-    if not len(days):
+    if not len(days) or hi <= lo:
         return empty_minutes()
     tok, tick = inst.instrument_token, inst.tick_size or 0.05
-    # each day opens within 0.5% of the live starting price, so backfilled history joins the
-    # live candles without a jump on the chart
-    level = inst.last_price * (0.995 + 0.01 * hash_uniform(seed, tok, days, -1))
-    m = np.arange(per_day)
-    steps = np.rint((hash_uniform(seed, tok, days[:, None], m[None, :]) - 0.5) * 6)
-    path = np.rint(level / tick)[:, None] + np.cumsum(steps, axis=1)
-    path = np.maximum(path, 1.0)
-    close = path
-    open_ = np.concatenate([np.rint(level / tick)[:, None], path[:, :-1]], axis=1)
-    open_ = np.maximum(open_, 1.0)
-    wick = np.floor(hash_uniform(seed, tok, days[:, None], m[None, :], 7) * 3)
-    high = np.maximum(open_, close) + wick
-    low = np.maximum(np.minimum(open_, close) - wick, 1.0)
+    m = np.broadcast_to(np.arange(per_day)[None, :], (len(days), per_day))
+    dd = np.broadcast_to(days[:, None], m.shape)
+    start = (dd * DAY_NS + (open_min + m) * MINUTE_NS) - IST_OFFSET_NS
+    before = start < end_ns  # every minute up to the pinned end: the path is summed back from it
+    m, dd, start = m[before], dd[before], start[before]
+    act = rhythm.activity(m, per_day)
+    sigma = rhythm.minute_sigma(inst) * np.sqrt(act)
+    intra = sigma * rhythm.normal(hash_uniform(seed, tok, dd, m, 1), hash_uniform(seed, tok, dd, m, 2))
+    gap = np.where(m == 0, 0.004 * rhythm.normal(hash_uniform(seed, tok, dd, 3),
+                                                 hash_uniform(seed, tok, dd, 4)), 0.0)
+    step = gap + intra
+    # log price at each minute's close, counted back from the live starting price at the end
+    close_log = np.log(inst.last_price) - (step.sum() - np.cumsum(step))
+    open_log = close_log - intra
+    wick_hi = sigma * 0.6 * np.abs(rhythm.normal(hash_uniform(seed, tok, dd, m, 5), hash_uniform(seed, tok, dd, m, 6)))
+    wick_lo = sigma * 0.6 * np.abs(rhythm.normal(hash_uniform(seed, tok, dd, m, 7), hash_uniform(seed, tok, dd, m, 8)))
+
+    def ticks(x: np.ndarray) -> np.ndarray:
+        return np.maximum(np.rint(np.exp(x) / tick), 1.0)
+
+    open_, close = ticks(open_log), ticks(close_log)
+    high = np.maximum(ticks(np.maximum(open_log, close_log) + wick_hi), np.maximum(open_, close))
+    low = np.minimum(ticks(np.minimum(open_log, close_log) - wick_lo), np.minimum(open_, close))
+    lot = max(inst.lot_size, 1)
+    noise = np.exp(0.5 * rhythm.normal(hash_uniform(seed, tok, dd, m, 11), hash_uniform(seed, tok, dd, m, 12)))
     volume = (np.zeros_like(close) if inst.is_index else
-              np.floor(hash_uniform(seed, tok, days[:, None], m[None, :], 11) * 2000 + 10)
-              * max(inst.lot_size, 1))
-    oi = (1_000_000 + np.cumsum(np.rint((hash_uniform(seed, tok, days[:, None], m[None, :], 13)
-                                          - 0.5) * 40), axis=1) * inst.lot_size
-          if inst.has_oi else np.zeros_like(close))
-    start = (days[:, None] * DAY_NS + (open_min + m[None, :]) * MINUTE_NS) - IST_OFFSET_NS
-    out = {"start": start.ravel().astype(np.int64),
-           "open": (open_ * tick).ravel(), "high": (high * tick).ravel(),
-           "low": (low * tick).ravel(), "close": (close * tick).ravel(),
-           "volume": volume.ravel().astype(np.float64), "oi": np.asarray(oi, np.float64).ravel()}
+              np.maximum(np.rint(rhythm.minute_volume(inst) * act * noise / lot), 1) * lot)
+    oi = np.zeros_like(close)
+    if inst.has_oi:
+        moves = np.rint((hash_uniform(seed, tok, dd, m, 13) - 0.5) * 40) * lot
+        oi = 1_000_000 + np.cumsum(moves) - moves.sum()
+    out = {"start": start.astype(np.int64),
+           "open": np.round(open_ * tick, 6), "high": np.round(high * tick, 6),
+           "low": np.round(low * tick, 6), "close": np.round(close * tick, 6),
+           "volume": volume.astype(np.float64), "oi": np.asarray(oi, np.float64)}
     keep = (out["start"] >= lo) & (out["start"] < hi)
     return {k: v[keep] for k, v in out.items()}
 

@@ -17,6 +17,7 @@ import pandas as pd
 from ..core.ticks import TickBatch, ist_naive_to_epoch_ns
 from ..core.timeframes import DAY_NS, IST_OFFSET_NS, NS
 from ..errors import TapeError
+from .sim_rhythm import Rhythm
 
 MINUTE_NS = 60 * NS
 # the tick logs (market(), sent()) keep this many ticks each, a batch counting LOG_BATCH_COST more
@@ -91,7 +92,8 @@ def hash_uniform(*keys: Any) -> np.ndarray:
 
 
 class SimMarket:
-    """Seeded random walk (or tape playback) producing one TickBatch per step."""
+    """Seeded random walk (``feeds.sim_rhythm``: volatility, turnover, the day's rhythm) or tape
+    playback, producing one TickBatch per step."""
 
     def __init__(self, instruments: list[SimInstrument], seed: int, tape: pd.DataFrame | None,
                  speed: float) -> None:
@@ -102,6 +104,8 @@ class SimMarket:
         self.is_index = np.array([i.is_index for i in instruments])
         self.has_oi = np.array([i.has_oi for i in instruments])
         self.rng = np.random.default_rng(seed)
+        self.rhythm = Rhythm(instruments)  # volatility, turnover and the day's rhythm per instrument
+        self.last_wall: float | None = None
         self.price_ticks = np.rint(np.array([i.last_price for i in instruments]) / self.tick).astype(np.int64)
         self.cum_volume = np.zeros(len(instruments), dtype=np.int64)
         self.oi = np.where(self.has_oi, 1_000_000, 0).astype(np.int64)
@@ -129,8 +133,11 @@ class SimMarket:
             self.prev_close = self.prices()
             self.new_day = True
         n = len(self.tokens)
-        self.price_ticks = np.maximum(self.price_ticks + self.rng.integers(-2, 3, n), 1)
-        self.cum_volume += np.where(self.is_index, 0, self.rng.integers(1, 50, n) * self.lot)
+        dt_s = 1.0 if self.last_wall is None else min(max(wall - self.last_wall, 1e-3), 60.0)
+        self.last_wall = wall
+        move, traded = self.rhythm.step(self.rng, now_s * NS, dt_s, self.prices(), self.tick, self.lot)
+        self.price_ticks = np.maximum(self.price_ticks + move, 1)
+        self.cum_volume += traded
         self.oi = np.maximum(self.oi + np.where(self.has_oi, self.rng.integers(-20, 21, n) * self.lot, 0), 0)
         price = self.prices()
         if self.new_day:

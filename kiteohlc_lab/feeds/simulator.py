@@ -498,7 +498,7 @@ class KiteSimulator:
         boundary = self.started_ns // MINUTE_NS * MINUTE_NS
         parts = []
         if lo < boundary:
-            parts.append(synthetic_minutes(inst, self.seed, lo, min(hi, boundary)))
+            parts.append(synthetic_minutes(inst, self.seed, lo, min(hi, boundary), end_ns=boundary))
         if hi > boundary:
             parts.append(tick_minutes(self.market(), inst.instrument_token, max(lo, boundary), hi,
                                       self._logs.window_ns, self.clock_ns()))

@@ -31,6 +31,7 @@ import contextlib
 import html
 import json
 import threading
+import time
 import weakref
 from pathlib import Path
 from typing import Any, Callable
@@ -38,6 +39,7 @@ from typing import Any, Callable
 import numpy as np
 import pandas as pd
 
+from ..errors import KiteOHLCError
 from .handle import SeriesHandle, stream_state
 
 from .chart_data import (  # noqa: F401 - re-exported (serve_chart, tests)
@@ -51,10 +53,16 @@ from .chart_data import (  # noqa: F401 - re-exported (serve_chart, tests)
     _base,
     _seconds,
     chart_time,
+    Overlay,
     Snapshot,
+    _tf_ns,
     snapshot,
+    stream_choices,
 )
 
+
+
+CHOICES_EVERY_S = 2.0  # how often the picker's lists are refreshed from the running streams
 
 
 def chart_js() -> Path:
@@ -81,42 +89,6 @@ def _esm_text() -> str:
 
 
 _CHARTS: "weakref.WeakSet[Any]" = weakref.WeakSet()  # every LiveChart alive (close_all)
-
-
-class Overlay:
-    """A line or histogram series computed from the candles, re-evaluated when a candle closes."""
-
-    def __init__(self, name: str, fn: Callable[[pd.DataFrame], Any], type: str = "line",
-                 color: str | None = None, pane: int | None = None, width: int = 2) -> None:
-        self.name, self.fn, self.type, self.color, self.pane, self.width = name, fn, type, color, pane, width
-        self.sent: np.ndarray | None = None  # values the front end has, aligned with the candles
-        self.error: str | None = None
-
-    def spec(self) -> dict:
-        out: dict[str, Any] = {"name": self.name, "type": self.type, "width": self.width}
-        if self.color:
-            out["color"] = self.color
-        if self.pane is not None:
-            out["pane"] = self.pane
-        return out
-
-    def values(self, df: pd.DataFrame) -> np.ndarray:
-        """``fn(df)`` aligned with ``df``'s rows (a Series is aligned by index, NaN elsewhere)."""
-        try:
-            out = self.fn(df)
-            if isinstance(out, pd.DataFrame):
-                out = out.iloc[:, 0]
-            if isinstance(out, pd.Series):
-                vals = out.reindex(df.index).to_numpy(np.float64, na_value=np.nan)
-            else:
-                vals = np.asarray(out, np.float64).reshape(-1)
-                if len(vals) != len(df):
-                    raise ValueError(f"{len(vals)} values for {len(df)} candles")
-            self.error = None
-            return vals
-        except Exception as exc:  # a broken overlay never stops the chart: it shows as empty
-            self.error = f"{type(exc).__name__}: {exc}".splitlines()[0]
-            return np.full(len(df), np.nan)
 
 
 def _updater(ref: "weakref.ref[LiveChart]", stop: threading.Event, wake: threading.Event,
@@ -180,6 +152,11 @@ def _make_class():
         height = t.Int(420).tag(sync=True)
         seconds = t.Bool(False).tag(sync=True)
         visible = t.Int(150).tag(sync=True)
+        # the picker in the chart's header: symbols streaming now, the timeframes streamed for the
+        # shown symbol (refreshed every CHOICES_EVERY_S); a bad pick from it is reverted and said here
+        symbol_choices = t.List(t.Unicode()).tag(sync=True)
+        tf_choices = t.List(t.Unicode()).tag(sync=True)
+        error = t.Unicode("").tag(sync=True)
 
         def __init__(self, symbol: str, tf: str, manager: Any = None, rate: float | None = None,
                      height: int = 420, tick_size: float | None = None, visible: int = 150,
@@ -219,6 +196,9 @@ def _make_class():
                              seconds=parse_timeframe(label).ns < 60 * 10**9, visible=int(visible),
                              **kwargs)
             self.on_msg(self._on_front)
+            self._choices_at = 0.0
+            self._reverting = False
+            self._refresh_choices(force=True)
             self.observe(self._retarget, names=["symbol", "tf"])
             self.observe(self._comm_changed_chart, names="comm")
             self._watch_comm(self.comm)
@@ -284,23 +264,61 @@ def _make_class():
                 self._watch_comm(change["new"])
 
         def _retarget(self, change: dict) -> None:
+            if self._reverting:
+                return
+            from_front = change["name"] in getattr(self, "_property_lock", {})
+            try:
+                self._show(self.symbol, self.tf)
+            except (KiteOHLCError, ValueError) as exc:
+                # a pick the chart cannot show changes nothing: back to what is shown
+                self._reverting = True
+                try:
+                    self.set_trait(change["name"], change["old"])
+                finally:
+                    self._reverting = False
+                if not from_front:
+                    raise
+                self.error = str(exc)
+
+        def _show(self, symbol: str, tf: str) -> None:
             from ..core.timeframes import parse_timeframe
 
             with self._lock:
-                label = parse_timeframe(self.tf).label
-                live = SeriesHandle(self.symbol, label, manager=self._manager)
+                label = parse_timeframe(tf).label
+                live = SeriesHandle(symbol, label, manager=self._manager)
                 live.series  # fails (and changes nothing) for an unknown symbol
                 old, self.live = self.live, live
                 if old is not live:
                     old.release()  # the chart's own handle: the old series is no longer shown
                 with self.hold_trait_notifications():
-                    self.title = f"{self.symbol} {label}"
+                    self.title = f"{symbol} {label}"
                     self.seconds = parse_timeframe(label).ns < 60 * 10**9
+                    self.error = ""
+                    if self.tf != label:
+                        self.set_trait("tf", label)
                 for o in self.overlays.values():
                     o.sent = None
                 self._reset_sent()
+                self._refresh_choices(force=True)
                 if self._ready:
                     self._send_full()
+
+        def _refresh_choices(self, force: bool = False) -> None:
+            """The picker's lists from the streams running now (cheap; at most every few seconds)."""
+            now = time.monotonic()
+            if not force and now - self._choices_at < CHOICES_EVERY_S:
+                return
+            self._choices_at = now
+            symbols, tfs = stream_choices(self._manager, self.symbol)
+            if self.symbol not in symbols:
+                symbols = [self.symbol, *symbols]
+            if self.tf not in tfs:
+                tfs = sorted({*tfs, self.tf}, key=_tf_ns)
+            with self.hold_sync():
+                if symbols != self.symbol_choices:
+                    self.symbol_choices = symbols
+                if tfs != self.tf_choices:
+                    self.tf_choices = tfs
 
         # -- front end
         def _on_front(self, _widget: Any, content: Any, buffers: Any) -> None:
@@ -370,6 +388,7 @@ def _make_class():
             """
             with self._lock:
                 self.polls += 1
+                self._refresh_choices()
                 if not self._ready:
                     self.skipped += 1
                     return False

@@ -6,7 +6,7 @@ page (``serve_chart``) both read it.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import pandas as pd
@@ -88,3 +88,64 @@ def snapshot(series: Any, keep: int | None) -> Snapshot:
     return Snapshot(key, total, closed, rows)
 
 
+class Overlay:
+    """A line or histogram series computed from the candles, re-evaluated when a candle closes."""
+
+    def __init__(self, name: str, fn: Callable[[pd.DataFrame], Any], type: str = "line",
+                 color: str | None = None, pane: int | None = None, width: int = 2) -> None:
+        self.name, self.fn, self.type, self.color, self.pane, self.width = name, fn, type, color, pane, width
+        self.sent: np.ndarray | None = None  # values the front end has, aligned with the candles
+        self.error: str | None = None
+
+    def spec(self) -> dict:
+        out: dict[str, Any] = {"name": self.name, "type": self.type, "width": self.width}
+        if self.color:
+            out["color"] = self.color
+        if self.pane is not None:
+            out["pane"] = self.pane
+        return out
+
+    def values(self, df: pd.DataFrame) -> np.ndarray:
+        """``fn(df)`` aligned with ``df``'s rows (a Series is aligned by index, NaN elsewhere)."""
+        try:
+            out = self.fn(df)
+            if isinstance(out, pd.DataFrame):
+                out = out.iloc[:, 0]
+            if isinstance(out, pd.Series):
+                vals = out.reindex(df.index).to_numpy(np.float64, na_value=np.nan)
+            else:
+                vals = np.asarray(out, np.float64).reshape(-1)
+                if len(vals) != len(df):
+                    raise ValueError(f"{len(vals)} values for {len(df)} candles")
+            self.error = None
+            return vals
+        except Exception as exc:  # a broken overlay never stops the chart: it shows as empty
+            self.error = f"{type(exc).__name__}: {exc}".splitlines()[0]
+            return np.full(len(df), np.nan)
+
+
+def _tf_ns(label: str) -> int:
+    from ..core.timeframes import parse_timeframe
+
+    return parse_timeframe(label).ns
+
+
+def stream_choices(manager: Any, symbol: str) -> tuple[list[str], list[str]]:
+    """(symbols streaming now, the timeframes streamed for ``symbol``), as the picker lists them."""
+    try:
+        rows = manager.status()
+    except Exception:  # noqa: BLE001 - a picker with fewer entries, never a failed chart
+        return [], []
+    symbols: list[str] = []
+    tfs: set[str] = set()
+    key = str(symbol).upper()
+    for row in rows:
+        if row.get("state") in ("stopped", "failed"):
+            continue
+        names = [str(n) for n in (row.get("symbols") or [])]
+        for n in names:
+            if n not in symbols:
+                symbols.append(n)
+        if any(key == n.upper() or key == n.upper().split(":")[-1] for n in names):
+            tfs.update(str(x) for x in (row.get("timeframes") or []))
+    return symbols, sorted(tfs, key=_tf_ns)
