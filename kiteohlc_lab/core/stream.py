@@ -2,8 +2,9 @@
 
 The source delivers batches from its own thread (the Twisted reactor for Kite, a replay thread); the
 stream only queues them there, so the feed thread never waits on aggregation or I/O. The stream thread
-drains everything queued, aggregates it batch by batch, then writes the stores once (one Redis round
-trip for the whole drain) and notifies listeners.
+drains everything queued and aggregates it batch by batch; what it makes goes out as events
+(core.events) to the sinks subscribed to them (core.sinks: history, live store, recorder; the
+listener), so the thread knows no store by name.
 """
 
 from __future__ import annotations
@@ -14,15 +15,17 @@ import queue
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Protocol
-
-import numpy as np
+from typing import Any, Callable
 
 from .candles import CandleBatch
 from .clock import ExchangeClock
 from .engine import Engine
+from .events import (Bus, CandlesClosed, Drained, FormingChanged, Gap, Resumed, StreamDone,
+                     StreamError, TicksAccepted, TicksReceived, TicksRejected, listen)
+from .events import Listener  # noqa: F401 - the listener's shape, importable from here as before
 from .repair import REPAIR_SETTLE_S, Repairs
 from .sanity import TickFilter
+from .sinks import HistorySink, LiveSink, RecorderSink, merge_by_tf
 from .ticks import TickBatch
 from .timeframes import parse_timeframe
 
@@ -79,13 +82,6 @@ class _LockedEngine:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._eng, name)
-
-
-class Listener(Protocol):
-    def on_closed(self, stream: "Stream", batches: list[CandleBatch]) -> None: ...
-    def on_forming(self, stream: "Stream", batches: list[CandleBatch]) -> None: ...
-    def on_gap(self, stream: "Stream", token: int, start_ns: int, end_ns: int) -> None: ...
-    def on_error(self, stream: "Stream", message: str) -> None: ...
 
 
 @dataclass
@@ -147,21 +143,23 @@ class Stream:
         self.tokens = list(tokens)
         self.symbols = dict(symbols or {})
         self.listener = listener
-        self.history = history
-        self.live_store = live_store
-        self.recorder = recorder
         self.state = "starting"
         self.error: str | None = None
         self.errors: list[str] = []
         self.stats = StreamStats()
         self.done = threading.Event()
         self._q: queue.SimpleQueue = queue.SimpleQueue()
-        # the live store (Redis) is written at most this often: coalesced, one round trip each
-        self.live_write_interval = 0.2
-        self._last_live_write = 0.0
-        self._pending_closed: list[CandleBatch] = []
-        self._pending_touched: set[int] = set()
-        self._writer = _Writer(self._write_history, f"kiteohlc-{name}-history")
+        # what the thread makes goes out as events (core.events); the stores, the recorder and the
+        # listener are sinks subscribed to them (core.sinks), unknown to the thread by name
+        self.events = Bus()
+        self.emit_interval = 0.05  # a long drain emits CandlesClosed at least this often
+        self.history_sink = HistorySink(self.events, history, self._record_error, name) if history is not None else None
+        self.live_sink = (LiveSink(self.events, live_store, engine, bool(source.live), self._record_error,
+                                   self.history_sink) if live_store is not None else None)
+        if recorder is not None:
+            RecorderSink(self.events, recorder, self._record_error)
+        if listener is not None:
+            listen(self.events, self, listener)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"kiteohlc-{name}", daemon=True)
         # gap repair (core.repair): candles longer than a minute, or not closed yet when the
@@ -346,7 +344,7 @@ class Stream:
             self._stop_serving()
             if self.state == "failed":
                 self._release_source()
-            self._close_outputs()
+            self.events.emit(StreamDone(self.name, self.state))
             self.done.set()
 
     def _release_source(self) -> None:
@@ -358,33 +356,35 @@ class Stream:
             log.warning("stream %s: source did not stop cleanly: %s", self.name, exc)
 
     def _handle(self, items: list[tuple]) -> bool:
-        closed: list[CandleBatch] = []
-        written: list[CandleBatch] = []  # already handed to the history writer
+        closed: list[CandleBatch] = []  # since the last CandlesClosed
         touched: set[int] = set()
         keep_going = True
         finished = False
         eng = _LockedEngine(self.engine, self.lock)  # changes hold the lock, per batch
+        bus, name = self.events, self.name
+        slice_end = time.monotonic() + self.emit_interval
         for item in items:
             kind = item[0]
             if kind == "batch":
                 batch: TickBatch = item[1]
                 self.stats.count(len(batch))
-                if self.recorder is not None:
-                    self.recorder.write(batch)
+                if bus.wants(TicksReceived):
+                    bus.emit(TicksReceived(name, batch))
+                n = len(batch)
                 batch = self.filter.check(batch, self.exchange_clock.now_ns() if self.source.live else None)
+                if len(batch) < n and bus.wants(TicksRejected):
+                    bus.emit(TicksRejected(name, n - len(batch)))
                 if len(batch):
-                    got = eng.process(batch)
-                    if got:  # stored by the writer thread while the next batch aggregates
-                        self._writer.put(_merge_by_tf(got))
-                        written += got
+                    if bus.wants(TicksAccepted):
+                        bus.emit(TicksAccepted(name, batch))
+                    closed += eng.process(batch)
                     touched.update(eng.last_tokens.tolist())
             elif kind == "done":
                 held = self.filter.flush()  # a tape's last tick, if it waited for a next one
                 if len(held):
-                    got = eng.process(held)
-                    if got:
-                        self._writer.put(_merge_by_tf(got))
-                        written += got
+                    if bus.wants(TicksAccepted):
+                        bus.emit(TicksAccepted(name, held))
+                    closed += eng.process(held)
                     touched.update(eng.last_tokens.tolist())
                 # the tape ended, not the candles: by event time the last candles are still forming
                 # (no tick proved their end). They stay forming in the live store, so a replay of
@@ -399,9 +399,10 @@ class Stream:
             elif kind == "resume":
                 with self.lock:
                     self.engine.resume(item[1])
+                bus.emit(Resumed(name, tuple(item[1])))
             elif kind == "gap":
                 _, token, s, e = item
-                self.listener.on_gap(self, token, s, e)
+                bus.emit(Gap(name, token, s, e))
             elif kind == "history":
                 _, token, tf, candles = item
                 closed += self.repairs.rebucket(token, tf, candles)
@@ -412,38 +413,29 @@ class Stream:
                 keep_going = False
             elif kind == "call":  # a change from another thread (Stream.call), in batch order
                 self._run_call(item[1], item[2])
+            if closed and time.monotonic() >= slice_end:  # a long drain: history writes meanwhile
+                closed = self._emit_closed(closed)
+                slice_end = time.monotonic() + self.emit_interval
         if self.source.live and not finished and self.exchange_clock.ready:
             closed += eng.advance(self.exchange_clock.now_ns())
         self._notices()
         if self.repairs.pending:
             self.repairs.due(time.time_ns())  # this module's clock (tests shift it)
-        closed = [c for c in closed if len(c)]
-        for c in closed:
-            touched.update(np.unique(c.token).tolist())
-        if closed:
-            self._writer.put(_merge_by_tf(closed))
-        closed = [c for c in written + closed if len(c)]
-        if closed or touched:
-            closed = _merge_by_tf(closed)  # one upsert per timeframe per drain
-            # forming candles are read from the engine on demand (SeriesBuffer.bind_engine)
-            self._pending_closed += closed
-            self._pending_touched |= touched
-            if closed:
-                self.listener.on_closed(self, closed)
-        if self._pending_touched or self._pending_closed:
-            now = time.monotonic()
-            if finished or not keep_going or now - self._last_live_write >= self.live_write_interval:
-                self._last_live_write = now
-                # the live state may say a candle is closed only once history holds it
-                self._writer.drain()
-                self._write_live()
-        if finished or not keep_going:
-            self._writer.drain()
+        self._emit_closed(closed)
+        if touched:  # forming candles are read from the engine on demand (SeriesBuffer.bind_engine)
+            bus.emit(FormingChanged(name, frozenset(touched)))
+        bus.emit(Drained(name, finished or not keep_going))
         if finished:
             self.state = "done"
             self.done.set()
             return False
         return keep_going
+
+    def _emit_closed(self, closed: list[CandleBatch]) -> list[CandleBatch]:
+        merged = merge_by_tf(closed)  # one upsert per timeframe
+        if merged:
+            self.events.emit(CandlesClosed(self.name, merged))
+        return []
 
     @property
     def repair_settle(self) -> float:
@@ -454,37 +446,14 @@ class Stream:
     def repair_settle(self, seconds: float) -> None:
         self.repairs.settle = float(seconds)
 
-    def _write_history(self, closed: list[CandleBatch]) -> None:
-        if self.history is not None:
-            for c in closed:
-                try:
-                    self.history.write(c)
-                except Exception as exc:
-                    self._record_error(f"history store write failed: {exc}")
-
-    def _write_live(self) -> None:
-        """One pipelined write of everything since the last one (at most every live_write_interval)."""
-        closed, touched = self._pending_closed, self._pending_touched
-        self._pending_closed, self._pending_touched = [], set()
-        if self.live_store is None:
-            return
-        try:
-            toks = list(touched)
-            forming = [f.select(np.isin(f.token, toks)) for f in
-                       (self.engine.forming(tf.label) for tf in self.engine.timeframes)]
-            published = closed if self.source.live else [_newest_per_token(c) for c in closed]
-            self.live_store.write(forming, published, self.engine.export_columns(toks))
-        except Exception as exc:
-            self._record_error(f"live store write failed: {exc}")
-
     def _notices(self) -> None:
         """One-line reports that are not errors: bad ticks (once per instrument and kind), clock skew."""
         for message in self.filter.take_messages():  # the listener logs and shows them
-            self.listener.on_error(self, message)
+            self.events.emit(StreamError(self.name, message, notice=True))
         said = self.exchange_clock.message
         if said and not self._clock_said:
             self._clock_said = True
-            self.listener.on_error(self, said)
+            self.events.emit(StreamError(self.name, said, notice=True))
 
     def rejected(self) -> dict[str, dict[str, int]]:
         """Per symbol: bad ticks rejected by kind, and volume glitches."""
@@ -498,19 +467,11 @@ class Stream:
         if message not in self.errors:
             self.errors.append(message)
             self.error = message
-            self.listener.on_error(self, message)
+            self.events.emit(StreamError(self.name, message))
 
     def _fail(self, message: str) -> None:
         self.state = "failed"
         self._record_error(message)
-
-    def _close_outputs(self) -> None:
-        self._writer.close()
-        if self.recorder is not None:
-            try:
-                self.recorder.close()
-            except Exception as exc:
-                self._record_error(f"recording failed: {exc}")
 
     def status(self) -> dict:
         src: dict[str, Any] = {}
@@ -544,66 +505,3 @@ class Stream:
             "error": self.error or src.get("error"),
             "feed": src,
         }
-
-
-def _newest_per_token(batch: CandleBatch) -> CandleBatch:
-    """The newest candle of each instrument in ``batch``.
-
-    A replay closes thousands of candles per second; followers of the live store need the latest
-    one (the history store has them all), so replays publish only that.
-    """
-    if len(batch) <= 1:
-        return batch
-    order = np.lexsort((batch.start, batch.token))
-    tok = batch.token[order]
-    last = np.append(tok[1:] != tok[:-1], True)
-    return batch.select(order[last])
-
-
-class _Writer:
-    """A thread that writes closed candles to the history store, in order, while the stream
-    thread aggregates the next batch. ``drain()`` waits until everything handed over is written."""
-
-    def __init__(self, write: Any, name: str) -> None:
-        self._write = write
-        self._q: queue.SimpleQueue = queue.SimpleQueue()
-        self._cv = threading.Condition()
-        self._pending = 0
-        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
-        self._thread.start()
-
-    def put(self, closed: list[CandleBatch]) -> None:
-        with self._cv:
-            self._pending += 1
-        self._q.put(closed)
-
-    def _run(self) -> None:
-        while True:
-            item = self._q.get()
-            if item is None:
-                return
-            try:
-                self._write(item)
-            finally:
-                with self._cv:
-                    self._pending -= 1
-                    self._cv.notify_all()
-
-    def drain(self, timeout: float | None = None) -> bool:
-        with self._cv:
-            return self._cv.wait_for(lambda: self._pending == 0, timeout)
-
-    def close(self) -> None:
-        self.drain(timeout=30)
-        self._q.put(None)
-        self._thread.join(timeout=5)
-
-
-def _merge_by_tf(batches: list[CandleBatch]) -> list[CandleBatch]:
-    """Closed candles of a drain, one batch per timeframe (amended ones kept after the originals)."""
-    if len(batches) <= 1:
-        return batches
-    by_tf: dict[str, list[CandleBatch]] = {}
-    for b in batches:
-        by_tf.setdefault(b.tf, []).append(b)
-    return [parts[0] if len(parts) == 1 else CandleBatch.concat(parts) for parts in by_tf.values()]

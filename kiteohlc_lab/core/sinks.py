@@ -1,0 +1,173 @@
+"""The stream's sinks: each subscribes to the events it needs (core.events) and owns its I/O.
+
+- ``HistorySink``: closed candles to the history store, on its own writer thread, in order.
+- ``LiveSink``: the live state (forming candles, the last closed ones, engine state) to the live
+  store, coalesced: at most once per ``interval`` (one round trip), and only after the history sink
+  holds every closed candle it says (the live state may call a candle closed only once history has it).
+- ``RecorderSink``: the feed's batches as delivered, to a tape.
+
+A sink never raises into the stream: a failed write is reported once through ``report``.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from typing import Any, Callable
+
+import numpy as np
+
+from .candles import CandleBatch
+from .events import Bus, CandlesClosed, Drained, FormingChanged, StreamDone, TicksReceived
+
+Report = Callable[[str], None]
+
+
+class HistorySink:
+    """Closed candles -> ``store.write``, one batch per timeframe, on a writer thread.
+
+    ``drain()`` waits until everything handed over is written (the live sink calls it before it
+    writes; a final ``Drained`` waits too); ``StreamDone`` ends the thread.
+    """
+
+    def __init__(self, bus: Bus, store: Any, report: Report, name: str) -> None:
+        self.store = store
+        self._report = report
+        self._q: queue.SimpleQueue = queue.SimpleQueue()
+        self._cv = threading.Condition()
+        self._pending = 0
+        self._thread = threading.Thread(target=self._run, name=f"kiteohlc-{name}-history", daemon=True)
+        self._thread.start()
+        bus.subscribe(CandlesClosed, self._on_closed)
+        bus.subscribe(Drained, lambda ev: ev.final and self.drain())
+        bus.subscribe(StreamDone, lambda ev: self.close())
+
+    def _on_closed(self, ev: CandlesClosed) -> None:
+        with self._cv:
+            self._pending += 1
+        self._q.put(ev.batches)
+
+    def _run(self) -> None:
+        while True:
+            item = self._q.get()
+            if item is None:
+                return
+            try:
+                self._write(item)
+            finally:
+                with self._cv:
+                    self._pending -= 1
+                    self._cv.notify_all()
+
+    def _write(self, closed: list[CandleBatch]) -> None:
+        if self.store is None:
+            return
+        for c in closed:
+            try:
+                self.store.write(c)
+            except Exception as exc:
+                self._report(f"history store write failed: {exc}")
+
+    def drain(self, timeout: float | None = None) -> bool:
+        with self._cv:
+            return self._cv.wait_for(lambda: self._pending == 0, timeout)
+
+    def close(self) -> None:
+        if not self._thread.is_alive():
+            return
+        self.drain(timeout=30)
+        self._q.put(None)
+        self._thread.join(timeout=5)
+
+
+class LiveSink:
+    """Forming and closed candles and the engine's state -> ``store.write``, coalesced.
+
+    ``engine`` is read for the forming candles and the state of the instruments touched since the
+    last write (on the stream thread, which owns it). A replay (``live=False``) publishes only the
+    newest closed candle of each instrument: followers need the latest, the history has them all.
+    """
+
+    def __init__(self, bus: Bus, store: Any, engine: Any, live: bool, report: Report,
+                 history: HistorySink | None = None, interval: float = 0.2) -> None:
+        self.store = store
+        self.engine = engine
+        self.live = bool(live)
+        self.history = history
+        self.interval = interval  # seconds between writes (one pipelined round trip each)
+        self._report = report
+        self._last = 0.0
+        self._closed: list[CandleBatch] = []
+        self._touched: set[int] = set()
+        bus.subscribe(CandlesClosed, self._on_closed)
+        bus.subscribe(FormingChanged, lambda ev: self._touched.update(ev.tokens))
+        bus.subscribe(Drained, self._on_drained)
+
+    def _on_closed(self, ev: CandlesClosed) -> None:
+        self._closed += ev.batches
+        for c in ev.batches:
+            self._touched.update(np.unique(c.token).tolist())
+
+    def _on_drained(self, ev: Drained) -> None:
+        if not (self._touched or self._closed):
+            return
+        now = time.monotonic()
+        if ev.final or now - self._last >= self.interval:
+            self._last = now
+            if self.history is not None:
+                self.history.drain()
+            self.write()
+
+    def write(self) -> None:
+        """One pipelined write of everything since the last one."""
+        closed, touched = merge_by_tf(self._closed), self._touched
+        self._closed, self._touched = [], set()
+        if self.store is None:
+            return
+        try:
+            toks = list(touched)
+            eng = self.engine
+            forming = [f.select(np.isin(f.token, toks)) for f in
+                       (eng.forming(tf.label) for tf in eng.timeframes)]
+            published = closed if self.live else [newest_per_token(c) for c in closed]
+            self.store.write(forming, published, eng.export_columns(toks))
+        except Exception as exc:
+            self._report(f"live store write failed: {exc}")
+
+
+class RecorderSink:
+    """Every batch as the feed delivered it -> ``recorder.write``; closed when the stream ends."""
+
+    def __init__(self, bus: Bus, recorder: Any, report: Report) -> None:
+        self.recorder = recorder
+        self._report = report
+        bus.subscribe(TicksReceived, lambda ev: recorder.write(ev.batch))
+        bus.subscribe(StreamDone, self._close)
+
+    def _close(self, _ev: StreamDone) -> None:
+        try:
+            self.recorder.close()
+        except Exception as exc:
+            self._report(f"recording failed: {exc}")
+
+
+def newest_per_token(batch: CandleBatch) -> CandleBatch:
+    """The newest candle of each instrument in ``batch``."""
+    if len(batch) <= 1:
+        return batch
+    order = np.lexsort((batch.start, batch.token))
+    tok = batch.token[order]
+    last = np.append(tok[1:] != tok[:-1], True)
+    return batch.select(order[last])
+
+
+def merge_by_tf(batches: list[CandleBatch]) -> list[CandleBatch]:
+    """Closed candles, one batch per timeframe (amended ones kept after the originals)."""
+    batches = [b for b in batches if len(b)]
+    if len(batches) <= 1:
+        return batches
+    by_tf: dict[str, list[CandleBatch]] = {}
+    for b in batches:
+        by_tf.setdefault(b.tf, []).append(b)
+    return [parts[0] if len(parts) == 1 else CandleBatch.concat(parts) for parts in by_tf.values()]
