@@ -22,14 +22,21 @@ def reset() -> None:
 
 def stream(symbols: str | list[str], *timeframes: str, source: str | None = None, tape: str | None = None,
            speed: float = 0.0, mode: str | None = None, backfill: str | None = None,
-           record: str | None = None) -> StreamInfo:
+           record: str | None = None, start: Any = None, end: Any = None) -> StreamInfo:
     """Start streaming ``symbols`` at ``timeframes`` (what ``%ohlc_stream`` does).
 
+    ``source="replay"`` with ``start``/``end`` and no ``tape`` replays that range of the tick store.
+
     >>> kiteohlc_lab.stream("NIFTY,BANKNIFTY", "1m", "5m")   # doctest: +SKIP
+    >>> kiteohlc_lab.stream("NIFTY", "10s", source="replay", start="2026-11-25 09:15")  # doctest: +SKIP
     """
     tfs: list[str] = []
     for t in timeframes:
         tfs.extend([t] if isinstance(t, str) else list(t))
+    from .runtime.tickreplay import start_from_store, wants_store
+
+    if wants_store(source, tape, start, end):
+        return start_from_store(manager(), symbols, tfs, start, end, speed)
     return manager().start(symbols, tfs, source=source, tape=tape, speed=speed, mode=mode,
                            backfill=backfill, record=record)
 

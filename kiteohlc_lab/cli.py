@@ -6,6 +6,7 @@ Sub-commands::
     kiteohlc-lab sim [--ws-port N --http-port N --tape PATH ...]     (the Kite-protocol simulator)
     kiteohlc-lab status [--json]          running collectors: symbols, ticks/s, last tick age, health
     kiteohlc-lab history SYMBOL TF [--from T] [--to T] [--csv]
+    kiteohlc-lab ticks [SYMBOLS] [--from T] [--to T] [--export PATH.parquet|PATH.csv]   the tick store
     kiteohlc-lab config                    effective configuration, secrets masked, with origins
     kiteohlc-lab serve [--host H] [--port N]   read-only HTTP API (key from $KITEOHLC_SERVE_API_KEY)
 
@@ -37,7 +38,7 @@ from .config import SECRETS, KiteOHLC, from_sources, mask_url
 from .errors import KiteOHLCError
 
 PROG = "kiteohlc-lab"
-COMMANDS = ("collect", "sim", "status", "history", "config", "serve")
+COMMANDS = ("collect", "sim", "status", "history", "ticks", "config", "serve")
 
 
 class UsageError(Exception):
@@ -81,6 +82,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--source", choices=("kite", "sim", "replay"), default=None,
                    help="default: replay with --tape, kite with credentials, else sim")
     c.add_argument("--tape", default=None, help="CSV/Parquet tape for --source replay")
+    c.add_argument("--from", dest="start", default=None,
+                   help="--source replay without --tape: replay the tick store from this time (IST)")
+    c.add_argument("--to", dest="end", default=None, help="... up to this time (exclusive)")
     c.add_argument("--speed", type=float, default=1.0, help="replay speed factor (0: as fast as possible)")
     c.add_argument("--heartbeat", type=float, default=1.0, help="seconds between registry updates")
     c.add_argument("--lease-ttl", type=float, default=5.0, help="seconds an instrument lease lives")
@@ -101,6 +105,9 @@ def build_parser() -> argparse.ArgumentParser:
     h.add_argument("--to", dest="end", default=None, help="end (exclusive)")
     h.add_argument("--csv", action="store_true", help="CSV on stdout")
     _add_options(h)
+    from .cli_ticks import add_parser as add_ticks_parser
+
+    add_ticks_parser(sub, _add_options)
     g = sub.add_parser("config", help="print the effective configuration and where each value came from")
     _add_options(g)
     v = sub.add_parser("serve", help="read-only HTTP API over candles and status (kiteohlc_lab.serve)")
@@ -236,14 +243,15 @@ def cmd_collect(args: argparse.Namespace) -> int:
         raise UsageError(f"--speed {args.speed} is not accepted; use 0 (as fast as possible) or a positive factor")
     if args.heartbeat <= 0 or args.lease_ttl <= 0:
         raise UsageError("--heartbeat and --lease-ttl take a positive number of seconds")
-    if args.source == "replay" and not args.tape:
-        raise UsageError("--source replay needs --tape PATH (a CSV or Parquet tape)")
+    from .runtime.tickreplay import wants_store
+
+    wants_store(args.source, args.tape, args.start, args.end)  # a tape, or a range of the tick store
     guard_logging(cfg.access_token, cfg.api_secret)
     setup_logging(cfg.data_dir, stderr=not args.quiet)
     col = Collector(cfg, args.symbols, tfs, source=args.source, tape=args.tape, speed=args.speed,
                     heartbeat=args.heartbeat, lease_ttl=args.lease_ttl,
                     reconcile=args.reconcile or args.reconcile_replace,
-                    reconcile_replace=args.reconcile_replace)
+                    reconcile_replace=args.reconcile_replace, start=args.start, end=args.end)
     return col.run()
 
 
@@ -262,7 +270,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(argv)
         if not args.command:
             raise UsageError(f"{PROG}: a command is needed: {', '.join(COMMANDS)} (see {PROG} --help)")
+        from .cli_ticks import cmd_ticks
+
         return {"collect": cmd_collect, "status": cmd_status, "history": cmd_history,
+                "ticks": lambda a: cmd_ticks(a, config_from_args(a)),
                 "config": cmd_config, "serve": cmd_serve}[args.command](args)
     except SystemExit as exc:  # --help
         return int(exc.code or 0) if not isinstance(exc.code, str) else 2

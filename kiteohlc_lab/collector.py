@@ -166,7 +166,8 @@ class Collector:
     def __init__(self, cfg: KiteOHLC, symbols: str | list[str], timeframes: list[str], *,
                  source: str | None = None, tape: str | None = None, speed: float = 1.0,
                  heartbeat: float = 1.0, lease_ttl: float = 5.0, shutdown_timeout: float = 4.5,
-                 reconcile: bool = False, reconcile_replace: bool = False) -> None:
+                 reconcile: bool = False, reconcile_replace: bool = False,
+                 start: Any = None, end: Any = None) -> None:
         from .runtime import Manager, split_symbols
 
         if source == "redis":
@@ -179,6 +180,7 @@ class Collector:
         self.timeframes = list(timeframes)
         self.source = source or ("replay" if tape else ("kite" if cfg.has_credentials() else "sim"))
         self.tape, self.speed = tape, speed
+        self.range = (start, end)  # --source replay without a tape: this range of the tick store
         self.heartbeat = float(heartbeat)
         self.shutdown_timeout = float(shutdown_timeout)
         self.id = collector_id()
@@ -259,8 +261,13 @@ class Collector:
         live = m.stores()[0]
         # where a previous writer stopped (crash, kill -9), the stream's start repairs the outage
         # from Kite's historical minutes and starts each volume baseline afresh (runtime._launch)
-        info = m.start(self.symbols, self.timeframes, source=self.source, tape=self.tape,
-                       speed=self.speed)
+        from .runtime.tickreplay import start_from_store, wants_store
+
+        if wants_store(self.source, self.tape, *self.range):
+            info = start_from_store(m, self.symbols, self.timeframes, *self.range, speed=self.speed)
+        else:
+            info = m.start(self.symbols, self.timeframes, source=self.source, tape=self.tape,
+                           speed=self.speed)
         self.pairs.update({s: t for s, t in info.instruments})
         self.pairs.update(m.lease_waiting)
         try:

@@ -154,6 +154,9 @@ class KiteOHLCMagics(Magics):
     @argument("--mode", choices=MODES, default=None, help="Kite subscription mode (default KiteOHLC.mode).")
     @argument("--backfill", default=None, help="Load history first, e.g. 5d or 2h.")
     @argument("--record", default=None, help="Record received ticks to this tape file.")
+    @argument("--from", dest="start", default=None,
+              help="--source replay without --tape: replay the tick store from this time (IST).")
+    @argument("--to", dest="end", default=None, help="... up to this time (exclusive).")
     @line_magic
     @friendly
     def ohlc_stream(self, line: str) -> Any:
@@ -166,9 +169,14 @@ class KiteOHLCMagics(Magics):
         m = get_manager()
         m.configure(self.cfg)  # %config changes take effect at each new stream
         self._configured = True
-        info = m.start(symbols, list(args.timeframes), source=args.source, tape=args.tape,
-                       speed=args.speed, mode=args.mode, backfill=args.backfill, record=args.record,
-                       progress=_progress_bar() if args.backfill else None)
+        from ..runtime.tickreplay import start_from_store, wants_store
+
+        if wants_store(args.source, args.tape, args.start, args.end):  # a range of the tick store
+            info = start_from_store(m, symbols, list(args.timeframes), args.start, args.end, args.speed)
+        else:
+            info = m.start(symbols, list(args.timeframes), source=args.source, tape=args.tape,
+                           speed=args.speed, mode=args.mode, backfill=args.backfill, record=args.record,
+                           progress=_progress_bar() if args.backfill else None)
         if getattr(info, "message", ""):
             print(" ".join(str(info.message).split()))
         from .live import LiveCandles

@@ -59,7 +59,8 @@ def start(m: Any, symbols: str | list[str], timeframes: str | list[str], *, sour
     if source is None:
         source = "replay" if tape else ("kite" if m.cfg.has_credentials() else "sim")
     if source == "replay" and not tape:
-        raise ConfigError("--source replay needs --tape PATH (a CSV or Parquet tape)")
+        raise ConfigError("--source replay needs --tape PATH (a CSV or Parquet tape), or --from/--to "
+                          "for a range of the tick store")
     if source == "kite" and not m.cfg.has_credentials():
         from ..errors import CredentialsError
 

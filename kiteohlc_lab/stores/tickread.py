@@ -94,25 +94,6 @@ def tape(url: str, tokens: list[int], start_ns: int | None, end_ns: int | None) 
     return Tape(f"tick store {url}", batch_of(table), {}, None)
 
 
-def usage(filesystem: Any, root: str, today: str, rows_cache: dict[str, int] | None = None) -> dict:
-    """``{"bytes": size of the store, "today_closed": ticks in today's published files}``."""
-    from pyarrow import fs
-    import pyarrow.parquet as pq
-
-    infos = filesystem.get_file_info(fs.FileSelector(root, recursive=True, allow_not_found=True))
-    size = sum(i.size or 0 for i in infos if i.type == fs.FileType.File)
-    cache = rows_cache if rows_cache is not None else {}
-    count = 0
-    for i in infos:
-        if (i.type == fs.FileType.File and f"/date={today}/" in i.path and parse_part(i.base_name)
-                and not i.base_name.startswith(".") and f"/{REJECTED_DIR}/" not in i.path):
-            if i.path not in cache:  # published files never change
-                with filesystem.open_input_file(i.path) as fh:
-                    cache[i.path] = pq.ParquetFile(fh).metadata.num_rows
-            count += cache[i.path]
-    return {"bytes": size, "today_closed": count}
-
-
 def days(url: str) -> list[dict]:
     """One dict per stored IST date: ``date``, ``files``, ``bytes``, ``ticks``, ``instruments``,
     ``rejected`` (ticks), ``hosts``."""
@@ -152,4 +133,4 @@ def days(url: str) -> list[dict]:
     return rows
 
 
-__all__ = ["files", "read", "batch_of", "tape", "usage", "days"]
+__all__ = ["files", "read", "batch_of", "tape", "days"]

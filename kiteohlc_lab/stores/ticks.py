@@ -122,6 +122,25 @@ def list_dirs(filesystem: Any, base: str, prefix: str) -> list[str]:
                   and i.base_name.startswith(prefix))
 
 
+def usage(filesystem: Any, root: str, today: str, rows_cache: dict[str, int] | None = None) -> dict:
+    """``{"bytes": size of the store, "today_closed": ticks in today's published files}``."""
+    from pyarrow import fs
+    import pyarrow.parquet as pq
+
+    infos = filesystem.get_file_info(fs.FileSelector(root, recursive=True, allow_not_found=True))
+    size = sum(i.size or 0 for i in infos if i.type == fs.FileType.File)
+    cache = rows_cache if rows_cache is not None else {}
+    count = 0
+    for i in infos:
+        if (i.type == fs.FileType.File and f"/date={today}/" in i.path and parse_part(i.base_name)
+                and not i.base_name.startswith(".") and f"/{REJECTED_DIR}/" not in i.path):
+            if i.path not in cache:  # published files never change
+                with filesystem.open_input_file(i.path) as fh:
+                    cache[i.path] = pq.ParquetFile(fh).metadata.num_rows
+            count += cache[i.path]
+    return {"bytes": size, "today_closed": count}
+
+
 class _Part:
     """One open file: a ParquetWriter on a hidden temporary name, buffered into row groups."""
 
@@ -323,8 +342,6 @@ class TickStore:
         cached = self._size_cache
         if cached is None or time.monotonic() - cached[0] > 10.0:
             try:
-                from .tickread import usage
-
                 cached = self._size_cache = (time.monotonic(), usage(self.fs, self.root, today,
                                                                      self._rows_cache))
             except Exception as exc:  # noqa: BLE001 - a status must not fail
