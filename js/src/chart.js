@@ -172,7 +172,8 @@ export function createLiveChart(el, opts = {}) {
     rightPriceScale: { borderColor: "#e0e3eb" },
     timeScale: { borderColor: "#e0e3eb", timeVisible: true, secondsVisible: seconds, rightOffset: 6,
                  shiftVisibleRangeOnNewBar: true },
-    localization: { priceFormatter, timeFormatter: (t) => fmtTime(t, seconds) },
+    // prices: each series formats its own scale (candles to the tick size, volume as 63K)
+    localization: { timeFormatter: (t) => fmtTime(t, seconds) },
   });
   const candles = chart.addSeries(CandlestickSeries, {
     upColor: UP, downColor: DOWN, borderVisible: false, wickUpColor: UP, wickDownColor: DOWN,
