@@ -141,6 +141,18 @@ def usage(filesystem: Any, root: str, today: str, rows_cache: dict[str, int] | N
     return {"bytes": size, "today_closed": count}
 
 
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # exists, not ours
+        return True
+    return True
+
+
 class _Part:
     """One open file: a ParquetWriter on a hidden temporary name, buffered into row groups."""
 
@@ -245,6 +257,10 @@ class TickStore:
 
     # -- the writer thread
     def _run(self) -> None:
+        try:
+            self._sweep()
+        except Exception as exc:  # noqa: BLE001 - leftovers are hidden from readers anyway
+            log.debug("tick store: leftovers not swept: %s", exc)
         self._prune()
         while True:
             wait = self._next_roll()
@@ -264,6 +280,18 @@ class TickStore:
                 if self.error is None:
                     log.warning("tick store %s: %s: %s", self.url, type(exc).__name__, exc)
                 self.error = f"{type(exc).__name__}: {exc}"
+
+    def _sweep(self) -> None:
+        """Delete the open files a crashed writer of this host left (its pid gone): never readable,
+        a killed writer's open part is what a crash loses."""
+        from pyarrow import fs
+
+        for base in (self.root, f"{self.root}/{REJECTED_DIR}"):
+            for ddir in list_dirs(self.fs, f"{base}/host={self.host}", "date="):
+                for info in self.fs.get_file_info(fs.FileSelector(ddir)):
+                    m = _PART.search(info.base_name[1:-4]) if info.base_name.endswith(".tmp") else None
+                    if m and m.group("host") == self.host and not _alive(int(m.group("pid"))):
+                        self.fs.delete_file(info.path)
 
     def _next_roll(self) -> float:
         if not self._parts:
