@@ -121,6 +121,7 @@ class Stream:
     """
 
     _serving = False  # True while the thread takes "call" items (set by start, cleared by _run)
+    tick_store: Any = None  # stores.ticks.TickStore keeping its ticks (runtime.launch, record_ticks)
 
     def __init__(
         self,
@@ -504,4 +505,5 @@ class Stream:
             "clock_offset_s": round(self.exchange_clock.offset_s, 2),
             "error": self.error or src.get("error"),
             "feed": src,
+            **({"tick_store": self.tick_store.status()} if self.tick_store is not None else {}),
         }
