@@ -61,10 +61,10 @@ def cmd_ticks(args: argparse.Namespace, cfg: Any) -> int:
     lo, hi = span(args.start, args.end)
     tokens = None
     if args.symbols:
-        from .runtime import Manager, split_symbols
+        from .runtime import Manager
+        from .tickapi import tokens_of
 
-        m = Manager(cfg)
-        tokens = [m.token_of(int(s) if s.isdigit() else s) for s in split_symbols(args.symbols)]
+        tokens = [t for _, t in tokens_of(Manager(cfg), args.symbols, url)]
     table = read(url, tokens, lo, hi, rejected=args.rejected)
     if table.num_rows == 0:
         raise TickStoreError(f"no {'rejected ' if args.rejected else ''}ticks of "

@@ -39,7 +39,9 @@ def convert(df: pd.DataFrame, frame: str = "pandas") -> Any:
         return df
     import pyarrow as pa
 
-    table = pa.Table.from_pandas(df.reset_index(), preserve_index=False)
+    flat = df.reset_index()
+    flat.attrs = {}  # (``forming``: a Timestamp pandas' Arrow metadata cannot hold)
+    table = pa.Table.from_pandas(flat, preserve_index=False)
     table = table.replace_schema_metadata(None)
     return polars().from_arrow(table) if frame == "polars" else table
 
@@ -62,18 +64,42 @@ def span(start: Any, end: Any) -> tuple[int | None, int | None]:
     return lo, hi
 
 
+def tokens_of(manager: Any, symbols: Any, url: str) -> list[tuple[str, int]]:
+    """``(SYMBOL, token)`` of each symbol: what this process knows (streams, symbols.json, aliases),
+    else the names the tick store's writers kept beside their ticks."""
+    from .errors import SymbolError
+    from .streaminfo import split_symbols
+
+    out, stored = [], None
+    for s in split_symbols(symbols):
+        try:
+            out.append((s.upper(), int(manager.token_of(int(s) if s.strip().isdigit() else s))))
+            continue
+        except (SymbolError, KeyError, ValueError):
+            pass
+        if stored is None:
+            from .stores.tickread import symbols as store_symbols
+
+            stored = store_symbols(url)
+        if s.strip().upper() not in stored:
+            raise SymbolError(f"{s} is not a known symbol here nor in the tick store {url}; use a "
+                              "symbol streamed before, or its numeric instrument token")
+        out.append((s.strip().upper(), stored[s.strip().upper()]))
+    return out
+
+
 def ticks(manager: Any, symbols: Any = None, start: Any = None, end: Any = None,
           columns: list[str] | None = None, frame: str = "pandas") -> Any:
     """See ``kiteohlc_lab.ticks``."""
     from .stores.tickread import read
     from .stores.ticks import store_url
-    from .streaminfo import split_symbols
 
     check_frame(frame)
     lo, hi = span(start, end)
+    url = store_url(manager.cfg)
     tokens = None
     if symbols is not None:
-        tokens = [manager.token_of(s) for s in split_symbols(symbols)]
+        tokens = [t for _, t in tokens_of(manager, symbols, url)]
     if columns is not None:
         unknown = [c for c in columns if c not in TICK_COLUMNS and c != "exchange_time"]
         if unknown:
@@ -82,7 +108,7 @@ def ticks(manager: Any, symbols: Any = None, start: Any = None, end: Any = None,
         cols = ["exchange_time", *[c for c in columns if c != "exchange_time"]]
     else:
         cols = ["exchange_time", *TICK_COLUMNS]
-    table = read(store_url(manager.cfg), tokens, lo, hi, columns=cols)
+    table = read(url, tokens, lo, hi, columns=cols)
     if frame == "arrow":
         return table
     if frame == "polars":
@@ -91,4 +117,4 @@ def ticks(manager: Any, symbols: Any = None, start: Any = None, end: Any = None,
     return df.set_index("exchange_time")
 
 
-__all__ = ["ticks", "convert", "check_frame", "span", "bound", "FRAMES"]
+__all__ = ["ticks", "tokens_of", "convert", "check_frame", "span", "bound", "FRAMES"]

@@ -295,7 +295,8 @@ def launch(m: Any, name, source, pairs, tfs, record, first_ts: int | None = None
 
         ticks = open_tick_store(m.cfg)
         if ticks is not None:
-            stream.tick_store = TickStoreSink(stream.events, ticks, stream.filter).store
+            stream.tick_store = TickStoreSink(stream.events, ticks, stream.filter,
+                                              lambda: stream.symbols).store
     with m.lock:
         m.streams[name] = stream
     stream.start()

@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..core.timeframes import parse_timeframe
-from ..errors import ConfigError, SymbolError, TickStoreError
+from ..errors import ConfigError, TickStoreError
 from ..streaminfo import StreamInfo, split_symbols
 
 
@@ -33,7 +33,7 @@ def start_from_store(m: Any, symbols: Any, timeframes: Any, start: Any = None, e
     from ..feeds.replay import ReplaySource
     from ..stores.tickread import days, tape as store_tape
     from ..stores.ticks import store_url
-    from ..tickapi import span
+    from ..tickapi import span, tokens_of
     from .launch import launch
 
     lo, hi = span(start, end)
@@ -49,13 +49,7 @@ def start_from_store(m: Any, symbols: Any, timeframes: Any, start: Any = None, e
     if not speed >= 0:
         raise ConfigError(f"speed {speed!r} is not accepted; use 0 (as fast as possible) or a positive factor")
     url = store_url(m.cfg)
-    pairs = []
-    for s in syms:
-        try:
-            pairs.append((s.upper(), m.token_of(s)))
-        except (SymbolError, KeyError, ValueError):
-            raise SymbolError(f"{s} is not a known symbol; use a symbol streamed before, or its "
-                              "numeric instrument token") from None
+    pairs = tokens_of(m, syms, url)
     tokens = [t for _, t in pairs]
     tape = store_tape(url, tokens, lo, hi)
     where = f"between {start or 'the first tick'} and {end or 'the last'}"

@@ -14,7 +14,7 @@ import numpy as np
 
 from ..core.ticks import TickBatch
 from ..core.timeframes import DAY_NS, IST_OFFSET_NS
-from .ticks import REJECTED_DIR, ZONE, list_dirs, parse_part, resolve, schema
+from .ticks import REJECTED_DIR, SYMBOLS_DIR, ZONE, list_dirs, parse_part, resolve, schema
 
 
 def _day(ns: int) -> str:
@@ -94,6 +94,25 @@ def tape(url: str, tokens: list[int], start_ns: int | None, end_ns: int | None) 
     return Tape(f"tick store {url}", batch_of(table), {}, None)
 
 
+def symbols(url: str) -> dict[str, int]:
+    """``{SYMBOL: token}`` the writers of the store named (every host's ``_symbols`` file)."""
+    import json
+
+    from pyarrow import fs
+
+    filesystem, root = resolve(url)
+    out: dict[str, int] = {}
+    infos = filesystem.get_file_info(fs.FileSelector(f"{root}/{SYMBOLS_DIR}", allow_not_found=True))
+    for info in sorted(infos, key=lambda i: i.path):
+        if info.type == fs.FileType.File and info.base_name.endswith(".json") and not info.base_name.startswith("."):
+            with filesystem.open_input_stream(info.path) as fh:
+                try:
+                    out.update({k: int(v) for k, v in json.loads(fh.read()).items()})
+                except ValueError:
+                    continue
+    return out
+
+
 def days(url: str) -> list[dict]:
     """One dict per stored IST date: ``date``, ``files``, ``bytes``, ``ticks``, ``instruments``,
     ``rejected`` (ticks), ``hosts``."""
@@ -133,4 +152,4 @@ def days(url: str) -> list[dict]:
     return rows
 
 
-__all__ = ["files", "read", "batch_of", "tape", "days"]
+__all__ = ["files", "read", "batch_of", "tape", "days", "symbols"]

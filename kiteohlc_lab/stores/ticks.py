@@ -35,7 +35,7 @@ import re
 import socket
 import threading
 import time
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -45,6 +45,7 @@ from ..core.timeframes import DAY_NS, IST_OFFSET_NS, NS
 log = logging.getLogger("kiteohlc_lab.ticks")
 
 REJECTED_DIR = "_rejected"
+SYMBOLS_DIR = "_symbols"
 REASONS = ("bad_price", "bad_volume", "bad_stamp")
 ZONE = "Asia/Kolkata"
 _PART = re.compile(r"part-(?P<host>.+)-(?P<pid>\d+)-(?P<start>\d+)-(?P<seq>\d+)\.parquet$")
@@ -226,6 +227,10 @@ class TickStore:
         self._size_cache: tuple[float, dict] | None = None
         self._rows_cache: dict[str, int] = {}
         self._closed = False
+        # token -> symbol of what is written (the stream's names), kept beside the data at each
+        # publish: SYMBOLS_DIR/host=<host>.json, so a replay elsewhere knows "NIFTY"
+        self.symbols_of: Callable[[], dict[int, str]] | None = None
+        self._symbols_written: dict[str, int] = {}
         self._thread = threading.Thread(target=self._run, name="kiteohlc-ticks", daemon=True)
         self._thread.start()
 
@@ -352,6 +357,26 @@ class TickStore:
                 del self._parts[key]
                 p.publish()
                 self.files += 1
+                self._write_symbols()
+
+    def _write_symbols(self) -> None:
+        import json
+
+        if self.symbols_of is None:
+            return
+        try:
+            names = {str(v).upper(): int(k) for k, v in dict(self.symbols_of()).items()}
+        except RuntimeError:  # changed while copied: the next publish writes it
+            return
+        if names == self._symbols_written:
+            return
+        folder = f"{self.root}/{SYMBOLS_DIR}"
+        self.fs.create_dir(folder, recursive=True)
+        final, tmp = f"{folder}/host={self.host}.json", f"{folder}/.host={self.host}.json.tmp"
+        with self.fs.open_output_stream(tmp) as out:
+            out.write(json.dumps({**self._symbols_written, **names}, sort_keys=True).encode())
+        self.fs.move(tmp, final)
+        self._symbols_written = {**self._symbols_written, **names}
 
     def _prune(self) -> None:
         today = ist_date(time.time_ns())
@@ -387,10 +412,13 @@ class TickStoreSink:
     ``TicksRejected`` -> ``write_rejected`` of the rows the stream's ``TickFilter`` kept (it keeps
     them while a store listens), ``StreamDone`` -> ``close`` (the open file is published)."""
 
-    def __init__(self, bus: Any, store: TickStore, tick_filter: Any) -> None:
+    def __init__(self, bus: Any, store: TickStore, tick_filter: Any,
+                 symbols: Callable[[], dict[int, str]] | None = None) -> None:
         from ..core.events import StreamDone, TicksAccepted, TicksRejected
 
         self.store = store
+        if symbols is not None:
+            store.symbols_of = symbols
         self.filter = tick_filter
         tick_filter.keep_rejected = True
         bus.subscribe(TicksAccepted, lambda ev: store.write(ev.batch))
