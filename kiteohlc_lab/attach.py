@@ -1,16 +1,16 @@
 """Readers that follow a collector through Redis instead of opening their own Kite connection.
 
-An ``AttachedStream`` has the interface the Manager uses for streams (``name``, ``source.name`` /
-``source.live``, ``state``, ``alive``, ``done``, ``tokens``, ``engine.timeframes``, ``status()``,
-``stop()``, ``subscribe()``) and feeds the Manager's listener the way a ``Stream`` does:
+An ``AttachedStream`` is a stream like an own one (``streaminfo.StreamHandle``: name, tokens,
+timeframes, state, ``stop()``, ``subscribe()``, ``status()``, ``forming()``, ``events``) and emits the
+same events (core.events), which the Manager's listener takes the way it takes a ``Stream``'s:
 
 - closed candles: the instrument's closed-candle Redis Streams (``P{T}:closed:<tf>``), first read
   whole (``XRANGE``, into the series without callbacks), then followed with ``XREAD BLOCK`` from the
-  last id seen -> ``listener.on_closed(stream, [CandleBatch])``. Candles are upserted by start, so an
+  last id seen -> ``CandlesClosed`` (``listener.on_closed``). Candles are upserted by start, so an
   amended or re-sent candle replaces the old one: no duplicate, and a collector that dies and is
   replaced simply continues the same streams (no gap, no restart of the reader).
 - the forming candle: the ``P{T}:forming:<tf>`` hashes, read at most every ``poll`` seconds after
-  each wake-up -> ``listener.on_forming``.
+  each wake-up -> ``FormingChanged`` carrying the candles (``listener.on_forming``).
 
 ``attach_leased`` decides which symbols of a ``%ohlc_stream`` to follow: those whose lease another
 live writer holds (a collector, another notebook); ``--source redis`` follows every symbol.
@@ -26,7 +26,8 @@ from typing import Any, Iterable
 import numpy as np
 
 from .core.candles import CandleBatch
-from .core.timeframes import parse_timeframe
+from .core.events import Bus, CandlesClosed, FormingChanged, StreamError, listen
+from .core.timeframes import Timeframe, parse_timeframe
 from .errors import ConfigError, SymbolError
 
 log = logging.getLogger("kiteohlc_lab.attach")
@@ -54,45 +55,15 @@ def _row(token: int, fields: dict) -> tuple:
             d.get("amended", "0") == "1")
 
 
-class _Frames:
-    """The part of an Engine the Manager and notebook read from a stream: its timeframes."""
-
-    def __init__(self, tfs: Iterable[Any]) -> None:
-        self._tfs = [parse_timeframe(t) for t in tfs]
-        self.stats = {"late": 0, "ticks": 0}
-
-    @property
-    def timeframes(self) -> list:
-        return list(self._tfs)
-
-    def add_timeframe(self, tf: Any) -> Any:
-        t = parse_timeframe(tf)
-        if t.label not in {x.label for x in self._tfs}:
-            self._tfs.append(t)
-        return t
-
-
 class RedisFollow:
-    """The ``source`` of an attached stream (status only: the thread lives in AttachedStream)."""
+    """What an attached stream reads from, described as a feed describes itself (name, live,
+    status); the reading is the AttachedStream's own thread."""
 
     name = "redis"
     live = True
 
     def __init__(self, stream: "AttachedStream") -> None:
         self._stream = stream
-
-    @property
-    def tokens(self) -> list[int]:
-        return list(self._stream.tokens)
-
-    def start(self, sink: Any) -> None:  # Source protocol; AttachedStream.start runs the thread
-        pass
-
-    def subscribe(self, tokens: list[int]) -> None:
-        self._stream.subscribe(tokens)
-
-    def stop(self) -> None:
-        self._stream.stop()
 
     def status(self) -> dict:
         s = self._stream
@@ -108,13 +79,15 @@ class AttachedStream:
     name : stream name in ``status``.
     live : the live store (``RedisLive`` or its ``Resilient`` wrapper).
     tokens, tfs : instruments and timeframes to follow.
-    listener : gets ``on_closed`` / ``on_forming`` / ``on_error`` like a Stream's listener.
+    listener : subscribed to its events (``on_closed`` / ``on_forming`` / ``on_error``, core.events.listen).
     symbols : token -> display symbol.
     on_initial : called with the closed candles already in Redis at attach time (no callbacks).
     block_ms, poll : XREAD BLOCK timeout; minimum seconds between forming-candle reads.
     """
 
-    attached = True
+    attached = True  # streaminfo.StreamHandle: follows another writer, writes nothing
+    source_name = "redis"
+    realtime = True
 
     def __init__(self, name: str, live: Any, tokens: list[int], tfs: list[Any], *, listener: Any,
                  symbols: dict[int, str] | None = None, on_initial: Any = None,
@@ -125,9 +98,13 @@ class AttachedStream:
         self.prefix = live.prefix
         self.tokens = [int(t) for t in tokens]
         self.symbols = dict(symbols or {})
-        self.engine = _Frames(tfs)
+        self._tfs: list[Timeframe] = []
+        for tf in tfs:
+            self.add_timeframe(tf)
         self.source = RedisFollow(self)
+        self.events = Bus()
         self.listener = listener
+        listen(self.events, self, listener)
         self.on_initial = on_initial
         self.block_ms = int(block_ms)
         self.poll = float(poll)
@@ -142,10 +119,44 @@ class AttachedStream:
         self._keys: dict[str, tuple[int, str]] = {}
         self._last_closed: dict[tuple[int, str], int] = {}
         self._forming_seen: dict[tuple[int, str], tuple] = {}
+        self._forming: dict[tuple[int, str], tuple] = {}  # the last forming row read, per (token, tf)
         self._pending: list[tuple[int, str]] = []
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"kiteohlc-attach-{name}", daemon=True)
+
+    # -- what every stream is (streaminfo.StreamHandle) -----------------------------------------
+    @property
+    def timeframes(self) -> list[Timeframe]:
+        return list(self._tfs)
+
+    def add_timeframe(self, tf: Any) -> Timeframe:
+        t = parse_timeframe(tf)
+        if t.label not in {x.label for x in self._tfs}:
+            self._tfs.append(t)
+        return t
+
+    def call(self, fn: Any, timeout: float | None = None) -> Any:
+        """Run ``fn()`` now, under the lock the reader thread takes for its subscriptions."""
+        with self._lock:
+            return fn()
+
+    def forming(self, tf: Any, token: int | None = None) -> CandleBatch:
+        """The forming candles of ``tf`` last read from the store (all instruments or one)."""
+        label = parse_timeframe(tf).label
+        with self._lock:
+            rows = [r for (tok, t), r in self._forming.items()
+                    if t == label and (token is None or tok == int(token))]
+        return _rows_to_batch(label, sorted(rows), closed=False)
+
+    def written_tokens(self) -> list[int]:
+        return []
+
+    def unsubscribe(self, tokens: list[int]) -> None:
+        """Stop following some instruments (their candles so far stay)."""
+        drop = {int(t) for t in tokens}
+        with self._lock:
+            self.tokens = [t for t in self.tokens if t not in drop]
 
     def _key(self, token: int, kind: str, tf: str) -> str:
         return f"{self.prefix}{{{int(token)}}}:{kind}:{tf}"
@@ -153,7 +164,7 @@ class AttachedStream:
     # -- lifecycle ----------------------------------------------------------------------------
     def start(self) -> "AttachedStream":
         with self._lock:
-            self._pending = [(t, tf.label) for t in self.tokens for tf in self.engine.timeframes]
+            self._pending = [(t, tf.label) for t in self.tokens for tf in self._tfs]
         self._thread.start()
         return self
 
@@ -161,14 +172,14 @@ class AttachedStream:
                   tfs: Iterable[Any] = ()) -> None:
         """Follow more instruments (or timeframes) without restarting."""
         for tf in tfs:
-            self.engine.add_timeframe(tf)
+            self.add_timeframe(tf)
         self.symbols.update(symbols or {})
         with self._lock:
             for t in tokens:
                 if int(t) not in self.tokens:
                     self.tokens.append(int(t))
             have = set(self._keys.values()) | set(self._pending)
-            self._pending += [(t, tf.label) for t in self.tokens for tf in self.engine.timeframes
+            self._pending += [(t, tf.label) for t in self.tokens for tf in self._tfs
                               if (t, tf.label) not in have]
 
     def stop(self, timeout: float = 5.0) -> None:
@@ -182,6 +193,10 @@ class AttachedStream:
     @property
     def alive(self) -> bool:
         return self._thread.is_alive()
+
+    def reads(self, live: Any) -> bool:
+        """True if it follows the live store ``live``."""
+        return self.live is live
 
     def last_update_age(self) -> float | None:
         return None if self._last_update is None else time.monotonic() - self._last_update
@@ -276,7 +291,7 @@ class AttachedStream:
         self.received += sum(len(b) for b in batches)
         self._last_update = time.monotonic()
         if batches:
-            self.listener.on_closed(self, batches)
+            self.events.emit(CandlesClosed(self.name, batches))
         return True
 
     def _read_forming(self) -> None:
@@ -302,8 +317,11 @@ class AttachedStream:
             by_tf.setdefault(tf, []).append(r)
         if by_tf:
             self._last_update = time.monotonic()
-            self.listener.on_forming(self, [_rows_to_batch(tf, rows, closed=False)
-                                            for tf, rows in by_tf.items()])
+            with self._lock:
+                self._forming.update({(r[0], tf): r for tf, rows in by_tf.items() for r in rows})
+            batches = tuple(_rows_to_batch(tf, rows, closed=False) for tf, rows in by_tf.items())
+            self.events.emit(FormingChanged(self.name, frozenset(r[0] for rows in by_tf.values()
+                                                                 for r in rows), batches))
 
     def _check_writers(self) -> None:
         if not self.tokens:
@@ -318,7 +336,7 @@ class AttachedStream:
             self.errors.append(message)
             self.error = message
             try:
-                self.listener.on_error(self, message)
+                self.events.emit(StreamError(self.name, message))
             except Exception:  # noqa: BLE001
                 log.warning(message)
 
@@ -332,7 +350,7 @@ class AttachedStream:
             "source": "redis",
             "state": state,
             "symbols": [self.symbols.get(t, str(t)) for t in self.tokens],
-            "timeframes": [t.label for t in self.engine.timeframes],
+            "timeframes": [t.label for t in self._tfs],
             "ticks": 0,
             "ticks_per_s": 0.0,
             "last_tick_age": None if age is None else round(age, 2),
@@ -418,8 +436,8 @@ def start_attached(manager: Any, pairs: list[tuple[str, int]], tfs: list[Any]) -
     tfs = [parse_timeframe(t) for t in tfs]
     live, _hist, _desc = manager.stores()
     existing = next((s for s in manager.streams.values()
-                     if getattr(s, "attached", False) and s.alive and s.live is live), None)
-    all_tfs = tfs if existing is None else list({t.label: t for t in [*existing.engine.timeframes, *tfs]}.values())
+                     if s.attached and s.alive and s.reads(live)), None)
+    all_tfs = tfs if existing is None else list({t.label: t for t in [*existing.timeframes, *tfs]}.values())
     manager.prepare(None, pairs, all_tfs)
 
     def initial(batches: list[CandleBatch]) -> None:
@@ -444,7 +462,7 @@ def start_attached(manager: Any, pairs: list[tuple[str, int]], tfs: list[Any]) -
     if existing is not None:
         existing.subscribe([t for _, t in pairs], symbols, tfs)
         msg = f"Attached {names} {labels} to the running Redis follower{writers}; no Kite connection opened"
-        return StreamInfo(existing.name, "redis", pairs, [t.label for t in existing.engine.timeframes], msg)
+        return StreamInfo(existing.name, "redis", pairs, [t.label for t in existing.timeframes], msg)
     with manager.lock:
         name = "redis" if "redis" not in manager.streams else manager.new_stream_name("redis")
         stream = AttachedStream(name, live, [t for _, t in pairs], tfs, listener=manager,

@@ -417,9 +417,8 @@ def written_tokens(manager: Any) -> set[int]:
     """Tokens the Manager's own (non-attached) streams write."""
     out: set[int] = set()
     for s in list(manager.streams.values()):
-        if getattr(s, "attached", False) or not s.alive:
-            continue
-        out.update(int(t) for t in (getattr(s.source, "tokens", None) or s.tokens))
+        if s.alive:
+            out.update(int(t) for t in s.written_tokens())
     return out
 
 
@@ -462,9 +461,9 @@ def stand_down(manager: Any, tokens: Iterable[int]) -> str:
     waits for them again (``lease_waiting``). Returns the line."""
     lost = {int(t) for t in tokens}
     for s in list(manager.streams.values()):
-        if getattr(s, "attached", False) or not s.alive:
+        if not s.alive:
             continue
-        mine = sorted(lost & {int(t) for t in s.tokens})
+        mine = sorted(lost & {int(t) for t in s.written_tokens()})
         if not mine:
             continue
         try:

@@ -180,6 +180,10 @@ class Stream:
         if len(batch):
             self._q.put(("batch", batch))
 
+    def backlog(self) -> int:
+        """Items queued and not handled yet (a replay reads its tape no further ahead than this)."""
+        return self._q.qsize()
+
     def on_done(self) -> None:
         self._q.put(("done",))
 
@@ -316,9 +320,27 @@ class Stream:
             self.state = "stopped"
         self.done.set()
 
+    # -- what every stream is (streaminfo.StreamHandle)
+    attached = False  # an own feed: it writes the stores
+
     @property
     def alive(self) -> bool:
         return self._thread.is_alive()
+
+    @property
+    def source_name(self) -> str:
+        return str(self.source.name)
+
+    @property
+    def realtime(self) -> bool:
+        return bool(self.source.live)
+
+    @property
+    def timeframes(self) -> list:
+        return list(self.engine.timeframes)
+
+    def written_tokens(self) -> list[int]:
+        return list(self.tokens)
 
     # -- the thread
     def _run(self) -> None:
@@ -490,7 +512,7 @@ class Stream:
             state = src["state"]
         return {
             "stream": self.name,
-            "source": getattr(self.source, "name", "?"),
+            "source": self.source_name,
             "state": state,
             "symbols": [self.symbols.get(t, str(t)) for t in self.tokens],
             "timeframes": [t.label for t in self.engine.timeframes],

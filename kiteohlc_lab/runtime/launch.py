@@ -149,13 +149,13 @@ def start_live(m: Any, syms, tfs, source, mode, backfill, record, progress=None)
     # source is closed: never a second connection beside one still open. A fresh source: the
     # credentials may have changed since (a fatal "token expired").
     failed = next((s for s in m.streams.values() if not s.alive and s.state == "failed"
-                   and not getattr(s, "attached", False) and s.source.name == source), None)
+                   and not s.attached and s.source_name == source), None)
     if failed is not None:
         failed.stop()  # it released its source when it failed; this is idempotent
         have = {t for _, t in pairs}
         pairs += [(failed.symbols.get(t, str(t)).upper(), int(t)) for t in failed.tokens
                   if t not in have]
-        tfs = list({t.label: t for t in [*failed.engine.timeframes, *tfs]}.values())
+        tfs = list({t.label: t for t in [*failed.timeframes, *tfs]}.values())
     from ..lease import claim
 
     pairs = claim(m, pairs)  # one writer per instrument
@@ -166,14 +166,14 @@ def start_live(m: Any, syms, tfs, source, mode, backfill, record, progress=None)
             if m.streams.get(failed.name) is failed:
                 del m.streams[failed.name]
     # extend a running live stream of the same source rather than opening another connection
-    existing = next((s for s in m.streams.values() if s.alive and s.source.name == source), None)
+    existing = next((s for s in m.streams.values() if s.alive and s.source_name == source), None)
     if existing is not None:
         for tf in tfs:  # on the stream thread, between two batches
             existing.add_timeframe(tf)
-        m.prepare(existing, pairs, [t for t in existing.engine.timeframes], resume=True)
+        m.prepare(existing, pairs, existing.timeframes, resume=True)
         existing.subscribe([t for _, t in pairs], {t: s for s, t in pairs})
         start_backfill(existing, pairs, tfs, backfill, kite, progress)
-        return StreamInfo(existing.name, source, pairs, [t.label for t in existing.engine.timeframes],
+        return StreamInfo(existing.name, source, pairs, [t.label for t in existing.timeframes],
                           f"Added {', '.join(s for s, _ in pairs)} {' '.join(t.label for t in tfs)} "
                           f"to the running {source} stream (no reconnect)")
     from ..feeds.historical import HistoricalClient
@@ -300,4 +300,4 @@ def launch(m: Any, name, source, pairs, tfs, record, first_ts: int | None = None
     with m.lock:
         m.streams[name] = stream
     stream.start()
-    return StreamInfo(name, getattr(source, "name", "?"), pairs, [t.label for t in tfs], "")
+    return StreamInfo(name, stream.source_name, pairs, [t.label for t in tfs], "")

@@ -220,10 +220,7 @@ class Manager:
                     stopped.append(name)
                 elif set(s.tokens) & toks:
                     gone = sorted(toks & set(s.tokens))
-                    if hasattr(s, "unsubscribe"):
-                        s.unsubscribe(gone)
-                    else:  # an attached stream just stops following them
-                        s.tokens = [t for t in s.tokens if t not in toks]
+                    s.unsubscribe(gone)
                     stopped.append(f"{name} ({', '.join(self.names.get(t, str(t)) for t in toks)})")
         else:
             for name, s in streams:
@@ -240,7 +237,7 @@ class Manager:
         deadline = None if timeout is None else time.monotonic() + timeout
         replays = 0
         for s in list(self.streams.values()):
-            if s.source.live:
+            if s.realtime:
                 continue
             replays += 1
             left = None if deadline is None else max(0.0, deadline - time.monotonic())

@@ -137,7 +137,7 @@ class SeriesRegistry:
         for s in list(self._streams()):
             if s.done.is_set() or tok not in s.tokens:  # done: stopped, failed or finished
                 continue
-            if any(t.label == label for t in s.engine.timeframes):
+            if any(t.label == label for t in s.timeframes):
                 return True
         return False
 
