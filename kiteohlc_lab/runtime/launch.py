@@ -265,7 +265,7 @@ def prepare(live: Any, symbols: Any, registry: Any, stream: Stream | None, pairs
             eng.resume(list(usable))
         registry.bind_engine([tok for _sym, tok in pairs], eng, lock)
 
-    if stream is not None and hasattr(stream, "call"):
+    if stream is not None:
         stream.call(apply)
     else:
         with lock:
