@@ -12,6 +12,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Callable
 
 import numpy as np
 import pandas as pd
@@ -23,7 +24,7 @@ from .base import Sink
 
 REQUIRED = ("timestamp", "instrument_token", "last_price")
 OPTIONAL = ("tradingsymbol", "volume_traded", "oi")
-CHUNK = 131_072
+CHUNK = 65_536  # ticks per batch handed to the engine (its sweet spot: its work stays in cache)
 
 
 @dataclass
@@ -35,6 +36,14 @@ class Tape:
     symbols: dict[str, int] = field(default_factory=dict)  # tradingsymbol (upper) -> token
     error: str | None = None  # "tape.csv line 7: ..." when a malformed row stopped the read
     _tokens: set[int] | None = None
+
+    @property
+    def empty(self) -> bool:
+        return len(self.ticks) == 0
+
+    @property
+    def first_ts(self) -> int | None:
+        return int(self.ticks.ts[0]) if len(self.ticks) else None
 
     def tokens(self) -> set[int]:
         """The instruments on the tape (hashed once, not sorted)."""
@@ -222,11 +231,18 @@ def _line(path: Path, lineno: int) -> str:
 
 class ReplaySource:
     """Deliver a tape's ticks for the chosen tokens; ``speed`` 0 = as fast as possible, 1 = recorded
-    pace, 60 = sixty times faster (pacing by the tape's own timestamps)."""
+    pace, 60 = sixty times faster (pacing by the tape's own timestamps).
+
+    ``tape`` is a ``Tape`` (in memory) or a ``feeds.tapefile.TapeStream`` (read block by block, never
+    more than ``MAX_BACKLOG`` blocks ahead of the stream thread: bounded memory at any tape size).
+    ``tokens`` None replays every instrument; ``on_new_tokens(pairs)``, when set, is called from the
+    replay thread with the (symbol, token) pairs a block brings for the first time, before that block.
+    """
 
     live = False
+    MAX_BACKLOG = 8  # chunks queued on the stream and not yet aggregated
 
-    def __init__(self, tape: Tape, tokens: list[int] | None = None, speed: float = 0.0,
+    def __init__(self, tape: Any, tokens: list[int] | None = None, speed: float = 0.0,
                  chunk: int = CHUNK) -> None:
         if speed < 0:
             raise TapeError(f"speed {speed} is not accepted; use 0 (as fast as possible) or a positive factor")
@@ -235,16 +251,18 @@ class ReplaySource:
         self.speed = float(speed)
         self.chunk = chunk
         self._tokens = set(int(t) for t in tokens) if tokens else None
+        self.on_new_tokens: Callable[[list[tuple[str, int]]], Any] | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._sent = 0
+        self._consumed = 0  # rows of the tape read (delivered or not selected)
         self._state = "idle"
         self._started = 0.0
         self._last_tick_wall: float | None = None
+        self._clock: list[int] | None = None  # paced replay: [wall t0 ns, tape t0, tape max so far]
 
-    def _selected(self) -> TickBatch:
-        t = self.tape.ticks
-        if self._tokens is None or self._tokens >= self.tape.tokens():
+    def _select(self, t: TickBatch, every: set[int] | None = None) -> TickBatch:
+        if self._tokens is None or (every is not None and self._tokens >= every):
             return t  # every instrument of the tape: no copy
         return t.take(np.isin(t.token, np.fromiter(self._tokens, np.int64)))
 
@@ -258,19 +276,38 @@ class ReplaySource:
         if self._tokens is not None:
             self._tokens.update(int(t) for t in tokens)
 
-    def _run(self, sink: Sink) -> None:
-        ticks = self._selected()
-        n = len(ticks)
-        try:
-            if self.speed == 0:
+    def _blocks(self):
+        """(ticks, rows consumed) in tape order, in chunks of at most ``chunk`` ticks."""
+        if getattr(self.tape, "streamed", False):
+            for block, consumed, sym in self.tape.blocks():
+                new = self.tape.learn(block, sym)
+                if new and self.on_new_tokens is not None and not self._stop.is_set():
+                    self.on_new_tokens(new)
+                block = self._select(block)
+                n = len(block)
                 for i in range(0, n, self.chunk):
-                    if self._stop.is_set():
-                        return
-                    sink.on_batch(ticks.take(slice(i, i + self.chunk)))
-                    self._sent = min(n, i + self.chunk)
+                    yield block.take(slice(i, i + self.chunk)), consumed - max(0, n - i - self.chunk)
+            return
+        ticks = self._select(self.tape.ticks, self.tape.tokens())
+        for i in range(0, len(ticks), self.chunk):
+            yield ticks.take(slice(i, i + self.chunk)), min(len(ticks), i + self.chunk)
+
+    def _run(self, sink: Sink) -> None:
+        backlog = getattr(sink, "backlog", None)  # a Stream says how far behind it is
+        try:
+            for ticks, consumed in self._blocks():
+                if self._stop.is_set():
+                    return
+                while backlog is not None and backlog() >= self.MAX_BACKLOG and not self._stop.is_set():
+                    self._stop.wait(0.002)
+                if self.speed == 0:
+                    if len(ticks):
+                        sink.on_batch(ticks)
+                    self._sent += len(ticks)
                     self._last_tick_wall = time.monotonic()
-            else:
-                self._paced(ticks, sink)
+                else:
+                    self._paced(ticks, sink)
+                self._consumed = consumed
             if self._stop.is_set():
                 return
             if self.tape.error:
@@ -287,20 +324,22 @@ class ReplaySource:
         if n == 0:
             return
         # the tape clock follows arrival order: a tick is due at the max timestamp seen so far
-        due = np.maximum.accumulate(ticks.ts)
-        t0_tape = due[0]
-        t0 = time.monotonic()
+        if self._clock is None:
+            self._clock = [time.monotonic_ns(), int(ticks.ts[0]), int(ticks.ts[0])]
+        t0_ns, t0_tape, seen = self._clock
+        due = np.maximum(np.maximum.accumulate(ticks.ts), seen)
+        self._clock[2] = int(due[-1])
         i = 0
         while i < n and not self._stop.is_set():
-            elapsed_tape = int((time.monotonic() - t0) * self.speed * NS)
+            elapsed_tape = int((time.monotonic_ns() - t0_ns) * self.speed)
             j = int(np.searchsorted(due, t0_tape + elapsed_tape, side="right"))
             if j > i:
                 sink.on_batch(ticks.take(slice(i, j)))
-                self._sent = j
+                self._sent += j - i
                 self._last_tick_wall = time.monotonic()
                 i = j
                 continue
-            wait = (due[i] - t0_tape) / NS / self.speed - (time.monotonic() - t0)
+            wait = ((due[i] - t0_tape) / self.speed - (time.monotonic_ns() - t0_ns)) / NS
             self._stop.wait(min(max(wait, 0.001), 0.05))
 
     def stop(self) -> None:
@@ -311,11 +350,28 @@ class ReplaySource:
         if t is not None and t is not threading.current_thread():
             t.join(timeout=5)
 
+    def progress(self) -> dict:
+        """How far the replay is: rows read of the tape's total, ticks/s and the time left."""
+        total = getattr(self.tape, "total", None)
+        if total is None:
+            total = len(self.tape.ticks)
+        done = self._consumed if self._state != "done" else total
+        elapsed = (time.monotonic() - self._started) if self._started else 0.0
+        rate = done / elapsed if elapsed > 0 else 0.0
+        frac = min(1.0, done / total) if total else 1.0
+        eta = (total - done) / rate if rate > 0 and self._state == "running" else None
+        return {"fraction": frac, "rows": done, "total": total, "ticks_per_s": rate,
+                "eta_s": None if eta is None else max(0.0, eta),
+                "estimated": bool(getattr(self.tape, "estimated", False)) and self._state != "done"}
+
     def status(self) -> dict:
-        total = len(self.tape.ticks) if self._tokens is None else None
+        total = getattr(self.tape, "total", None)
+        if not getattr(self.tape, "streamed", False):
+            total = len(self.tape.ticks) if self._tokens is None else None
         age = None if self._last_tick_wall is None else time.monotonic() - self._last_tick_wall
         return {"state": self._state, "ticks_sent": self._sent, "tape": Path(self.tape.path).name,
-                "speed": self.speed, "total": total, "last_tick_age": age, "reconnects": 0}
+                "speed": self.speed, "total": total, "last_tick_age": age, "reconnects": 0,
+                "progress": self.progress()}
 
 
 class TapeRecorder:

@@ -93,31 +93,45 @@ def start_replay(m: Any, syms, tfs, tape_path, speed, record) -> StreamInfo:
 
     book = m.symbols
     tape = book.read_tape(tape_path)
-    if len(tape.ticks) == 0 and tape.error:
+    if tape.empty and tape.error:
         raise TapeError(tape.error)
     table = book.table()
-    if [s.upper() for s in syms] in (["ALL"], ["*"]):
+    every = [s.upper() for s in syms] in (["ALL"], ["*"])
+    streamed = getattr(tape, "streamed", False)  # feeds.tapefile.TapeStream: read block by block
+    if every:
         tokens = sorted(tape.tokens())
         inv = {v: k for k, v in tape.symbols.items()}
         pairs = [(inv.get(t, str(t)), t) for t in tokens]
     else:
-        present = tape.tokens()
-        pairs, missing = [], []
-        for s in syms:
-            try:
-                pairs.append((s.upper(), book.resolve(s, tape.symbols, table)))
-            except SymbolError:
-                missing.append(s)
-        missing += [s for s, t in pairs if t not in present]
+        for scanned in ((False, True) if streamed else (True,)):
+            present = tape.tokens()
+            pairs, missing = [], []
+            for s in syms:
+                try:
+                    pairs.append((s.upper(), book.resolve(s, tape.symbols, table)))
+                except SymbolError:
+                    missing.append(s)
+            missing += [s for s, t in pairs if t not in present]
+            if not missing or scanned:
+                break
+            tape.scan()  # a named instrument not in the first block: learn the whole tape's
         if missing:
             raise SymbolError(
                 f"{', '.join(missing)} not on tape {Path(tape.path).name}; it has "
                 f"{', '.join(sorted(tape.symbols) or map(str, sorted(present)))[:200]}"
             )
     tokens = [t for _, t in pairs]
-    src = ReplaySource(tape, tokens, speed=speed)
+    src = ReplaySource(tape, None if every and streamed else tokens, speed=speed)
     name = m.new_stream_name(f"replay:{Path(tape.path).name}")
-    first_ts = int(tape.ticks.ts[0]) if len(tape.ticks) else None
+    first_ts = tape.first_ts
+    if every and streamed:  # instruments the first block did not have join as their ticks come
+        def joined(new: list[tuple[str, int]]) -> None:
+            stream = m.streams.get(name)
+            if stream is not None:
+                m.prepare(stream, new, tfs, first_ts=first_ts)
+                stream.subscribe([t for _, t in new], {t: s for s, t in new})
+
+        src.on_new_tokens = joined
     info = launch(m, name, src, pairs, tfs, record, first_ts=first_ts)
     info.message = (
         f"Replaying {', '.join(s for s, _ in pairs)} {' '.join(t.label for t in tfs)} from "

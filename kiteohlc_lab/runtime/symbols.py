@@ -49,15 +49,16 @@ class SymbolBook:
             return t
 
     def read_tape(self, path: str) -> Any:
-        """The tape at ``path`` (read once while its file is unchanged)."""
-        from ..feeds.replay import read_tape
+        """The tape at ``path`` (opened once while its file is unchanged): a well-typed file is
+        streamed block by block (``feeds.tapefile.TapeStream``), any other read whole."""
+        from ..feeds.tapefile import open_tape as read_tape
 
         p = Path(path).expanduser()
         key = (str(p.resolve()) if p.exists() else str(p), p.stat().st_mtime if p.exists() else 0.0)
         tape = self._tapes.get(key)
         if tape is None:
             tape = self._tapes[key] = read_tape(p)
-            while len(self._tapes) > 2:  # the last two tapes read (a tape is ~40 bytes a tick)
+            while len(self._tapes) > 2:  # the last two tapes (one read whole is ~40 bytes a tick)
                 self._tapes.pop(next(iter(self._tapes)))
         return tape
 

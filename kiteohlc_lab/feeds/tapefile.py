@@ -1,0 +1,200 @@
+"""A tape file streamed block by block (Parquet row groups, CSV blocks): bounded memory at any size.
+
+``open_tape(path)`` reads the first block only and returns a ``TapeStream``: what a replay needs to
+start (its first tick's time, the instruments and symbols seen so far) plus ``blocks()``, which reads
+the file again from its start, one block at a time, converting each with Arrow straight to a
+``TickBatch``. Instruments are discovered as blocks arrive (``new_pairs``), so a replay of every
+instrument starts without a pass over the file.
+
+A tape whose first block is not well typed (text in a number column, a missing stamp, a negative
+volume ...) is read whole by ``replay.read_tape``'s checking path, which names the first malformed
+row; a later block that fails the same checks makes ``blocks()`` do the same from that row on.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+
+from ..core.ticks import TickBatch
+from ..core.timeframes import IST_OFFSET_NS
+
+REQUIRED = ("timestamp", "instrument_token", "last_price")
+BLOCK_ROWS = 262_144  # Parquet rows per block
+CSV_BLOCK_BYTES = 8 << 20  # CSV bytes per block (~160k ticks)
+
+
+class Malformed(Exception):
+    """A block the fast path does not take: the checking path reads the file and names the row."""
+
+
+def _is_parquet(path: Path) -> bool:
+    return path.suffix.lower() in (".parquet", ".pq")
+
+
+def _reader(path: Path) -> tuple[Iterator[Any], int | None]:
+    """(record batches of the file in order, total rows when the file says so)."""
+    if _is_parquet(path):
+        import pyarrow.parquet as pq
+
+        names = pq.read_schema(path).names
+        sym = [n for n in names if n.strip().lower() == "tradingsymbol"]
+        f = pq.ParquetFile(path, read_dictionary=sym)  # symbols stay dictionary-encoded
+        return f.iter_batches(batch_size=BLOCK_ROWS), f.metadata.num_rows
+    from pyarrow import csv
+
+    r = csv.open_csv(path, read_options=csv.ReadOptions(block_size=CSV_BLOCK_BYTES),
+                     convert_options=csv.ConvertOptions(auto_dict_encode=True,
+                                                        auto_dict_max_cardinality=1 << 20))
+    return iter(r), None
+
+
+def convert(rb: Any) -> tuple[TickBatch, Any]:
+    """One Arrow record batch -> (TickBatch, its tradingsymbol column or None); ``Malformed`` when a
+    value needs the checking path."""
+    import pyarrow as pa
+
+    names = {n.strip().lower(): i for i, n in enumerate(rb.schema.names)}
+    if any(c not in names for c in REQUIRED):
+        raise Malformed("missing column")
+    col = {k: rb.column(i) for k, i in names.items()}
+    ts_type = col["timestamp"].type
+    if not pa.types.is_timestamp(ts_type):
+        raise Malformed("timestamp")
+    for c in ("instrument_token", "last_price", "volume_traded", "oi"):
+        if c in col and not (pa.types.is_integer(col[c].type) or pa.types.is_floating(col[c].type)
+                             or (c not in REQUIRED and pa.types.is_null(col[c].type))):
+            raise Malformed(c)
+    if not pa.types.is_integer(col["instrument_token"].type) or any(col[c].null_count for c in REQUIRED):
+        raise Malformed("instrument_token")
+    ts = col["timestamp"].cast(pa.timestamp("ns", tz=ts_type.tz)).cast(pa.int64()).to_numpy()
+    if ts_type.tz is None:
+        ts = ts - IST_OFFSET_NS  # naive means IST wall-clock
+    token = col["instrument_token"].to_numpy().astype(np.int64, copy=False)
+    if len(token) and token.min() <= 0:
+        raise Malformed("instrument_token")
+    price = col["last_price"].to_numpy().astype(np.float64, copy=False)
+
+    def opt(name: str) -> np.ndarray | None:
+        if name not in col:
+            return None
+        a = col[name]
+        if a.null_count == 0 and pa.types.is_floating(a.type):
+            v = a.to_numpy()
+        else:
+            v = a.cast(pa.float64()).to_numpy(zero_copy_only=False)  # nulls become NaN
+        if len(v) and np.nanmin(v, initial=0.0) < 0:
+            raise Malformed(name)
+        return v
+
+    vol, oi = opt("volume_traded"), opt("oi")
+    return TickBatch(token, ts, price, vol, oi), col.get("tradingsymbol")
+
+
+@dataclass
+class TapeStream:
+    """A tape file replayed block by block; the counterpart of ``replay.Tape`` (which is in memory).
+
+    ``symbols`` and ``tokens()`` grow as ``blocks()`` meets new instruments; ``total`` is the row count
+    when the file says it (Parquet), else an estimate from the file size (CSV).
+    """
+
+    path: str
+    first: TickBatch  # the first block (what a start needs: first stamp, instruments)
+    symbols: dict[str, int] = field(default_factory=dict)  # tradingsymbol (upper) -> token
+    error: str | None = None
+    total: int | None = None
+    estimated: bool = False  # total is an estimate (CSV)
+    _tokens: set[int] = field(default_factory=set)
+
+    streamed = True
+
+    @property
+    def empty(self) -> bool:
+        return len(self.first) == 0
+
+    @property
+    def first_ts(self) -> int | None:
+        return int(self.first.ts[0]) if len(self.first) else None
+
+    def tokens(self) -> set[int]:
+        """Instruments seen so far (all of the first block's, then each block's new ones)."""
+        return self._tokens
+
+    def learn(self, batch: TickBatch, sym: Any) -> list[tuple[str, int]]:
+        """The (symbol, token) pairs of ``batch``'s instruments not seen before, remembered."""
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        uniq = pc.unique(pa.array(batch.token)).to_numpy()
+        new = [int(t) for t in uniq.tolist() if int(t) not in self._tokens]
+        if not new:
+            return []
+        self._tokens.update(new)
+        names: dict[int, str] = {}
+        if sym is not None:
+            sel = np.flatnonzero(np.isin(batch.token, np.array(new, np.int64)))
+            toks, first = np.unique(batch.token[sel], return_index=True)
+            for tok, s in zip(toks.tolist(), sym.take(pa.array(sel[first])).to_pylist()):
+                if isinstance(s, str) and s.strip() and s.strip().upper() != "NAN":
+                    names[int(tok)] = s.strip().upper()
+                    self.symbols.setdefault(s.strip().upper(), int(tok))
+        return [(names.get(t, str(t)), t) for t in sorted(new)]
+
+    def scan(self) -> None:
+        """Learn every instrument of the tape (one pass): a named one was not in the first block."""
+        for ticks, _, sym in self.blocks():
+            self.learn(ticks, sym)
+
+    def blocks(self) -> Iterator[tuple[TickBatch, int, Any]]:
+        """(ticks, rows consumed so far, tradingsymbol column) per block, from the file's start. A
+        malformed block: the checking path's ticks from that row on, its error in ``self.error``."""
+        from .replay import read_tape
+
+        consumed = 0
+        try:
+            it, _ = _reader(Path(self.path))
+            for rb in it:
+                ticks, sym = convert(rb)
+                consumed += rb.num_rows
+                yield ticks, consumed, sym
+            return
+        except Malformed:
+            pass
+        except Exception:  # noqa: BLE001 - Arrow's own parse error: the checking path names the row
+            pass
+        whole = read_tape(self.path)
+        self.error = whole.error
+        rest = whole.ticks.take(slice(consumed, None))
+        yield rest, consumed + len(rest), None
+
+
+def open_tape(path: str | Path) -> Any:
+    """A tape to replay: a ``TapeStream`` when its first block is well typed, else the whole tape
+    read by ``replay.read_tape`` (its checking path names the first malformed row)."""
+    from ..errors import TapeError
+    from .replay import read_tape
+
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise TapeError(f"tape {str(path)!r} not found; give a CSV or Parquet file")
+    try:
+        it, total = _reader(p)
+        rb = next(it, None)
+        if rb is None:
+            return read_tape(p)
+        first, sym = convert(rb)
+    except Exception:  # noqa: BLE001 - Malformed, or unreadable by Arrow: the checking path says why
+        return read_tape(p)
+    estimated = False
+    if total is None:  # CSV: rows estimated from the first block's bytes per row
+        size = os.path.getsize(p)
+        total = max(len(first), int(size / max(1.0, min(size, CSV_BLOCK_BYTES) / max(1, len(first)))))
+        estimated = True
+    tape = TapeStream(str(p), first, total=total, estimated=estimated)
+    tape.learn(first, sym)
+    return tape

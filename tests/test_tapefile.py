@@ -1,0 +1,112 @@
+"""Tapes streamed block by block (feeds/tapefile.py): the same candles as the whole tape in memory,
+instruments that first appear in a later block, a malformed row in a later block, bounded read-ahead."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import kiteohlc_lab
+from kiteohlc_lab.core.ticks import TickBatch
+from kiteohlc_lab.feeds import tapefile
+from kiteohlc_lab.feeds.replay import ReplaySource
+from kiteohlc_lab.feeds.synthetic import make_ticks, write_tape
+from oracle import Oracle
+
+
+def late_joiner_tape(tmp_path, suffix):
+    """Ticks of 5 instruments, then a sixth that trades only in the second half of the tape."""
+    ticks, syms = make_ticks(4000, n_instruments=6, seed=3)
+    last = ticks.token == max(syms)
+    early = np.arange(len(ticks)) < len(ticks) // 2
+    keep = ~(last & early)
+    ticks = ticks.take(keep)
+    return write_tape(tmp_path / f"t{suffix}", ticks, syms), ticks, syms
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".parquet"])
+def test_all_instruments_of_a_streamed_tape_even_late_joiners(tmp_path, monkeypatch, suffix):
+    monkeypatch.setattr(tapefile, "BLOCK_ROWS", 500)
+    monkeypatch.setattr(tapefile, "CSV_BLOCK_BYTES", 16_000)
+    path, ticks, syms = late_joiner_tape(tmp_path, suffix)
+    tape = tapefile.open_tape(path)
+    assert isinstance(tape, tapefile.TapeStream) and len(tape.first) < len(ticks)
+    assert max(syms) not in tape.tokens()  # not in the first block
+    info = kiteohlc_lab.stream("ALL", "1m", "5m", source="replay", tape=str(path))
+    assert kiteohlc_lab.wait(60), info
+    ref = Oracle(["1m", "5m"])
+    ref.feed(ticks)
+    ref.flush()
+    for tok, sym in syms.items():
+        for tf in ("1m", "5m"):
+            pd.testing.assert_frame_equal(kiteohlc_lab.candles(sym, tf), ref.frame(tok, tf), check_freq=False)
+    [st] = kiteohlc_lab.status()
+    assert st["state"] == "done" and st["ticks"] == len(ticks)
+    assert st["feed"]["progress"]["fraction"] == 1.0
+
+
+def test_named_instrument_only_in_a_later_block_is_found(tmp_path, monkeypatch):
+    monkeypatch.setattr(tapefile, "BLOCK_ROWS", 500)
+    path, ticks, syms = late_joiner_tape(tmp_path, ".parquet")
+    sym = syms[max(syms)]
+    kiteohlc_lab.stream(sym, "1m", source="replay", tape=str(path))
+    assert kiteohlc_lab.wait(60)
+    ref = Oracle(["1m"])
+    ref.feed(ticks)
+    ref.flush()
+    pd.testing.assert_frame_equal(kiteohlc_lab.candles(sym, "1m"), ref.frame(max(syms), "1m"), check_freq=False)
+
+
+def test_malformed_row_in_a_later_block_keeps_the_rows_before(tmp_path, monkeypatch):
+    monkeypatch.setattr(tapefile, "CSV_BLOCK_BYTES", 16_000)
+    ticks, syms = make_ticks(3000, seed=5)
+    p = write_tape(tmp_path / "t.csv", ticks, syms)
+    lines = p.read_text().splitlines()
+    lines.insert(2001, "2026-11-25T12:00:00,738561,RELIANCE,oops,5")
+    p.write_text("\n".join(lines) + "\n")
+    assert isinstance(tapefile.open_tape(p), tapefile.TapeStream)  # the first block is fine
+    kiteohlc_lab.stream("RELIANCE", "1m", source="replay", tape=str(p))
+    assert kiteohlc_lab.wait(30)
+    [st] = kiteohlc_lab.status()
+    assert "line 2002" in (st["error"] or "")
+    ref = Oracle(["1m"])
+    ref.feed(ticks.take(slice(0, 2000)))
+    ref.flush()
+    pd.testing.assert_frame_equal(kiteohlc_lab.candles("RELIANCE", "1m"), ref.frame(738561, "1m"),
+                                  check_freq=False)
+
+
+def test_read_ahead_is_bounded(tmp_path, monkeypatch):
+    """The replay thread never queues more than MAX_BACKLOG chunks ahead of a slow stream."""
+    monkeypatch.setattr(tapefile, "BLOCK_ROWS", 256)
+    ticks, syms = make_ticks(5000, seed=2)
+    tape = tapefile.open_tape(write_tape(tmp_path / "t.parquet", ticks, syms))
+    seen: list[int] = []
+
+    class Slow:
+        def __init__(self):
+            self.q: list[TickBatch] = []
+            self.done = False
+
+        def backlog(self):
+            if len(self.q) > 2:  # the consumer takes one now and then
+                self.q.pop(0)
+            seen.append(len(self.q))
+            return len(self.q)
+
+        def on_batch(self, b):
+            self.q.append(b)
+
+        def on_done(self):
+            self.done = True
+
+        def on_error(self, message, fatal):
+            raise AssertionError(message)
+
+    sink = Slow()
+    src = ReplaySource(tape, chunk=100)
+    src.MAX_BACKLOG = 3
+    src.start(sink)
+    src._thread.join(10)
+    assert sink.done and max(seen) <= 3
