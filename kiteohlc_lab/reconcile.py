@@ -29,6 +29,7 @@ import numpy as np
 import pandas as pd
 
 from .core.candles import CandleBatch
+from .core.repair import REPAIR_SETTLE_S
 from .core.timeframes import IST, NS, bound_ns, parse_timeframe
 from .errors import ConfigError
 
@@ -37,7 +38,7 @@ log = logging.getLogger("kiteohlc_lab.reconcile")
 FIELDS = ("open", "high", "low", "close", "volume")
 PRICES = ("open", "high", "low", "close")
 DEFAULT_TICK = 0.05
-SETTLE_S = 10.0  # Kite's minute candle is final a little after the minute (Zerodha: wait > 10 s)
+SETTLE_S = REPAIR_SETTLE_S  # Kite's minute candle is final a little after the minute (core.repair)
 
 
 # ---------------------------------------------------------------------------------------- compare

@@ -19,7 +19,9 @@ import numpy as np
 from .candles import CandleBatch
 from .timeframes import NS, bucket_start, parse_timeframe
 
-REPAIR_SETTLE_S = 12.0  # Kite's candle is final a little after it ends (Zerodha: wait > 10 s)
+# The one rule "a Kite candle is final some seconds after it ends" (Zerodha: wait > 10 s). Gap
+# repair, the Kite feed's outage repair (feeds.kite repair_grace) and reconciliation take it from here.
+REPAIR_SETTLE_S = 12.0
 
 Fetch = Callable[[int, int, int], CandleBatch]  # (token, lo, hi) -> Kite's minutes in [lo, hi)
 

@@ -27,6 +27,7 @@ from typing import Any, Callable
 from urllib.parse import urlparse
 
 from ..core.clock import ExchangeClock
+from ..core.repair import REPAIR_SETTLE_S
 from ..core.timeframes import NS
 from ..errors import CredentialsError
 from .auth import LOGIN_HINT, guard_logging, redact
@@ -103,7 +104,7 @@ class KiteSource:
         max_connections: int = 3,
         repair_gaps: bool = True,
         history: Any = None,
-        repair_grace: float = 12.0,
+        repair_grace: float = REPAIR_SETTLE_S,
         clock: Callable[[], int] | None = None,
     ) -> None:
         if mode not in MODES:
