@@ -2,7 +2,7 @@
 
 Only the ``date=`` directories a range touches are listed (every ``host=``), and only published
 files are read; within that, pyarrow prunes by token and time from the files' statistics. Rows come
-back in the store's order: files by (start ns, seq), each file in the order it was written, which
+back in the store's order: files by (opened ns, seq), each file in the order it was written, which
 is the order the live stream processed the ticks in.
 """
 

@@ -3,7 +3,7 @@
 Layout (``data_dir/ticks/``, or the ``tick_store`` URL: any pyarrow filesystem, ``file://``,
 ``s3://`` ...)::
 
-    ticks/host=<host>/date=2026-11-25/part-<host>-<pid>-<start ns>-<seq>.parquet
+    ticks/host=<host>/date=2026-11-25/part-<host>-<pid>-<opened ns>-<seq>.parquet
     ticks/host=<host>/date=2026-11-25/.part-....parquet.tmp       the open file (readers skip it)
     ticks/_rejected/host=<host>/date=2026-11-25/part-....parquet  ticks the TickFilter rejected
 
@@ -23,7 +23,7 @@ order is the live stream's order). ``receive_time`` is when the stream thread to
 Writing is on a background thread behind a bounded queue (a full queue for a second drops the batch,
 counted in ``status()``); a file is closed every ``file_seconds`` (and at ``close()``), written under
 a hidden temporary name and renamed into place, so a crash loses at most the open part and never
-leaves a truncated file visible. A restart continues the day with new names (start ns, pid).
+leaves a truncated file visible. A restart continues the day with new names (pid, opening ns).
 """
 
 from __future__ import annotations
@@ -88,7 +88,7 @@ def ist_date(ns: int) -> str:
 
 
 def parse_part(name: str) -> tuple[int, int] | None:
-    """``(start ns, seq)`` of a published part's file name (its order), None for other files."""
+    """``(opened ns, seq)`` of a published part's file name (its order), None for other files."""
     m = _PART.search(name)
     return (int(m.group("start")), int(m.group("seq"))) if m else None
 
@@ -346,7 +346,7 @@ class TickStore:
             self._seq += 1
             base = f"{self.root}/{REJECTED_DIR}" if rejected else self.root
             folder = f"{base}/host={self.host}/date={date}"
-            name = f"part-{self.host}-{self.pid}-{self.started_ns}-{self._seq:06d}.parquet"
+            name = f"part-{self.host}-{self.pid}-{time.time_ns()}-{self._seq:06d}.parquet"  # opened at
             p = self._parts[key] = _Part(self.fs, folder, name, rejected, time.monotonic())
         return p
 
