@@ -14,7 +14,7 @@ import numpy as np
 
 from ..core.ticks import TickBatch
 from ..core.timeframes import DAY_NS, IST_OFFSET_NS
-from .ticks import REJECTED_DIR, SYMBOLS_DIR, ZONE, list_dirs, parse_part, resolve, schema
+from .tickfiles import REJECTED_DIR, SYMBOLS_DIR, ZONE, list_dirs, parse_part, resolve, schema
 
 
 def _day(ns: int) -> str:
