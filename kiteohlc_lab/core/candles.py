@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
 import numpy as np
-import pandas as pd
+
+if TYPE_CHECKING:  # pandas loads where a frame is made: a replay never needs it
+    import pandas as pd
 
 from .timeframes import IST
 
@@ -39,6 +41,8 @@ class Candle:
     @property
     def date(self) -> pd.Timestamp:
         """Start of the candle, tz-aware Asia/Kolkata."""
+        import pandas as pd
+
         return pd.Timestamp(self.start, unit="ns", tz="UTC").tz_convert(IST)
 
     def to_dict(self) -> dict:
@@ -167,6 +171,28 @@ class CandleBatch:
         )
 
 
+def combine(batch: CandleBatch, tf: str, bucket: np.ndarray, token: int | None = None) -> CandleBatch:
+    """Finer candles into longer ones: ``batch`` sorted by (token, start), ``bucket`` the start of
+    the ``tf`` candle each belongs to; one closed candle per run of equal (token, bucket). ``token``:
+    the batch is all of that instrument (whatever its token column says).
+    (Backfill's reaggregation and gap repair's rebucketing both make candles this way.)"""
+    if not len(batch):
+        return CandleBatch.empty(tf)
+    new = np.ones(len(batch), bool)
+    new[1:] = bucket[1:] != bucket[:-1]
+    if token is None:
+        new[1:] |= batch.token[1:] != batch.token[:-1]
+    first = np.flatnonzero(new)
+    last = np.append(first[1:] - 1, len(batch) - 1)
+    toks = batch.token[first] if token is None else np.full(len(first), token, np.int64)
+    return CandleBatch(
+        tf, toks, bucket[first], batch.open[first],
+        np.maximum.reduceat(batch.high, first), np.minimum.reduceat(batch.low, first),
+        batch.close[last], np.add.reduceat(batch.volume, first), batch.oi[last],
+        np.add.reduceat(batch.ticks, first), True,
+    )
+
+
 def _typed(cols: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Candle columns with their dtypes: int64 token/start/ticks, float64 the rest."""
     ints = ("token", "start", "ticks")
@@ -187,6 +213,8 @@ def frame_from_arrays(
 
     ``oi`` is included only when at least one value is present (the feed has it).
     """
+    import pandas as pd
+
     index = pd.DatetimeIndex(
         pd.to_datetime(np.asarray(start, dtype=np.int64), unit="ns", utc=True), name="date"
     ).tz_convert(IST)

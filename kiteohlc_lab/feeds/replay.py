@@ -12,10 +12,12 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
-import pandas as pd
+
+if TYPE_CHECKING:  # pandas only for tapes that take the checking path
+    import pandas as pd
 
 from ..core.ticks import TickBatch
 from ..core.timeframes import IST, IST_OFFSET_NS, NS
@@ -48,12 +50,17 @@ class Tape:
     def tokens(self) -> set[int]:
         """The instruments on the tape (hashed once, not sorted)."""
         if self._tokens is None:
-            self._tokens = set(pd.unique(self.ticks.token).tolist())
+            import pyarrow as pa
+            import pyarrow.compute as pc
+
+            self._tokens = set(pc.unique(pa.array(self.ticks.token)).to_pylist())
         return self._tokens
 
 
 def _parse_timestamps(raw: pd.Series) -> pd.Series:
     """ISO-8601 strings -> UTC; naive values are IST wall-clock. NaT where unparseable."""
+    import pandas as pd
+
     text = raw.astype("string").str.strip()
     aware = text.str.contains(r"(?:Z|[+-]\d\d:?\d\d)$", regex=True, na=False)
     out = pd.Series(pd.NaT, index=raw.index, dtype="datetime64[ns, UTC]")
@@ -76,6 +83,8 @@ def read_tape(path: str | Path) -> Tape:
     fast = _read_fast(p, parquet=suffix in (".parquet", ".pq"))
     if fast is not None:
         return fast
+    import pandas as pd
+
     try:
         if suffix in (".parquet", ".pq"):
             df = pd.read_parquet(p)
@@ -426,6 +435,8 @@ class TapeRecorder:
 
 def _numeric(raw: "pd.Series") -> "tuple[pd.Series, np.ndarray]":
     """A column as float64 (empty cells NaN) and the mask of cells that are text but no number."""
+    import pandas as pd
+
     if pd.api.types.is_numeric_dtype(raw):
         return raw.astype("float64"), np.zeros(len(raw), bool)
     empty = raw.isna() | (raw.astype("string").str.strip() == "")

@@ -88,10 +88,20 @@ def start(m: Any, symbols: str | list[str], timeframes: str | list[str], *, sour
     return info
 
 
+def _open_quietly(m: Any) -> None:
+    try:
+        m.stores()
+    except Exception as exc:  # noqa: BLE001 - launch() opens them again and says why
+        log.debug("opening the stores early failed: %s", exc)
+
+
 def start_replay(m: Any, syms, tfs, tape_path, speed, record) -> StreamInfo:
     from ..feeds.replay import ReplaySource
 
     book = m.symbols
+    # the stores start (the embedded Redis server spawns) while the tape opens; launch() waits for
+    # them, and opens them itself, raising, if this failed
+    threading.Thread(target=_open_quietly, args=(m,), name="kiteohlc-stores", daemon=True).start()
     tape = book.read_tape(tape_path)
     if tape.empty and tape.error:
         raise TapeError(tape.error)
@@ -186,7 +196,7 @@ def start_live(m: Any, syms, tfs, source, mode, backfill, record, progress=None)
             existing.add_timeframe(tf)
         m.prepare(existing, pairs, existing.timeframes, resume=True)
         existing.subscribe([t for _, t in pairs], {t: s for s, t in pairs})
-        start_backfill(existing, pairs, tfs, backfill, kite, progress)
+        start_backfill(existing, pairs, tfs, backfill, kite, progress, m.history_service)
         return StreamInfo(existing.name, source, pairs, [t.label for t in existing.timeframes],
                           f"Added {', '.join(s for s, _ in pairs)} {' '.join(t.label for t in tfs)} "
                           f"to the running {source} stream (no reconnect)")
@@ -197,7 +207,7 @@ def start_live(m: Any, syms, tfs, source, mode, backfill, record, progress=None)
                      mode=mode or c.mode, stall_timeout=c.stall_timeout, history=hist_client)
     src.name = source
     info = launch(m, source if source not in m.streams else m.new_stream_name(source), src, pairs, tfs, record)
-    start_backfill(m.streams[info.name], pairs, tfs, backfill, kite, progress)
+    start_backfill(m.streams[info.name], pairs, tfs, backfill, kite, progress, m.history_service)
     where = ("the built-in Kite simulator (no credentials configured)" if source == "sim" and not c.ticker_url
              else f"Kite ({ticker_url or 'wss://ws.kite.trade'})")
     info.message = (f"Streaming {', '.join(s for s, _ in pairs)} {' '.join(t.label for t in tfs)} "
@@ -208,8 +218,10 @@ def start_live(m: Any, syms, tfs, source, mode, backfill, record, progress=None)
 
 
 def start_backfill(stream: Stream, pairs, tfs, backfill: str | None, kite: Any,
-                   progress: Callable[[float, str], Any] | None = None) -> None:
-    """Load ``backfill`` (a span) of Kite's historical candles into ``stream``, on a thread."""
+                   progress: Callable[[float, str], Any] | None = None, service: Any = None) -> None:
+    """Load ``backfill`` (a span) of Kite's historical candles into ``stream``: one job per
+    instrument and timeframe on the session's history thread (``service``: runtime.history), or
+    on a thread of its own without one."""
     if not backfill:
         return
     from ..feeds.historical import HistoricalClient, parse_span
@@ -228,21 +240,29 @@ def start_backfill(stream: Stream, pairs, tfs, backfill: str | None, kite: Any,
             except Exception:  # a closed progress widget must not stop the backfill
                 pass
 
-    def run() -> None:
-        for k, (sym, tok, tf) in enumerate(jobs):
-            what = f"backfill {sym} {tf.label} ({backfill})"
-            try:
-                cb = client.backfill(tok, tf.label, backfill,
-                                     progress=lambda d, t, k=k, w=what: report(k, d, t, w))
-            except Exception as exc:
-                stream.on_error(f"backfill of {sym} {tf.label} failed: {exc}", False)
-                continue
-            stream.on_history(tok, tf.label, cb)
-            report(k, 1, 1, what)
+    def one(k: int, sym: str, tok: int, tf: Any) -> None:
+        what = f"backfill {sym} {tf.label} ({backfill})"
+        try:
+            cb = client.backfill(tok, tf.label, backfill,
+                                 progress=lambda d, t, k=k, w=what: report(k, d, t, w))
+        except Exception as exc:
+            stream.on_error(f"backfill of {sym} {tf.label} failed: {exc}", False)
+            return
+        stream.on_history(tok, tf.label, cb)
+        report(k, 1, 1, what)
+
+    def done() -> None:
         if progress is not None:
             report(len(jobs) - 1, 1, 1, f"backfill {backfill} done")
 
-    threading.Thread(target=run, name="kiteohlc-backfill", daemon=True).start()
+    steps = [(lambda k=k, j=j: one(k, *j), f"backfill {j[0]} {j[2].label}") for k, j in enumerate(jobs)]
+    steps.append((done, "backfill done"))
+    if service is None:
+        threading.Thread(target=lambda: [run() for run, _ in steps], name="kiteohlc-backfill",
+                         daemon=True).start()
+        return
+    for run, what in steps:
+        service.submit(run, cancelled=stream.done.is_set, what=what)
 
 
 def prepare(live: Any, symbols: Any, registry: Any, stream: Stream | None, pairs, tfs,
@@ -303,6 +323,7 @@ def launch(m: Any, name, source, pairs, tfs, record, first_ts: int | None = None
 
         recorder = TapeRecorder(record, {t: s for s, t in pairs})
     stream = Stream(name, source, eng, [t for _, t in pairs], listener=m, history=hist,
+                    history_jobs=m.history_service.submit,
                     live_store=live, recorder=recorder, symbols={t: s for s, t in pairs})
     if source.live:  # every tick a live stream accepts, kept (KiteOHLC.record_ticks; stores.ticks)
         from ..stores.ticks import TickStoreSink, open_tick_store

@@ -14,9 +14,11 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
-import pandas as pd
+
+if TYPE_CHECKING:  # pandas loads where a frame is made: a replay never needs it
+    import pandas as pd
 
 from ..config import KiteOHLC
 from ..core.bounded import ErrorLog

@@ -12,10 +12,12 @@ import logging
 import threading
 import time
 from collections import OrderedDict
-from typing import Any, Callable, Iterable
+from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 import numpy as np
-import pandas as pd
+
+if TYPE_CHECKING:  # pandas loads where a frame is made: a replay never needs it
+    import pandas as pd
 
 from ..config import KiteOHLC
 from ..core.bounded import CallbackWorker, ErrorLog

@@ -6,9 +6,11 @@ canonical timeframe label (``"1m"``).
 
 from __future__ import annotations
 
-from typing import Protocol, TypedDict, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, TypedDict, runtime_checkable
 
-import pandas as pd
+
+if TYPE_CHECKING:  # pandas loads where a frame is made: a replay never needs it
+    import pandas as pd
 
 from ..core.candles import Candle, CandleBatch
 

