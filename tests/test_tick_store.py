@@ -256,3 +256,38 @@ def test_partitions_are_ist_dates_and_retention_prunes(tmp_path, monkeypatch):
     finally:
         os.environ.pop("TZ", None)
         time.tzset()
+
+
+def test_magic_replays_a_range_of_the_store(store_env, tmp_path):
+    """``%ohlc_stream SYM 10s --source replay --from ... --to ...`` with no --tape, on the real Manager."""
+    from IPython.core.error import UsageError
+
+    from conftest_notebook import TestingShell, make_shell
+    from kiteohlc_lab.core.ticks import TickBatch
+    from kiteohlc_lab.stores.ticks import TickStore
+
+    t0 = int(pd.Timestamp("2026-11-25 09:15", tz="Asia/Kolkata").value)
+    ts = [t0 + 1 * NS, t0 + 4 * NS, t0 + 12 * NS, t0 + 15 * NS, t0 + 70 * NS]
+    s = TickStore(f"file://{store_env}", file_seconds=60)
+    s.write(TickBatch([738561] * 5, ts, [100.0, 103.0, 99.0, 101.0, 104.0], [10, 20, 35, 50, 80], None))
+    s.close()
+    ip = make_shell()
+    ip.run_line_magic("load_ext", "kiteohlc_lab")
+    try:
+        live = ip.run_line_magic("ohlc_stream", '738561 10s --source replay --from "2026-11-25 09:15" '
+                                 '--to "2026-11-25 09:16"')
+        import kiteohlc_lab as k
+
+        assert k.wait(30)
+        df = live.df
+        assert list(df["close"]) == [103.0, 101.0]  # 09:16:10 is outside the range
+        assert list(df.index.strftime("%H:%M:%S")) == ["09:15:00", "09:15:10"]
+        with pytest.raises(UsageError, match=r"^start '2026-11-25 25:00' is not a date/time"):
+            ip.run_line_magic("ohlc_stream", '738561 10s --source replay --from "2026-11-25 25:00"')
+        with pytest.raises(UsageError, match=r"^no ticks of 738561 in the tick store"):
+            ip.run_line_magic("ohlc_stream", "738561 10s --source replay --from 2026-11-26 --to 2026-11-27")
+        with pytest.raises(UsageError, match=r"--source replay needs --tape PATH .* or --from/--to"):
+            ip.run_line_magic("ohlc_stream", "738561 10s --source replay")
+    finally:
+        ip.run_line_magic("unload_ext", "kiteohlc_lab")
+        TestingShell.clear_instance()

@@ -171,8 +171,9 @@ class KiteOHLCMagics(Magics):
         self._configured = True
         from ..runtime.tickreplay import start_from_store, wants_store
 
-        if wants_store(args.source, args.tape, args.start, args.end):  # a range of the tick store
-            info = start_from_store(m, symbols, list(args.timeframes), args.start, args.end, args.speed)
+        start, end = (None if v is None else v.strip("\"'") for v in (args.start, args.end))  # quoted
+        if wants_store(args.source, args.tape, start, end):  # a range of the tick store
+            info = start_from_store(m, symbols, list(args.timeframes), start, end, args.speed)
         else:
             info = m.start(symbols, list(args.timeframes), source=args.source, tape=args.tape,
                            speed=args.speed, mode=args.mode, backfill=args.backfill, record=args.record,
