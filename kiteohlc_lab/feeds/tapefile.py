@@ -53,6 +53,24 @@ def _reader(path: Path) -> tuple[Iterator[Any], int | None]:
     return iter(r), None
 
 
+_NP = {"int8": "i1", "int16": "i2", "int32": "i4", "int64": "i8", "uint8": "u1", "uint16": "u2",
+       "uint32": "u4", "uint64": "u8", "float": "f4", "double": "f8"}
+_UNIT_NS = {"s": 1_000_000_000, "ms": 1_000_000, "us": 1_000, "ns": 1}
+
+
+def _values(a: Any, kind: str | None = None) -> np.ndarray:
+    """A primitive Arrow array's values, straight from its buffer (no copy, read-only; pyarrow's own
+    conversions would load pandas, a third of a replay's start-up)."""
+    kind = kind or _NP[str(a.type)]
+    width = int(kind[1:])
+    return np.frombuffer(a.buffers()[1], dtype="<" + kind, count=len(a), offset=a.offset * width)
+
+
+def _valid(a: Any) -> np.ndarray:
+    bits = np.unpackbits(np.frombuffer(a.buffers()[0], np.uint8), bitorder="little")
+    return bits[a.offset:a.offset + len(a)].astype(bool)
+
+
 def convert(rb: Any) -> tuple[TickBatch, Any]:
     """One Arrow record batch -> (TickBatch, its tradingsymbol column or None); ``Malformed`` when a
     value needs the checking path."""
@@ -66,33 +84,48 @@ def convert(rb: Any) -> tuple[TickBatch, Any]:
     if not pa.types.is_timestamp(ts_type):
         raise Malformed("timestamp")
     for c in ("instrument_token", "last_price", "volume_traded", "oi"):
-        if c in col and not (pa.types.is_integer(col[c].type) or pa.types.is_floating(col[c].type)
-                             or (c not in REQUIRED and pa.types.is_null(col[c].type))):
+        if c in col and not (str(col[c].type) in _NP or (c not in REQUIRED and pa.types.is_null(col[c].type))):
             raise Malformed(c)
     if not pa.types.is_integer(col["instrument_token"].type) or any(col[c].null_count for c in REQUIRED):
         raise Malformed("instrument_token")
-    ts = col["timestamp"].cast(pa.timestamp("ns", tz=ts_type.tz)).cast(pa.int64()).to_numpy()
+    ts = _values(col["timestamp"], "i8")
+    unit = _UNIT_NS[ts_type.unit]
+    if unit != 1:
+        ts = ts * unit
     if ts_type.tz is None:
         ts = ts - IST_OFFSET_NS  # naive means IST wall-clock
-    token = col["instrument_token"].to_numpy().astype(np.int64, copy=False)
+    token = _values(col["instrument_token"]).astype(np.int64, copy=False)
     if len(token) and token.min() <= 0:
         raise Malformed("instrument_token")
-    price = col["last_price"].to_numpy().astype(np.float64, copy=False)
+    price = _values(col["last_price"]).astype(np.float64, copy=False)
 
     def opt(name: str) -> np.ndarray | None:
         if name not in col:
             return None
         a = col[name]
-        if a.null_count == 0 and pa.types.is_floating(a.type):
-            v = a.to_numpy()
-        else:
-            v = a.cast(pa.float64()).to_numpy(zero_copy_only=False)  # nulls become NaN
+        if pa.types.is_null(a.type):
+            return np.full(len(a), np.nan)
+        v = _values(a).astype(np.float64, copy=False)
+        if a.null_count:
+            v = np.where(_valid(a), v, np.nan)  # nulls become NaN
         if len(v) and np.nanmin(v, initial=0.0) < 0:
             raise Malformed(name)
         return v
 
     vol, oi = opt("volume_traded"), opt("oi")
     return TickBatch(token, ts, price, vol, oi), col.get("tradingsymbol")
+
+
+def _symbols_at(sym: Any, rows: np.ndarray) -> list:
+    """The tradingsymbol column's values at ``rows`` (dictionary-encoded or plain strings)."""
+    import pyarrow as pa
+
+    if pa.types.is_dictionary(sym.type):
+        codes = _values(sym.indices)[rows]
+        valid = _valid(sym)[rows] if sym.null_count else np.ones(len(rows), bool)
+        names = sym.dictionary.to_pylist()
+        return [names[int(c)] if ok else None for c, ok in zip(codes.tolist(), valid.tolist())]
+    return [sym[int(r)].as_py() for r in rows.tolist()]
 
 
 @dataclass
@@ -110,6 +143,7 @@ class TapeStream:
     total: int | None = None
     estimated: bool = False  # total is an estimate (CSV)
     _tokens: set[int] = field(default_factory=set)
+    _sorted: np.ndarray = field(default_factory=lambda: np.empty(0, np.int64))
 
     streamed = True
 
@@ -127,23 +161,27 @@ class TapeStream:
 
     def learn(self, batch: TickBatch, sym: Any) -> list[tuple[str, int]]:
         """The (symbol, token) pairs of ``batch``'s instruments not seen before, remembered."""
-        import pyarrow as pa
-        import pyarrow.compute as pc
-
-        uniq = pc.unique(pa.array(batch.token)).to_numpy()
-        new = [int(t) for t in uniq.tolist() if int(t) not in self._tokens]
-        if not new:
-            return []
+        tok = batch.token
+        known = self._sorted
+        if len(known):
+            at = np.minimum(np.searchsorted(known, tok), len(known) - 1)
+            fresh = np.flatnonzero(known[at] != tok)  # a few comparisons a tick, no hashing
+            if not len(fresh):
+                return []
+        else:
+            fresh = np.arange(len(tok))
+        toks, first = np.unique(tok[fresh], return_index=True)
+        rows = fresh[first]
+        new = [int(t) for t in toks.tolist()]
         self._tokens.update(new)
+        self._sorted = np.array(sorted(self._tokens), np.int64)
         names: dict[int, str] = {}
         if sym is not None:
-            sel = np.flatnonzero(np.isin(batch.token, np.array(new, np.int64)))
-            toks, first = np.unique(batch.token[sel], return_index=True)
-            for tok, s in zip(toks.tolist(), sym.take(pa.array(sel[first])).to_pylist()):
+            for t, s in zip(new, _symbols_at(sym, rows)):
                 if isinstance(s, str) and s.strip() and s.strip().upper() != "NAN":
-                    names[int(tok)] = s.strip().upper()
-                    self.symbols.setdefault(s.strip().upper(), int(tok))
-        return [(names.get(t, str(t)), t) for t in sorted(new)]
+                    names[t] = s.strip().upper()
+                    self.symbols.setdefault(s.strip().upper(), t)
+        return [(names.get(t, str(t)), t) for t in new]
 
     def scan(self) -> None:
         """Learn every instrument of the tape (one pass): a named one was not in the first block."""

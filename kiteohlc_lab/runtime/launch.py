@@ -105,8 +105,8 @@ def start_replay(m: Any, syms, tfs, tape_path, speed, record) -> StreamInfo:
     tape = book.read_tape(tape_path)
     if tape.empty and tape.error:
         raise TapeError(tape.error)
-    table = book.table()
     every = [s.upper() for s in syms] in (["ALL"], ["*"])
+    table = None if every else book.table()  # ALL needs no instruments table (nor pandas)
     streamed = getattr(tape, "streamed", False)  # feeds.tapefile.TapeStream: read block by block
     if every:
         tokens = sorted(tape.tokens())
