@@ -116,6 +116,15 @@ def convert(rb: Any) -> tuple[TickBatch, Any]:
     return TickBatch(token, ts, price, vol, oi), col.get("tradingsymbol")
 
 
+_SLOT_BITS = 16
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+
+
+def _slot(tokens: np.ndarray) -> np.ndarray:
+    """Fibonacci hashing of instrument tokens into _SLOT_BITS bits (the engine's own trick)."""
+    return (tokens.astype(np.uint64) * _GOLDEN) >> np.uint64(64 - _SLOT_BITS)
+
+
 def _symbols_at(sym: Any, rows: np.ndarray) -> list:
     """The tradingsymbol column's values at ``rows`` (dictionary-encoded or plain strings)."""
     import pyarrow as pa
@@ -144,6 +153,7 @@ class TapeStream:
     estimated: bool = False  # total is an estimate (CSV)
     _tokens: set[int] = field(default_factory=set)
     _sorted: np.ndarray = field(default_factory=lambda: np.empty(0, np.int64))
+    _table: np.ndarray = field(default_factory=lambda: np.full(1 << _SLOT_BITS, -1, np.int64))
 
     streamed = True
 
@@ -162,19 +172,19 @@ class TapeStream:
     def learn(self, batch: TickBatch, sym: Any) -> list[tuple[str, int]]:
         """The (symbol, token) pairs of ``batch``'s instruments not seen before, remembered."""
         tok = batch.token
-        known = self._sorted
-        if len(known):
-            at = np.minimum(np.searchsorted(known, tok), len(known) - 1)
-            fresh = np.flatnonzero(known[at] != tok)  # a few comparisons a tick, no hashing
-            if not len(fresh):
-                return []
-        else:
-            fresh = np.arange(len(tok))
+        slot = _slot(tok)
+        fresh = np.flatnonzero(self._table[slot] != tok)  # a hash probe a tick; misses are checked
+        if len(fresh) and len(self._sorted):
+            at = np.minimum(np.searchsorted(self._sorted, tok[fresh]), len(self._sorted) - 1)
+            fresh = fresh[self._sorted[at] != tok[fresh]]
+        if not len(fresh):
+            return []
         toks, first = np.unique(tok[fresh], return_index=True)
         rows = fresh[first]
         new = [int(t) for t in toks.tolist()]
         self._tokens.update(new)
         self._sorted = np.array(sorted(self._tokens), np.int64)
+        self._table[_slot(toks)] = toks  # a collision keeps one; the other is found by the search
         names: dict[int, str] = {}
         if sym is not None:
             for t, s in zip(new, _symbols_at(sym, rows)):
