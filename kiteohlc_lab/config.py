@@ -148,6 +148,11 @@ class KiteOHLC(Configurable):
         300.0, help="Seconds a tick store file stays open before it is closed and published (a crash "
                     "loses at most the open part)."
     ).tag(config=True)
+    warm_start = Unicode(
+        "auto", help="A live stream started after the open gets the day so far: minute and longer "
+                     "candles from Kite's historical API, sub-minute ones from the tick store: on, off, "
+                     "or auto (on with Kite credentials)."
+    ).tag(config=True)
     tick_retention_days = Int(
         0, help="Days of ticks the tick store keeps (older date partitions are deleted at start and "
                 "daily); 0 keeps everything."
@@ -240,13 +245,15 @@ class KiteOHLC(Configurable):
             raise ConfigError(f"KiteOHLC.{name} = {value} is not accepted; use a positive whole number")
         return value
 
-    @validate("record_ticks")
-    def _v_record_ticks(self, proposal: Any) -> str:
+    @validate("record_ticks", "warm_start")
+    def _v_on_off_auto(self, proposal: Any) -> str:
+        name = proposal["trait"].name
         value = str(proposal["value"]).strip().lower()
         value = {"true": "on", "1": "on", "yes": "on", "false": "off", "0": "off", "no": "off"}.get(value, value)
         if value not in ("on", "off", "auto"):
-            raise ConfigError(f"KiteOHLC.record_ticks = {proposal['value']!r} is not accepted; use on, off "
-                              "or auto (on in a collector, off in a notebook)")
+            auto = "on in a collector, off in a notebook" if name == "record_ticks" else "on with Kite credentials"
+            raise ConfigError(f"KiteOHLC.{name} = {proposal['value']!r} is not accepted; use on, off "
+                              f"or auto ({auto})")
         return value
 
     @validate("tick_file_seconds", "tick_retention_days")

@@ -214,6 +214,10 @@ def start_live(m: Any, syms, tfs, source, mode, backfill, record, progress=None)
                     f"from {where}; {m.stores()[2]}")
     if failed is not None:
         info.message += f" (restarted stream {failed.name}, which had failed)"
+    from .warmstart import from_kite
+
+    if from_kite(c, m.streams[info.name], pairs, tfs, kite, progress):  # the day so far (warm start)
+        info.message += "; warm start: today's candles so far from Kite's history and the tick store"
     return info
 
 
@@ -332,6 +336,10 @@ def launch(m: Any, name, source, pairs, tfs, record, first_ts: int | None = None
         if ticks is not None:
             stream.tick_store = TickStoreSink(stream.events, ticks, stream.filter,
                                               lambda: stream.symbols).store
+    if source.live:  # the day so far, ahead of the feed's first frame (runtime.warmstart)
+        from .warmstart import from_store
+
+        from_store(m.cfg, stream, [t for _, t in pairs if t not in usable])
     with m.lock:
         m.streams[name] = stream
     stream.start()

@@ -107,6 +107,7 @@ class TickStore:
         self.written = 0          # accepted ticks handed to files
         self.rejected = 0         # rejected ticks handed to files
         self.dropped = 0          # ticks lost to a full queue
+        self.skip_first = 0       # the first ticks written are not kept (runtime.warmstart's morning)
         self.files = 0            # files published
         self.error: str | None = None
         self.by_date: dict[str, int] = {}  # IST date -> accepted ticks written by this store
@@ -127,6 +128,10 @@ class TickStore:
     # -- the stream thread's side: queue only
     def write(self, batch: TickBatch) -> None:
         """Keep ``batch`` (accepted ticks, in the order the stream processed them)."""
+        if self.skip_first and len(batch):  # a warm start's ticks, the stream's first: stored already
+            k = min(self.skip_first, len(batch))
+            self.skip_first -= k
+            batch = batch.take(slice(k, None))
         if len(batch):
             self._put(("ok", batch, time.time_ns(), None))
 
