@@ -3,8 +3,9 @@
 A ``Stream`` owns one ``Repairs``. On the stream thread it hands it the minutes the feed delivers
 (``rebucket``: closed candles of their timeframe replaced at once, longer or still forming ones
 pended) and, each drain, the time (``due``): repairs whose buckets are over (``REPAIR_SETTLE_S``
-after their end, when Kite's candle is final) go to a worker thread that fetches their minutes; the
-worker delivers them back to the stream as ``("repaired", token, tf, lo, hi, minutes)`` items, which
+after their end, when Kite's candle is final) are fetched on the session's history thread
+(``submit``: runtime.history.HistoryService; a worker thread of its own without one), which delivers
+them back to the stream as ``("repaired", token, tf, lo, hi, minutes)`` items, which
 the stream thread rebuckets with ``only=(tf, lo, hi)``. Nothing here reads a clock.
 """
 
@@ -16,7 +17,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from .candles import CandleBatch
+from .candles import CandleBatch, combine
 from .timeframes import NS, bucket_start, parse_timeframe
 
 # The one rule "a Kite candle is final some seconds after it ends" (Zerodha: wait > 10 s). Gap
@@ -33,13 +34,14 @@ class Repairs:
     ``settle``: seconds after a bucket's end before it is fetched. ``deliver`` queues a repaired
     item to the stream thread; ``on_error(message, fatal)`` reports a failed fetch from the worker
     (through the stream's queue), ``record_error(message)`` one on the stream thread; ``stop`` ends
-    the worker; ``name_of(token)`` names an instrument in messages.
+    the worker; ``name_of(token)`` names an instrument in messages; ``submit(run, cancelled=)`` runs
+    a fetch on the session's history thread (None: a worker thread of this stream's own).
     """
 
     def __init__(self, name: str, engine: Any, fetch: Fetch | None, settle: float, *, source: Any,
                  deliver: Callable[[tuple], None], on_error: Callable[[str, bool], None],
                  record_error: Callable[[str], None], stop: threading.Event,
-                 name_of: Callable[[int], Any]) -> None:
+                 name_of: Callable[[int], Any], submit: Callable[..., None] | None = None) -> None:
         self.name = name
         self.engine = engine
         self.fetch = fetch
@@ -50,6 +52,7 @@ class Repairs:
         self._record_error = record_error
         self._stop = stop
         self._name_of = name_of
+        self._submit = submit
         # (token, tf, lo, hi) waits until [lo, hi) is over on Kite's side, then Kite's minutes for
         # the whole buckets are fetched (worker thread) and come back as "repaired" items
         self._repairs: list[tuple[int, str, int, int]] = []
@@ -95,13 +98,7 @@ class Repairs:
                 # the delivered minutes cover only part of these buckets: fetch them whole later
                 self.pend(token, t.label, int(b[0]), int(b[-1]) + t.ns)
                 continue
-            st = np.flatnonzero(np.append(True, b[1:] != b[:-1]))
-            ends = np.append(st[1:] - 1, len(b) - 1)
-            cb = CandleBatch(
-                t.label, np.full(len(st), token, np.int64), b[st], m.open[st],
-                np.maximum.reduceat(m.high, st), np.minimum.reduceat(m.low, st), m.close[ends],
-                np.add.reduceat(m.volume, st), m.oi[ends], np.add.reduceat(m.ticks, st),
-            )
+            cb = combine(m, t.label, b, token=token)
             if limit is not None and (cb.start >= limit).any():
                 # still forming here: replaced once it is over (the ticks miss the outage's part)
                 self.pend(token, t.label, limit, int(cb.start[-1]) + t.ns)
@@ -137,6 +134,11 @@ class Repairs:
             if fetch is None:
                 self._record_error("gap repair of longer candles unavailable: no historical client")
                 continue
+            if self._submit is not None:
+                self._submit(lambda item=item, fetch=fetch: self._fetch_one(item, fetch),
+                             cancelled=self._stop.is_set,
+                             what=f"gap repair of {self._name_of(token)} {tf}")
+                continue
             if self._q is None:
                 self._q = queue.SimpleQueue()
                 threading.Thread(target=self._worker, args=(self._q, fetch),
@@ -154,12 +156,17 @@ class Repairs:
         # its own thread: Kite's 3 requests/s limit must not stall aggregation
         while not self._stop.is_set():
             try:
-                token, tf, lo, hi = q.get(timeout=0.5)
+                item = q.get(timeout=0.5)
             except queue.Empty:
                 continue
-            try:
-                minutes = fetch(token, lo, hi)
-            except Exception as exc:  # noqa: BLE001 - the gap stays marked
-                self._on_error(f"gap repair of {self._name_of(token)} {tf} failed: {exc}", False)
-                continue
+            self._fetch_one(item, fetch)
+
+    def _fetch_one(self, item: tuple[int, str, int, int], fetch: Callable) -> None:
+        token, tf, lo, hi = item
+        try:
+            minutes = fetch(token, lo, hi)
+        except Exception as exc:  # noqa: BLE001 - the gap stays marked
+            self._on_error(f"gap repair of {self._name_of(token)} {tf} failed: {exc}", False)
+            return
+        if not self._stop.is_set():
             self._deliver(("repaired", token, tf, lo, hi, minutes))

@@ -20,9 +20,10 @@ from typing import Any, Callable
 from .candles import CandleBatch
 from .clock import ExchangeClock
 from .engine import Engine
-from .events import (Bus, CandlesClosed, Drained, FormingChanged, Gap, Resumed, StreamDone,
-                     StreamError, TicksAccepted, TicksReceived, TicksRejected, listen)
-from .events import Listener  # noqa: F401 - the listener's shape, importable from here as before
+from .events import (  # Listener: the listener's shape, importable from here as before
+    Bus, CandlesClosed, Drained, FormingChanged, Gap, Listener, Resumed, StreamDone, StreamError,
+    TicksAccepted, TicksReceived, TicksRejected, listen,
+)
 from .repair import REPAIR_SETTLE_S, Repairs
 from .sanity import TickFilter
 from .sinks import HistorySink, LiveSink, RecorderSink, merge_by_tf
@@ -137,6 +138,7 @@ class Stream:
         symbols: dict[int, str] | None = None,
         repair_fetch: Callable[[int, int, int], CandleBatch] | None = None,
         repair_settle: float = REPAIR_SETTLE_S,
+        history_jobs: Callable[..., None] | None = None,
     ) -> None:
         self.name = name
         self.source = source
@@ -168,7 +170,7 @@ class Stream:
         self.repairs = Repairs(name, engine, repair_fetch, repair_settle, source=source,
                                deliver=self._q.put, on_error=self.on_error,
                                record_error=self._record_error, stop=self._stop,
-                               name_of=lambda t: self.symbols.get(t, t))
+                               name_of=lambda t: self.symbols.get(t, t), submit=history_jobs)
         # bad ticks never reach the engine (core.sanity); a live source's stamps are checked against
         # the exchange clock its feed estimates (feeds.kite), else the wall clock
         self.exchange_clock: ExchangeClock = getattr(source, "exchange_clock", None) or ExchangeClock()

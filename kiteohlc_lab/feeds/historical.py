@@ -17,7 +17,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from ..core.candles import CandleBatch
+from ..core.candles import CandleBatch, combine
 from ..core.ticks import to_epoch_ns
 from ..core.timeframes import (
     DAY_NS,
@@ -149,24 +149,7 @@ def reaggregate(batch: CandleBatch, tf: Timeframe, session_open: dict[str, str] 
     order = np.lexsort((batch.start, batch.token))
     b = batch.select(order)
     anchor = anchor_for_tokens(b.token, session_open)
-    bucket = bucket_start(b.start, tf, anchor)
-    new = np.ones(len(b), bool)
-    new[1:] = (b.token[1:] != b.token[:-1]) | (bucket[1:] != bucket[:-1])
-    first = np.flatnonzero(new)
-    last = np.append(first[1:] - 1, len(b) - 1)
-    return CandleBatch(
-        tf.label,
-        b.token[first],
-        bucket[first],
-        b.open[first],
-        np.maximum.reduceat(b.high, first),
-        np.minimum.reduceat(b.low, first),
-        b.close[last],
-        np.add.reduceat(b.volume, first),
-        b.oi[last],
-        np.add.reduceat(b.ticks, first),
-        True,
-    )
+    return combine(b, tf.label, bucket_start(b.start, tf, anchor))
 
 
 class HistoricalClient:

@@ -6,8 +6,9 @@ Threads
   in-memory work only: decode the frame (``frames.decode_frame``, which counts and skips a truncated
   packet where kiteconnect's parser would raise and kill the socket), update counters, hand the batch to
   ``sink.on_batch``.
-* One repair thread per started source fetches historical minute candles for outages once their minutes
-  are final, and calls ``sink.on_history`` then ``sink.on_gap``.
+* Outage repair (``feeds.kite_repair.OutageRepair``) fetches historical minute candles for outages once
+  their minutes are final, on the session's history thread (``jobs``) or one of its own, and calls
+  ``sink.on_history`` then ``sink.on_gap``.
 
 The reactor is never stopped (``KiteTicker.stop()`` would make it unrestartable): ``stop()`` closes the
 sockets with ``ticker.close()``, which also stops the factory's retries.
@@ -29,19 +30,15 @@ from urllib.parse import urlparse
 from ..core.clock import ExchangeClock
 from ..core.repair import REPAIR_SETTLE_S
 from ..core.timeframes import NS
-from ..errors import CredentialsError
-from .auth import LOGIN_HINT, guard_logging, redact
+from .auth import guard_logging, redact
 from .base import Sink
 from .frames import decode_frame, parse_text
+from .kite_repair import TOKEN_REJECTED, OutageRepair
 from .reactor import call_in_reactor, call_in_reactor_wait, ensure_reactor
 
 log = logging.getLogger(__name__)
 
 MODES = ("ltp", "quote", "full")
-TOKEN_REJECTED = (
-    "Kite rejected the access token (HTTP 403): it may have expired (tokens expire daily around "
-    f"06:00 IST); {LOGIN_HINT}"
-)
 _MINUTE_NS = 60 * NS
 _LOOPBACK = {"127.0.0.1", "localhost", "::1", "[::1]"}
 
@@ -60,7 +57,7 @@ class _Conn:
         self.last_frame = time.monotonic()
 
 
-class KiteSource:
+class KiteSource(OutageRepair):
     """Live ticks from Kite's WebSocket (or the simulator) as a ``Source``.
 
     Parameters
@@ -78,6 +75,8 @@ class KiteSource:
     repair_grace : seconds after the minute of the first post-outage tick ends before fetching
         (Zerodha advises waiting over 10 s for a minute candle to be final)
     clock : epoch-ns wall clock deciding when an outage's minutes are final (tests shift it)
+    jobs : ``submit(run, ready=, cancelled=, what=)`` of the session's history thread
+        (runtime.history.HistoryService) for the repair fetches; None: a thread of its own
 
     Status keys: state (connecting|connected|reconnecting|stopped|failed), reconnects, ticks,
     ticks_per_s, last_tick_age, malformed, heartbeats, stalls, connections, gaps, repaired, error, ...
@@ -106,6 +105,7 @@ class KiteSource:
         history: Any = None,
         repair_grace: float = REPAIR_SETTLE_S,
         clock: Callable[[], int] | None = None,
+        jobs: Callable[..., None] | None = None,
     ) -> None:
         if mode not in MODES:
             raise ValueError(f"mode {mode!r} is not accepted; use 'ltp', 'quote' or 'full'")
@@ -125,6 +125,7 @@ class KiteSource:
         self.repair_gaps = repair_gaps
         self.repair_grace = float(repair_grace)
         self._history = history
+        self._jobs = jobs
         self._clock = clock if clock is not None else time.time_ns  # the machine's clock
         # the machine's clock corrected by its measured offset from the exchange's stamps
         self.exchange_clock = ExchangeClock(wall=self._clock)
@@ -157,7 +158,8 @@ class KiteSource:
         gen = self._gen
         self._repair_q: queue.Queue = queue.Queue()
         self._repair_stop = threading.Event()
-        if self.repair_gaps:
+        self._repair_said = False  # "gap repair unavailable" said once per start
+        if self.repair_gaps and self._jobs is None:
             self._repair_thread = threading.Thread(
                 target=self._repair_loop, args=(gen, self._repair_q, self._repair_stop),
                 name="kiteohlc-gap-repair", daemon=True)
@@ -399,7 +401,7 @@ class KiteSource:
                 if self.repair_gaps:
                     with self._lock:
                         self._pending_repairs += 1
-                    self._repair_q.put((tok, t0, ts))
+                    self._queue_repair(gen, (tok, t0, ts))
                 else:
                     self._mark_gap(tok, t0, ts)
         self._last_ts.update(zip(toks, stamps))
@@ -516,49 +518,4 @@ class KiteSource:
 
             self._history = HistoricalClient(self._history, now=self._clock)
         return self._history
-
-    def _repair_loop(self, gen: int, q: queue.Queue, stop: threading.Event) -> None:
-        pending: list[tuple[int, int, int]] = []
-        unavailable_reported = False
-        while not stop.is_set():
-            try:
-                pending.append(q.get(timeout=0.25))
-                continue  # drain the queue first
-            except queue.Empty:
-                pass
-            now = self._clock()
-            ready = [p for p in pending if now >= (p[2] // _MINUTE_NS + 1) * _MINUTE_NS
-                     + self.repair_grace * NS]
-            for item in ready:
-                if stop.is_set():
-                    return
-                pending.remove(item)
-                token, t0, t1 = item
-                try:
-                    candles = self._history_client().fetch(
-                        token, "1m", (t0 // _MINUTE_NS) * _MINUTE_NS,
-                        (t1 // _MINUTE_NS + 1) * _MINUTE_NS)
-                except CredentialsError:
-                    if gen == self._gen and self._running:
-                        call_in_reactor(self._fatal, TOKEN_REJECTED)
-                    return
-                except Exception as exc:  # noqa: BLE001 - historical unavailable: mark the gap
-                    candles = None
-                    if not unavailable_reported:
-                        unavailable_reported = True
-                        self._emit_error(
-                            f"gap repair unavailable, gaps are marked instead: {exc}", False)
-                if stop.is_set() or gen != self._gen:
-                    return
-                sink = self._sink
-                with self._lock:
-                    self._pending_repairs -= 1
-                try:
-                    if candles is not None and len(candles):
-                        sink.on_history(token, "1m", candles)  # type: ignore[union-attr]
-                        self._repaired += 1
-                    self._gaps += 1
-                    sink.on_gap(token, int(t0), int(t1))  # type: ignore[union-attr]
-                except Exception as exc:  # noqa: BLE001
-                    self._emit_error(f"sink failed during gap repair: {exc}", False)
 

@@ -204,6 +204,7 @@ def start_live(m: Any, syms, tfs, source, mode, backfill, record, progress=None)
 
     hist_client = HistoricalClient(kite)
     src = KiteSource(api_key, token, [t for _, t in pairs], ticker_url=ticker_url, api_url=api_url,
+                     jobs=m.history_service.submit,
                      mode=mode or c.mode, stall_timeout=c.stall_timeout, history=hist_client)
     src.name = source
     info = launch(m, source if source not in m.streams else m.new_stream_name(source), src, pairs, tfs, record)

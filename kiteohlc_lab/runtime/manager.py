@@ -28,6 +28,7 @@ from ..core.series import SeriesBuffer
 from ..core.stream import Stream
 from ..core.timeframes import bound_ns, parse_timeframe
 from ..streaminfo import StreamInfo, split_symbols
+from .history import HistoryService
 from .launch import new_engine, prepare as prepare_stream, start as start_stream
 from .registry import SeriesRegistry
 from .symbols import SymbolBook
@@ -73,6 +74,8 @@ class Manager:
         self.registry = SeriesRegistry(lambda: self.cfg, self._lock, self.stores,
                                        lambda: list(self.streams.values()), self.symbols.token_of,
                                        self.errors)
+        # the one thread for Kite history fetches: gap repair of long buckets, backfill
+        self.history_service = HistoryService()
 
     # ------------------------------------------------------------------ configuration
     def configure(self, cfg: KiteOHLC) -> None:
@@ -371,6 +374,7 @@ class Manager:
         for s in list(self.streams.values()):
             s.stop()
         self.streams.clear()
+        self.history_service.stop()  # repairs and backfills still waiting are dropped
         self.registry.stop_callbacks(2.0)  # what the streams closed last is called, for up to 2 s
         self.release_leases()  # after the streams flushed: the next writer continues from their state
         if self._sim is not None:
