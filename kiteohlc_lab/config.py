@@ -151,7 +151,7 @@ class KiteOHLC(Configurable):
     warm_start = Unicode(
         "auto", help="A live stream started after the open gets the day so far: minute and longer "
                      "candles from Kite's historical API, sub-minute ones from the tick store: on, off, "
-                     "or auto (on with Kite credentials)."
+                     "or auto (on with Kite credentials, streaming from Kite itself)."
     ).tag(config=True)
     tick_retention_days = Int(
         0, help="Days of ticks the tick store keeps (older date partitions are deleted at start and "

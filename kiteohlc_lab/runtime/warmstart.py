@@ -14,7 +14,8 @@ its own candles from Redis, and gap repair fills its outage):
    forming at the start is replaced by Kite's once it is over (gap repair's rule), so the seam has
    no gap and no duplicate.
 
-``KiteOHLC.warm_start``: ``on``, ``off``, or ``auto`` (on with Kite credentials).
+``KiteOHLC.warm_start``: ``on``, ``off``, or ``auto`` (on with Kite credentials, streaming from Kite
+itself: a simulator's synthetic history is no morning of the ticks it sends).
 """
 
 from __future__ import annotations
@@ -33,8 +34,12 @@ log = logging.getLogger("kiteohlc_lab")
 _COLD: "weakref.WeakKeyDictionary[Any, list[int]]" = weakref.WeakKeyDictionary()
 
 
-def enabled(cfg: Any) -> bool:
-    return cfg.warm_start == "on" or (cfg.warm_start == "auto" and cfg.has_credentials())
+def enabled(cfg: Any, stream: Any) -> bool:
+    """``on``; or ``auto`` with Kite credentials on Kite itself (not a simulator: a ``sim`` source
+    or a ``ticker_url`` of its own)."""
+    if cfg.warm_start == "auto":
+        return cfg.has_credentials() and stream.source_name == "kite" and not cfg.ticker_url
+    return cfg.warm_start == "on"
 
 
 def day_start(now_ns: int) -> int:
@@ -44,7 +49,7 @@ def day_start(now_ns: int) -> int:
 
 def from_store(cfg: Any, stream: Any, tokens: list[int], now_ns: int | None = None) -> int:
     """Queue today's stored ticks of ``tokens`` on ``stream`` (not started yet). Returns how many."""
-    if not enabled(cfg) or not tokens:
+    if not tokens or not enabled(cfg, stream):
         return 0
     _COLD[stream] = list(tokens)
     from ..stores.tickread import batch_of, read
@@ -72,7 +77,7 @@ def from_kite(cfg: Any, stream: Any, pairs: list[tuple[str, int]], tfs: list, ki
     number of (instrument, timeframe) jobs started (0: nothing to do)."""
     cold = set(_COLD.get(stream, ()))
     jobs = [(sym, tok, tf) for sym, tok in pairs if tok in cold for tf in tfs if tf.seconds >= 60]
-    if not enabled(cfg) or not jobs:
+    if not jobs or not enabled(cfg, stream):
         return 0
     from ..feeds.historical import HistoricalClient
 
