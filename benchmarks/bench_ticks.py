@@ -10,7 +10,8 @@ One command: ``python benchmarks/bench_ticks.py [--instruments 9000] [--seconds 
    seconds of market: the share of one core it costs live. The ratio (b)/(a) is printed too.
 2. Disk: the bytes of the published files over the ticks written.
 3. Reading: ``kiteohlc_lab.ticks(...)`` (the public API: pandas with the IST index) for one instrument
-   over a 5 minute window, for one instrument over the whole recorded day, and for all of it, against
+   over a 5 minute window, for one instrument over the whole recorded day, and for all of it (also
+   as ``frame="arrow"``, no pandas conversion), against
    polars ``scan_parquet(<the same files>).filter(...).collect()`` (best of ``--repeat``); the ratio
    project/polars is printed (below 1: the project is faster).
 """
@@ -146,14 +147,17 @@ def main() -> int:
          lambda: pl_scan().filter(pl.col("token") == tok).collect()),
         ("all, the day", lambda: k.ticks(),
          lambda: pl_scan().collect()),
+        ("all, the day, Arrow", lambda: k.ticks(frame="arrow"),
+         lambda: pl_scan().collect()),
     ]
     print(f"read ({n:,} ticks stored; best of {args.repeat}):")
     for label, ours, theirs in cases:
         t_ours, df = best(ours, args.repeat)
         t_pl, pf = best(theirs, args.repeat)
-        assert len(df) == pf.height, (label, len(df), pf.height)
+        rows = df.num_rows if hasattr(df, "num_rows") else len(df)
+        assert rows == pf.height, (label, rows, pf.height)
         print(f"  {label:<24} ticks() {t_ours * 1e3:8.1f} ms   polars {t_pl * 1e3:8.1f} ms   "
-              f"ratio {t_ours / t_pl:5.2f}   ({len(df):,} rows)")
+              f"ratio {t_ours / t_pl:5.2f}   ({rows:,} rows)")
     k.stop()
     return 0
 

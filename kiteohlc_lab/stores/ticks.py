@@ -95,7 +95,7 @@ class TickStore:
     """
 
     def __init__(self, url: str, *, file_seconds: float = 300.0, retention_days: int = 0,
-                 queue_size: int = 1024, row_group: int = 131_072, host: str | None = None) -> None:
+                 queue_size: int = 1024, row_group: int = 524_288, host: str | None = None) -> None:
         self.url = url
         self.fs, self.root = resolve(url)
         self.host = host or host_name()
