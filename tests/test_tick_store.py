@@ -13,8 +13,10 @@ same period from the store.
 
 from __future__ import annotations
 
+import io
 import os
 import sys
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -291,3 +293,36 @@ def test_magic_replays_a_range_of_the_store(store_env, tmp_path):
     finally:
         ip.run_line_magic("unload_ext", "kiteohlc_lab")
         TestingShell.clear_instance()
+
+
+def test_collect_replays_a_range_of_the_store(store_env, tmp_path, capsys):
+    """``kiteohlc-lab collect SYM 10s --source replay --from T --to T`` (no --tape) replays the store
+    into the history store and exits 0 when the range is consumed; bad input is one line, exit 2."""
+    import subprocess
+
+    from kiteohlc_lab.cli import main
+    from kiteohlc_lab.core.ticks import TickBatch
+    from kiteohlc_lab.stores.ticks import TickStore
+
+    t0 = int(pd.Timestamp("2026-11-25 09:15", tz="Asia/Kolkata").value)
+    s = TickStore(f"file://{store_env}", file_seconds=60)
+    s.write(TickBatch([738561] * 4, [t0 + NS, t0 + 11 * NS, t0 + 21 * NS, t0 + 95 * NS],
+                      [100.0, 101.0, 102.0, 103.0], [10, 20, 30, 40], None))
+    s.close()
+    data = tmp_path / "collector-data"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("KITEOHLC_", "KITE_"))}
+    env["PYTHONPATH"] = str(Path(__file__).resolve().parents[1])
+    base = [sys.executable, "-m", "kiteohlc_lab.cli", "collect", "738561", "10s", "--source", "replay",
+            "--speed", "0", "--data-dir", str(data), "--tick-store", str(store_env), "--quiet"]
+    run = subprocess.run(base + ["--from", "2026-11-25 09:15", "--to", "2026-11-25 09:16"], env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert main(["history", "738561", "10s", "--csv", "--data-dir", str(data)]) == 0
+    hist = pd.read_csv(io.StringIO(capsys.readouterr().out))
+    assert hist["close"].tolist() == [100.0, 101.0]  # the 09:15:20 candle is the last one, forming
+    bad = subprocess.run(base + ["--from", "25/13/2026"], env=env, capture_output=True, text=True,
+                         timeout=60)
+    assert bad.returncode == 2
+    assert bad.stderr.strip().splitlines() == [
+        "kiteohlc-lab: start '25/13/2026' is not a date/time; use e.g. 2026-11-25 or '2026-11-25 09:15' "
+        "(IST unless it carries a zone)"]
