@@ -3,9 +3,9 @@
 A frame is ``uint16 count`` then, per packet, ``uint16 length`` + packet bytes, all big-endian.
 Packet lengths say the layout: 8 (ltp), 28/32 (index quote/full), 44/184 (tradable quote/full);
 see ``/work/shared/KITE_PROTOCOL.md``. kiteconnect parses each packet with ``struct.unpack`` and
-builds dicts; here the header is walked in runs of equal-length packets and every field is read with
-one numpy view per run (or one gather per packet length), so a 3000-packet frame costs a few numpy
-calls instead of ~100k Python calls. Integers are read unsigned, exactly as kiteconnect does.
+builds dicts; here a frame of one packet length (one mode) is read with one strided numpy view, and a
+mixed frame with one short Python step a packet (its offset) then one gather of every field of every
+packet through per-length offset tables: a few numpy calls instead of ~100k Python calls. Integers are read unsigned, exactly as kiteconnect does.
 
 The decoder never raises on bad input: whole, well-formed packets are decoded, the rest are counted
 in ``FrameInfo.malformed``.
@@ -93,39 +93,52 @@ class FrameInfo:
     full: int = 0
 
 
-def _walk(buf: bytes, u8: np.ndarray, count: int) -> tuple[list[tuple[int, int, int]], int]:
-    """Walk the header in runs of equal-length packets.
+# Per packet kind (a small code per packet length, 0 unknown): byte offsets of (token, price,
+# volume, oi, exchange_timestamp), 0 where the packet has no such field (read harmlessly, then
+# masked: NaN added to a missing volume/oi, -1 for a missing stamp), and the mode.
+_KINDS = sorted(_FIELDS)
+_CODE = np.zeros(65536, np.uint8)
+_OFF = np.zeros((len(_KINDS) + 1, 5), np.int64)
+_NAN = np.zeros((len(_KINDS) + 1, 2))  # added to (volume, oi)
+_HAS_TS = np.zeros(len(_KINDS) + 1, bool)
+_MODE = np.zeros(len(_KINDS) + 1, np.int64)  # 1 ltp, 2 quote, 3 full
+for _k, _len in enumerate(_KINDS, 1):
+    _CODE[_len] = _k
+    _OFF[_k] = [0 if o is None else o for o in _FIELDS[_len]]
+    _NAN[_k] = [0.0 if _FIELDS[_len][i] is not None else np.nan for i in (2, 3)]
+    _HAS_TS[_k] = _FIELDS[_len][4] is not None
+    _MODE[_k] = ("ltp", "quote", "full").index(_MODE_OF_LENGTH[_len]) + 1
 
-    Returns ``[(first_packet_offset, length, n_packets), ...]`` for the whole packets, in order, and
-    how many declared packets overran the buffer.
-    """
-    n = len(buf)
-    runs: list[tuple[int, int, int]] = []
-    j, k = 2, 0
-    while k < count:
-        if j + 2 > n:
-            break
-        length = (buf[j] << 8) | buf[j + 1]
-        stride = length + 2
-        if j + stride > n:
-            break
-        run = 1
-        max_run = min(count - k, (n - j) // stride)
-        # Scalar look-ahead over a few packets; a long run (one mode per frame, the usual case)
-        # is then measured with one strided gather, so mixed frames stay linear.
-        p = j + stride
-        while run < max_run and run < 8 and ((buf[p] << 8) | buf[p + 1]) == length:
-            run += 1
-            p += stride
-        if run == 8 and max_run > 8:
-            pos = j + stride * np.arange(8, max_run)
-            lens = (u8[pos].astype(np.int64) << 8) | u8[pos + 1]
-            bad = np.flatnonzero(lens != length)
-            run = 8 + (int(bad[0]) if len(bad) else max_run - 8)
-        runs.append((j + 2, length, run))
-        j += stride * run
-        k += run
-    return runs, count - k
+
+def _uniform(buf: bytes, u8: np.ndarray, count: int) -> int:
+    """The packet length when all ``count`` packets have the first one's (one mode per frame, the
+    usual case) and fill the frame exactly; else 0."""
+    if len(buf) < 4:
+        return 0
+    length = (buf[2] << 8) | buf[3]
+    if length not in _FIELDS or 2 + count * (length + 2) != len(buf):
+        return 0
+    if count > 1:
+        pos = 2 + (length + 2) * np.arange(1, count)
+        if ((u8[pos].astype(np.int64) << 8) | u8[pos + 1] != length).any():
+            return 0
+    return length
+
+
+def _walk(buf: bytes, count: int) -> list[int]:
+    """Header offset of each declared packet whose header is inside the buffer (a packet's place
+    depends on the lengths before it: one short Python step a packet, nothing else in the loop)."""
+    heads: list[int] = []
+    add = heads.append
+    j = 2
+    try:
+        for _ in range(count):
+            j2 = j + 1
+            add(j)
+            j += buf[j] * 256 + buf[j2] + 2
+    except IndexError:  # a header past the end: that packet and the rest overrun
+        heads.pop()
+    return heads
 
 
 _CASH = np.zeros(256, bool)
@@ -156,27 +169,19 @@ def decode_frame(payload: bytes, receive_ns: int) -> tuple[TickBatch, FrameInfo]
         return TickBatch.empty(), FrameInfo(heartbeat=True)
     u8 = np.frombuffer(buf, dtype=np.uint8)
     count = (buf[0] << 8) | buf[1]
-    runs, overrun = _walk(buf, u8, count)
-    info = FrameInfo(malformed=overrun)
-    known = [r for r in runs if r[1] in _FIELDS]
-    info.malformed += sum(r[2] for r in runs if r[1] not in _FIELDS)
-    if not known:
-        return TickBatch.empty(), info
-
-    if len(known) <= 16:
-        # Few runs (the usual case: one mode per frame): zero-copy strided views per run.
-        parts = [_decode_run(buf, off, length, m) for off, length, m in known]
-        token = np.concatenate([p[0] for p in parts])
-        raw_price = np.concatenate([p[1] for p in parts])
-        volume = np.concatenate([p[2] for p in parts])
-        oi = np.concatenate([p[3] for p in parts])
-        raw_ts = np.concatenate([p[4] for p in parts])
-    else:
-        token, raw_price, volume, oi, raw_ts = _decode_grouped(u8, known)
-
-    for _off, length, m in known:
-        mode = _MODE_OF_LENGTH[length]
-        setattr(info, mode, getattr(info, mode) + m)
+    length = _uniform(buf, u8, count) if count else 0
+    if length:  # one mode: one zero-copy strided view
+        token, raw_price, volume, oi, raw_ts = _decode_run(buf, 4, length, count)
+        info = FrameInfo()
+        setattr(info, _MODE_OF_LENGTH[length], count)
+    else:  # mixed: walk the lengths, then one gather for every field of every packet
+        heads = _walk(buf, count)
+        token, raw_price, volume, oi, raw_ts, code = _decode_mixed(buf, heads)
+        info = FrameInfo(malformed=count - len(token))
+        if not len(token):
+            return TickBatch.empty(), info
+        per_mode = np.bincount(_MODE.take(code), minlength=4)
+        info.ltp, info.quote, info.full = int(per_mode[1]), int(per_mode[2]), int(per_mode[3])
     info.packets = len(token)
     seg = token & 0xFF
     price = raw_price / _DIVISOR[seg]
@@ -211,44 +216,31 @@ def _decode_run(
     )
 
 
-def _decode_grouped(
-    u8: np.ndarray, runs: list[tuple[int, int, int]]
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Many short runs (mixed modes): gather each packet length's fields with one fancy index."""
-    r_off = np.array([r[0] for r in runs], dtype=np.int64)
-    r_len = np.array([r[1] for r in runs], dtype=np.int64)
-    r_cnt = np.array([r[2] for r in runs], dtype=np.int64)
-    total = int(r_cnt.sum())
-    first = np.repeat(np.cumsum(r_cnt) - r_cnt, r_cnt)
-    within = np.arange(total) - first
-    p_len = np.repeat(r_len, r_cnt)
-    p_off = np.repeat(r_off, r_cnt) + within * (p_len + 2)
-
-    token = np.empty(total, np.int64)
-    raw_price = np.empty(total)
-    volume = np.full(total, np.nan)
-    oi = np.full(total, np.nan)
-    raw_ts = np.full(total, -1, np.int64)  # -1: the packet has no timestamp field
-    for length, offsets in _FIELDS.items():
-        sel = np.flatnonzero(p_len == length)
-        if not len(sel):
-            continue
-        present = [o for o in offsets if o is not None]
-        byte_idx = (np.asarray(present)[:, None] + np.arange(4)).ravel()
-        words = u8[p_off[sel][:, None] + byte_idx].view(_U4).reshape(len(sel), len(present))
-        token[sel] = words[:, 0]
-        raw_price[sel] = words[:, 1]
-        col = 2
-        _t, _p, vol_o, oi_o, ts_o = offsets
-        if vol_o is not None:
-            volume[sel] = words[:, col]
-            col += 1
-        if oi_o is not None:
-            oi[sel] = words[:, col]
-            col += 1
-        if ts_o is not None:
-            raw_ts[sel] = words[:, col]
-    return token, raw_price, volume, oi, raw_ts
+def _decode_mixed(buf: bytes, heads: list[int]) -> tuple[np.ndarray, ...]:
+    """Packets of any lengths: every field of every packet with one gather, through a view whose
+    element ``p`` is the big-endian word at byte ``p`` (unaligned), and per-kind offset tables."""
+    n = len(buf)
+    head = np.fromiter(heads, np.int64, len(heads))
+    if n < 4 or not len(head):
+        return (np.empty(0, np.int64),) * 5 + (np.empty(0, np.int64),)
+    ln = np.ndarray((n - 1,), dtype=">u2", buffer=buf, strides=(1,))[head].astype(np.int64)
+    ok = head + 2 + ln <= n
+    if not ok.all():  # the first packet overrunning the buffer ends the frame
+        cut = int(np.argmin(ok))
+        head, ln = head[:cut], ln[:cut]
+    code = _CODE.take(ln)
+    if not code.all():  # unknown lengths: not decoded (counted malformed)
+        keep = code > 0
+        head, code = head[keep], code[keep]
+    words = np.ndarray((n - 3,), dtype=_U4, buffer=buf, strides=(1,))
+    w = words[(head + 2)[:, None] + _OFF.take(code, axis=0)].astype(np.int64)  # (packets, 5 fields)
+    nan = _NAN.take(code, axis=0)
+    token = w[:, 0]
+    raw_price = w[:, 1].astype(np.float64)
+    volume = w[:, 2] + nan[:, 0]
+    oi = w[:, 3] + nan[:, 1]
+    raw_ts = np.where(_HAS_TS.take(code), w[:, 4], -1)
+    return token, raw_price, volume, oi, raw_ts, code
 
 
 def _column(values: Any, n: int, default: float = 0.0) -> np.ndarray:
