@@ -73,7 +73,8 @@ def history(symbol: str | int, tf: str, start: Any = None, end: Any = None, fram
 def ticks(symbols: Any = None, start: Any = None, end: Any = None, columns: list[str] | None = None,
           frame: str = "pandas") -> Any:
     """The recorded ticks of ``symbols`` (all when None) with exchange time in ``[start, end)``
-    (naive values are IST), from the tick store (``KiteOHLC.record_ticks``, ``tick_store``).
+    (naive values are IST; integers are epoch ns), from the tick store (``KiteOHLC.record_ticks``,
+    ``tick_store``).
 
     pandas: index ``exchange_time`` (tz-aware Asia/Kolkata), columns ``token receive_time last_price
     volume oi`` (``columns=`` picks some); rows in the order the live stream processed them.

@@ -47,9 +47,14 @@ def convert(df: pd.DataFrame, frame: str = "pandas") -> Any:
 
 
 def bound(value: Any, what: str) -> int | None:
-    """A ``start``/``end`` value -> epoch ns (naive values are IST), or one line naming it."""
+    """A ``start``/``end`` value -> epoch ns (naive values are IST, integers epoch ns), or one line
+    naming it."""
+    import numpy as np
+
     from .core.timeframes import bound_ns
 
+    if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
+        return int(value)  # epoch ns (a wall-clock reading of a number would be a guess)
     try:
         return bound_ns(value)
     except (ValueError, TypeError):
