@@ -99,10 +99,10 @@ DAY = 86_400 * NS
 cols = ["timestamp", "instrument_token", "last_price", "volume_traded"]
 if path.endswith(".parquet"):
     d = pd.read_parquet(path, columns=cols)
-    local = d["timestamp"].dt.tz_convert("UTC").dt.tz_localize(None).to_numpy().astype("int64") + IST
+    local = d["timestamp"].dt.tz_convert("UTC").dt.tz_localize(None).to_numpy("datetime64[ns]").astype("int64") + IST
 else:
     d = pd.read_csv(path, usecols=cols, engine="pyarrow")
-    local = pd.to_datetime(d["timestamp"], format="ISO8601").to_numpy().astype("int64")
+    local = pd.to_datetime(d["timestamp"], format="ISO8601").to_numpy("datetime64[ns]").astype("int64")
 day = local - local % DAY
 n = 0
 for sec in (60, 300, 900):
