@@ -29,6 +29,7 @@ from .core.candles import CandleBatch
 from .core.events import Bus, CandlesClosed, FormingChanged, StreamError, listen
 from .core.timeframes import Timeframe, parse_timeframe
 from .errors import ConfigError, SymbolError
+from .stores import keys
 
 log = logging.getLogger("kiteohlc_lab.attach")
 
@@ -159,7 +160,7 @@ class AttachedStream:
             self.tokens = [t for t in self.tokens if t not in drop]
 
     def _key(self, token: int, kind: str, tf: str) -> str:
-        return f"{self.prefix}{{{int(token)}}}:{kind}:{tf}"
+        return keys.instrument(self.prefix, token, kind, tf)
 
     # -- lifecycle ----------------------------------------------------------------------------
     def start(self) -> "AttachedStream":
@@ -328,7 +329,7 @@ class AttachedStream:
             return
         pipe = self.client.pipeline(transaction=False)
         for t in self.tokens:
-            pipe.get(f"{self.prefix}{{{t}}}:lease")
+            pipe.get(keys.lease(self.prefix, t))
         self.writers = {t: _s(o) for t, o in zip(self.tokens, pipe.execute()) if o is not None}
 
     def _record_error(self, message: str) -> None:
@@ -366,14 +367,14 @@ def published_tokens(live: Any, symbols: list[str]) -> dict[str, int]:
     """SYMBOL -> token from the map collectors publish in Redis (``P symbols``)."""
     if not symbols:
         return {}
-    vals = live.client.hmget(f"{live.prefix}symbols", [s.upper() for s in symbols])
+    vals = live.client.hmget(keys.symbols(live.prefix), [s.upper() for s in symbols])
     return {s.upper(): int(_s(v)) for s, v in zip(symbols, vals) if v is not None}
 
 
 def publish_symbols(live: Any, pairs: Iterable[tuple[str, int]]) -> None:
     mapping = {s.upper(): int(t) for s, t in pairs}
     if mapping:
-        live.client.hset(f"{live.prefix}symbols", mapping=mapping)
+        live.client.hset(keys.symbols(live.prefix), mapping=mapping)
 
 
 def _resolve(manager: Any, live: Any, syms: list[str]) -> dict[str, int | None]:
@@ -417,7 +418,7 @@ def attach_leased(manager: Any, syms: list[str], tfs: list[Any], force: bool = F
     if known:
         pipe = live.client.pipeline(transaction=False)
         for t in known.values():
-            pipe.get(f"{live.prefix}{{{int(t)}}}:lease")
+            pipe.get(keys.lease(live.prefix, t))
         holders = {t: (None if o is None else _s(o)) for t, o in zip(known.values(), pipe.execute())}
     follow = [(s.upper(), int(t)) for s, t in known.items()
               if holders.get(t) and (mine is None or holders[t] != mine.owner) and owner_alive(holders[t])]
@@ -452,7 +453,7 @@ def start_attached(manager: Any, pairs: list[tuple[str, int]], tfs: list[Any]) -
     try:
         pipe = live.client.pipeline(transaction=False)
         for _, t in pairs:
-            pipe.get(f"{live.prefix}{{{t}}}:lease")
+            pipe.get(keys.lease(live.prefix, t))
         owners = sorted({_s(o).rsplit(":", 1)[0] for o in pipe.execute() if o is not None})
         writers = f" (collector {', '.join(owners)})" if owners else " (no collector writing them now)"
     except Exception:  # noqa: BLE001

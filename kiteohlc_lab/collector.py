@@ -34,6 +34,7 @@ from typing import Any
 
 from .config import KiteOHLC
 from .errors import ConfigError
+from .stores import keys
 
 log = logging.getLogger("kiteohlc_lab.collector")
 _OURS: "weakref.WeakSet[logging.Handler]" = weakref.WeakSet()  # handlers setup_logging added
@@ -86,7 +87,7 @@ def collector_id() -> str:
 
 
 def _registry_key(prefix: str, cid: str) -> str:
-    return f"{prefix}collector:{cid}"
+    return keys.collector(prefix, cid)
 
 
 def _file_for(data_dir: str, cid: str) -> Path:
@@ -329,6 +330,12 @@ class Collector:
                 if self._finished():
                     log.info("collector %s: replay finished", self.id)
                     break
+                if self.source == "replay":  # how far each tape is: ticks/s, ETA
+                    from .feeds.replay import ReplaySource
+
+                    for s in list(self.manager.streams.values()):
+                        if isinstance(s.source, ReplaySource) and not s.done.is_set():
+                            log.info("collector %s: %s", self.id, s.source.progress_line())
                 try:
                     self._take_over()
                 except Exception as exc:  # noqa: BLE001 - retried at the next beat

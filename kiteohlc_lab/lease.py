@@ -37,6 +37,7 @@ import uuid
 from typing import Any, Callable, Iterable
 
 from .errors import KiteOHLCError
+from .stores import keys
 
 log = logging.getLogger("kiteohlc_lab.lease")
 
@@ -147,12 +148,12 @@ def owner_alive(owner: str) -> bool:
 
 
 def lease_key(prefix: str, token: int) -> str:
-    return f"{prefix}{{{int(token)}}}:lease"
+    return keys.lease(prefix, token)
 
 
 def generation_key(prefix: str, token: int) -> str:
     """The fencing generation of ``token``'s lease (read by the live store's write scripts)."""
-    return f"{prefix}{{{int(token)}}}:lease:gen"
+    return keys.lease_generation(prefix, token)
 
 
 class LeaseKeeper:

@@ -32,6 +32,7 @@ from .core.candles import CandleBatch
 from .core.repair import REPAIR_SETTLE_S
 from .core.timeframes import IST, NS, bound_ns, parse_timeframe
 from .errors import ConfigError
+from .stores import keys
 
 log = logging.getLogger("kiteohlc_lab.reconcile")
 
@@ -259,7 +260,7 @@ class Reconciler:
         return self._redis or None
 
     def _key(self, token: int, kind: str) -> str:
-        return f"{self.prefix}{{{int(token)}}}:{kind}:{self.tf.label}"
+        return keys.instrument(self.prefix, token, kind, self.tf.label)
 
     def tokens(self) -> list[int]:
         if self.symbols is not None:

@@ -1,12 +1,15 @@
-"""Manager: configuration, stores, streams and the candle series the researcher reads.
+"""Session (also ``Manager``): configuration, stores, streams and the candle series the researcher reads.
 
 One per process (``kiteohlc_lab.api.manager()``); the magics, the Python API and the command line all
 go through it. It resolves symbols, picks the source (Kite when credentials are configured, otherwise
 the built-in simulator, or a replay tape), opens the stores, restores history and live state, and
 keeps one ``SeriesBuffer`` per (instrument, timeframe) up to date from the stream threads.
 
-A small facade: its parts are built here and passed what they need (``SymbolBook`` the symbols,
-``SeriesRegistry`` the series and on_candle callbacks, ``launch`` the starting of streams).
+A small facade: its parts are built here, in ``__init__``, and passed what they need through their
+constructors (``SymbolBook`` the symbols, ``SeriesRegistry`` the series and on_candle callbacks,
+``HistoryService`` the Kite history fetches, ``launch`` the starting of streams, ``lease`` the
+``LeaseKeeper``). Every stream in ``streams`` is a ``streaminfo.StreamHandle``. ``shutdown()`` is the
+one reset.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ from ..core.engine import Engine
 from ..core.series import SeriesBuffer
 from ..core.stream import Stream
 from ..core.timeframes import bound_ns, parse_timeframe
-from ..streaminfo import StreamInfo, split_symbols
+from ..streaminfo import StreamHandle, StreamInfo, split_symbols
 from .history import HistoryService
 from .launch import new_engine, prepare as prepare_stream, start as start_stream
 from .registry import SeriesRegistry
@@ -36,16 +39,16 @@ from .symbols import SymbolBook
 log = logging.getLogger("kiteohlc_lab")
 
 
-class Manager:
-    """Process-wide owner of streams, stores and candle series."""
+class Session:
+    """Process-wide owner of streams, stores and candle series (``Manager`` is the same class)."""
 
     def __init__(self, cfg: KiteOHLC | None = None) -> None:
         # the configuration (configure() replaces it; the parts read it through a getter)
         self.cfg = cfg or KiteOHLC()
         # guards streams, the stores' opening and the series between threads (``lock``)
         self._lock = threading.RLock()
-        # stream name -> Stream (own feeds and attached ones), stopped ones until the next start
-        self.streams: dict[str, Stream] = {}
+        # stream name -> StreamHandle (own feeds and attached ones), stopped ones until the next start
+        self.streams: dict[str, StreamHandle] = {}
         # (live store, history store, description) once opened, and the configuration they are for
         self._stores: tuple[Any, Any, str] | None = None
         self._stores_key: tuple | None = None
@@ -355,16 +358,16 @@ class Manager:
         return self.registry.callbacks_status()
 
     # ------------------------------------------------------------------ Listener (stream threads)
-    def on_closed(self, stream: Stream, batches: list[CandleBatch]) -> None:
+    def on_closed(self, stream: StreamHandle, batches: list[CandleBatch]) -> None:
         self.registry.on_closed(stream, batches)
 
-    def on_forming(self, stream: Stream, batches: list[CandleBatch]) -> None:
+    def on_forming(self, stream: StreamHandle, batches: list[CandleBatch]) -> None:
         self.registry.on_forming(stream, batches)
 
-    def on_gap(self, stream: Stream, token: int, start_ns: int, end_ns: int) -> None:
+    def on_gap(self, stream: StreamHandle, token: int, start_ns: int, end_ns: int) -> None:
         self.registry.on_gap(stream, token, start_ns, end_ns)
 
-    def on_error(self, stream: Stream, message: str) -> None:
+    def on_error(self, stream: StreamHandle, message: str) -> None:
         log.warning("%s: %s", stream.name, message)
         self.errors.append((stream.name, message))
 
@@ -383,3 +386,6 @@ class Manager:
             finally:
                 self._sim = None
         self._close_stores()
+
+
+Manager = Session  # the name every caller and test uses

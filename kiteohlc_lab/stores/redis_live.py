@@ -1,7 +1,8 @@
 """Redis live state: forming candles, engine state per instrument, closed-candle streams.
 
-Key schema (``P`` is the prefix, default ``kohlc:``; ``{T}`` is the instrument token inside a hash
-tag, so every key of one instrument lands in the same Redis Cluster slot)::
+Key schema (defined in ``stores/keys.py``; ``P`` is the prefix, default ``kohlc:``; ``{T}`` is the
+instrument token inside a hash tag, so every key of one instrument lands in the same Redis Cluster
+slot)::
 
     P{T}:state           STRING  engine state blob for the instrument (opaque JSON dict)
     P{T}:forming:<tf>    HASH    forming candle: start open high low close volume oi ticks updated
@@ -26,6 +27,8 @@ from typing import Any
 import numpy as np
 
 from ..core.candles import Candle, CandleBatch
+from ..core.state import StateColumns
+from . import keys
 
 log = logging.getLogger("kiteohlc_lab.stores")
 
@@ -325,16 +328,15 @@ class RedisLive:
 
     # -- keys -------------------------------------------------------------------------------------
     def key(self, token: int, kind: str, tf: str | None = None) -> str:
-        k = f"{self.prefix}{{{int(token)}}}:{kind}"
-        return f"{k}:{tf}" if tf else k
+        return keys.instrument(self.prefix, token, kind, tf)
 
     @property
     def forming_channel(self) -> str:
-        return f"{self.prefix}forming"
+        return keys.forming_channel(self.prefix)
 
     @property
     def tokens_key(self) -> str:
-        return f"{self.prefix}tokens"
+        return keys.tokens(self.prefix)
 
     # -- write ------------------------------------------------------------------------------------
     def write(
@@ -410,7 +412,7 @@ class RedisLive:
         server serves readers between them instead of blocking for one long script."""
         if self._script is None:
             self._script = self._r.register_script(_WRITE_LUA)
-        columns = hasattr(states, "segmax") and hasattr(states, "forming")  # core.engine.StateColumns
+        columns = isinstance(states, StateColumns)  # the engine's columns (core.state), else per-token dicts
         parts = states.chunks(SCRIPT_CHUNK) if columns else [states]
         calls = []
         changed: dict[str, list[int]] = {}
