@@ -85,6 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--from", dest="start", default=None,
                    help="--source replay without --tape: replay the tick store from this time (IST)")
     c.add_argument("--to", dest="end", default=None, help="... up to this time (exclusive)")
+    c.add_argument("--no-warm-start", action="store_true",
+                   help="start from now: no candles of the day so far (same as --warm-start off)")
     c.add_argument("--speed", type=float, default=1.0, help="replay speed factor (0: as fast as possible)")
     c.add_argument("--heartbeat", type=float, default=1.0, help="seconds between registry updates")
     c.add_argument("--lease-ttl", type=float, default=5.0, help="seconds an instrument lease lives")
@@ -237,6 +239,8 @@ def cmd_collect(args: argparse.Namespace) -> int:
     from .runtime import split_symbols
 
     cfg = config_from_args(args)
+    if args.no_warm_start:
+        cfg.warm_start = "off"
     split_symbols(args.symbols)
     tfs = [parse_timeframe(t).label for t in args.timeframes]
     if args.speed < 0:

@@ -290,6 +290,9 @@ def test_magic_replays_a_range_of_the_store(store_env, tmp_path):
             ip.run_line_magic("ohlc_stream", "738561 10s --source replay --from 2026-11-26 --to 2026-11-27")
         with pytest.raises(UsageError, match=r"--source replay needs --tape PATH .* or --from/--to"):
             ip.run_line_magic("ohlc_stream", "738561 10s --source replay")
+        ip.run_line_magic("ohlc_stream", "738561 1m --source replay --from 2026-11-25 --to 2026-11-26 "
+                          "--no-warm-start")
+        assert k.wait(30) and k.manager().cfg.warm_start == "auto"  # for that start only
     finally:
         ip.run_line_magic("unload_ext", "kiteohlc_lab")
         TestingShell.clear_instance()

@@ -157,6 +157,8 @@ class KiteOHLCMagics(Magics):
     @argument("--from", dest="start", default=None,
               help="--source replay without --tape: replay the tick store from this time (IST).")
     @argument("--to", dest="end", default=None, help="... up to this time (exclusive).")
+    @argument("--no-warm-start", action="store_true",
+              help="Start from now: no candles of the day so far (KiteOHLC.warm_start).")
     @line_magic
     @friendly
     def ohlc_stream(self, line: str) -> Any:
@@ -172,12 +174,18 @@ class KiteOHLCMagics(Magics):
         from ..runtime.tickreplay import start_from_store, wants_store
 
         start, end = (None if v is None else v.strip("\"'") for v in (args.start, args.end))  # quoted
-        if wants_store(args.source, args.tape, start, end):  # a range of the tick store
-            info = start_from_store(m, symbols, list(args.timeframes), start, end, args.speed)
-        else:
-            info = m.start(symbols, list(args.timeframes), source=args.source, tape=args.tape,
-                           speed=args.speed, mode=args.mode, backfill=args.backfill, record=args.record,
-                           progress=_progress_bar() if args.backfill else None)
+        warm = m.cfg.warm_start
+        if args.no_warm_start:  # for this start only (decided while it runs)
+            m.cfg.warm_start = "off"
+        try:
+            if wants_store(args.source, args.tape, start, end):  # a range of the tick store
+                info = start_from_store(m, symbols, list(args.timeframes), start, end, args.speed)
+            else:
+                info = m.start(symbols, list(args.timeframes), source=args.source, tape=args.tape,
+                               speed=args.speed, mode=args.mode, backfill=args.backfill, record=args.record,
+                               progress=_progress_bar() if args.backfill else None)
+        finally:
+            m.cfg.warm_start = warm
         if getattr(info, "message", ""):
             print(" ".join(str(info.message).split()))
         from .live import LiveCandles
