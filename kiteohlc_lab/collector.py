@@ -279,9 +279,10 @@ class Collector:
         if self.reconcile and self.source != "replay":
             from .reconcile import Reconciler
 
-            self.reconciler = Reconciler(m, replace=self.reconcile_replace)
-            self.reconciler.start()
+            rec = Reconciler(m, replace=self.reconcile_replace)
+            rec.start()
             self.message += "; reconciling each closed minute with Kite's historical candles"
+            self.reconciler = rec  # published once the message says so (status readers)
         if m.lease_waiting:
             self.message += (f"; standing by for {', '.join(sorted(m.lease_waiting))} "
                              "(streamed by another writer)")
