@@ -340,7 +340,7 @@ def launch(m: Any, name, source, pairs, tfs, record, first_ts: int | None = None
     if source.live:  # the day so far, ahead of the feed's first frame (runtime.warmstart)
         from .warmstart import from_store
 
-        from_store(m.cfg, stream, [t for _, t in pairs if t not in usable])
+        from_store(m.cfg, stream, [t for _, t in pairs if t not in usable], tfs)
     with m.lock:
         m.streams[name] = stream
     stream.start()

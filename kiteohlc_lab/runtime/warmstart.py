@@ -3,9 +3,9 @@
 Two parts, both only for instruments the live store has no state of (a restarted writer continues
 its own candles from Redis, and gap repair fills its outage):
 
-1. ``from_store`` (before the stream starts): today's ticks of those instruments from the tick store
-   (what a collector recorded; its published files, so up to ``tick_file_seconds`` before now) are
-   queued ahead of the feed's first frame. The engine aggregates them like live ticks, so every
+1. ``from_store`` (before the stream starts; only with a sub-minute timeframe): today's ticks of
+   those instruments from the tick store (what a collector recorded; its published files, so up to
+   ``tick_file_seconds`` before now) are queued ahead of the feed's first frame. The engine aggregates them like live ticks, so every
    timeframe, sub-minute too, has the morning, and the volume baseline runs on into the live ticks.
    They are not recorded again (the stream's tick store skips its first that many ticks).
 2. ``from_kite`` (after): minute and longer candles of the day from Kite's historical API on a
@@ -47,11 +47,17 @@ def day_start(now_ns: int) -> int:
     return ((now_ns + IST_OFFSET_NS) // DAY_NS) * DAY_NS - IST_OFFSET_NS
 
 
-def from_store(cfg: Any, stream: Any, tokens: list[int], now_ns: int | None = None) -> int:
-    """Queue today's stored ticks of ``tokens`` on ``stream`` (not started yet). Returns how many."""
+def from_store(cfg: Any, stream: Any, tokens: list[int], tfs: list | None = None,
+               now_ns: int | None = None) -> int:
+    """Queue today's stored ticks of ``tokens`` on ``stream`` (not started yet). Returns how many.
+
+    Only for a stream with a sub-minute timeframe (``tfs``; None: any): minute and longer candles
+    come from Kite's history, and a whole market's morning of ticks is no start-up read."""
     if not tokens or not enabled(cfg, stream):
         return 0
     _COLD[stream] = list(tokens)
+    if tfs is not None and not any(tf.seconds < 60 for tf in tfs):
+        return 0
     from ..stores.tickread import batch_of, read
     from ..stores.ticks import store_url
 
