@@ -331,6 +331,12 @@ class Collector:
                 if self._finished():
                     log.info("collector %s: replay finished", self.id)
                     break
+                if self.source == "replay":  # how far each tape is: ticks/s, ETA
+                    from .feeds.replay import ReplaySource
+
+                    for s in list(self.manager.streams.values()):
+                        if isinstance(s.source, ReplaySource) and not s.done.is_set():
+                            log.info("collector %s: %s", self.id, s.source.progress_line())
                 try:
                     self._take_over()
                 except Exception as exc:  # noqa: BLE001 - retried at the next beat

@@ -188,6 +188,9 @@ class KiteOHLCMagics(Magics):
             m.cfg.warm_start = warm
         if getattr(info, "message", ""):
             print(" ".join(str(info.message).split()))
+        from .progress import show_replay_progress
+
+        show_replay_progress(m.streams.get(getattr(info, "name", None)))  # a big replay: ticks/s, ETA
         from .live import LiveCandles
 
         tf = (getattr(info, "timeframes", None) or args.timeframes)[0]
