@@ -217,7 +217,7 @@ def start_live(m: Any, syms, tfs, source, mode, backfill, record, progress=None)
         info.message += f" (restarted stream {failed.name}, which had failed)"
     from .warmstart import from_kite
 
-    if from_kite(c, m.streams[info.name], pairs, tfs, kite, progress):  # the day so far (warm start)
+    if from_kite(c, m.streams[info.name], pairs, tfs, kite, progress, service=m.history_service):  # the day so far (warm start)
         info.message += "; warm start: today's candles so far from Kite's history and the tick store"
     return info
 

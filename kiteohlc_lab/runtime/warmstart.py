@@ -78,9 +78,11 @@ def from_store(cfg: Any, stream: Any, tokens: list[int], tfs: list | None = None
 
 
 def from_kite(cfg: Any, stream: Any, pairs: list[tuple[str, int]], tfs: list, kite: Any,
-              progress: Callable[[float, str], Any] | None = None, now_ns: int | None = None) -> int:
-    """Fetch today's minute-and-longer candles of the cold instruments on a thread; returns the
-    number of (instrument, timeframe) jobs started (0: nothing to do)."""
+              progress: Callable[[float, str], Any] | None = None, now_ns: int | None = None,
+              service: Any = None) -> int:
+    """Fetch today's minute-and-longer candles of the cold instruments on the session's history
+    thread (``service``: runtime.history.HistoryService; a thread of its own without one); returns
+    the number of (instrument, timeframe) jobs started (0: nothing to do)."""
     cold = set(_COLD.get(stream, ()))
     jobs = [(sym, tok, tf) for sym, tok in pairs if tok in cold for tf in tfs if tf.seconds >= 60]
     if not jobs or not enabled(cfg, stream):
@@ -113,7 +115,10 @@ def from_kite(cfg: Any, stream: Any, pairs: list[tuple[str, int]], tfs: list, ki
                 stream.on_history(tok, tf.label, cb)
         report(len(jobs), "warm start done")
 
-    threading.Thread(target=run, name="kiteohlc-warm-start", daemon=True).start()
+    if service is not None:
+        service.submit(run, cancelled=stream.done.is_set, what="warm start from Kite's history")
+    else:
+        threading.Thread(target=run, name="kiteohlc-warm-start", daemon=True).start()
     return len(jobs)
 
 
