@@ -146,7 +146,7 @@ class Repairs:
             self._q.put(item)
 
     def _source_fetch(self) -> Callable[[int, int, int], CandleBatch] | None:
-        client_of = getattr(self.source, "_history_client", None)  # KiteSource's historical client
+        client_of = getattr(self.source, "history_client", None)  # a Kite feed's historical client
         if client_of is None:
             return None
         self.fetch = lambda tok, a, b: client_of().fetch(tok, "1m", a, b)

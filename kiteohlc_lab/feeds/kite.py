@@ -504,6 +504,11 @@ class KiteSource(OutageRepair):
         self._close_all()
 
     # ---- gap repair (own thread) -----------------------------------------------------------
+    def history_client(self) -> Any:
+        """The ``HistoricalClient`` its repairs fetch with (made on first use); a stream's gap repair
+        of longer candles uses it too (core.repair)."""
+        return self._history_client()
+
     def _history_client(self) -> Any:
         if self._history is None:
             from kiteconnect import KiteConnect
