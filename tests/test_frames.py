@@ -61,6 +61,9 @@ def assert_same(a: TickBatch, b: TickBatch) -> None:
     # kiteconnect reports oi=0 for cash equities in full mode; we report "no open interest"
     cash = np.isin(b.token & 0xFF, [1, 4, 9])
     np.testing.assert_array_equal(a.oi, np.where(cash, np.nan, b.oi))
+    # the top of the book: kiteconnect's depth["buy"][0] / ["sell"][0] (from_ticks), NaN without
+    for ours, ref in zip(a.book(), b.book()):
+        np.testing.assert_allclose(ours, ref, rtol=0, atol=1e-9)  # NaN == NaN here
 
 
 @pytest.mark.parametrize("mode", ["ltp", "quote", "full"])
@@ -83,6 +86,13 @@ def test_round_trip_matches_kiteconnect(kt, tz, mode, token, price):
     assert (ours.volume[0] == 123456) if (tradable and mode != "ltp") else np.isnan(ours.volume[0])
     derivative = token & 0xFF not in (1, 4, 9)
     assert (ours.oi[0] == 98765) if (derivative and mode == "full") else np.isnan(ours.oi[0])
+    bid, ask, bid_qty, ask_qty = (float(x[0]) for x in ours.book())
+    if tradable and mode == "full":  # encode_packets' default book: a tick either side, 100 each
+        tick = 0.05
+        assert (bid, ask, bid_qty, ask_qty) == (pytest.approx(price - tick, abs=1e-9),
+                                                pytest.approx(price + tick, abs=1e-9), 100, 100)
+    else:
+        assert not ours.has_book and np.isnan([bid, ask, bid_qty, ask_qty]).all()
 
 
 def test_timestamps_identical_across_time_zones(kt):
@@ -196,6 +206,26 @@ def test_long_uniform_and_long_mixed_frames_match(kt):
         ours, info = decode_frame(frame, RECV)
         assert info.packets == n
         assert_same(ours, kite_reference(kt, frame))
+
+
+def test_top_of_book_given_and_empty_sides(kt):
+    frame = encode_packets([RELIANCE, NIFTYFUT, USDINR, NIFTY], [2500.05, 26100.0, 84.1275, 26000.0],
+                           ["full", "full", "full", "full"], timestamp=TS,
+                           bid=[2500.0, np.nan, 84.125, 1.0], ask=[2500.15, 26100.5, np.nan, 1.0],
+                           bid_qty=[7, 0, 1000, 1], ask_qty=[3, 75, 0, 1], tick_size=[0.05, 0.05, 0.0025, 0.05])
+    ours, _ = decode_frame(frame, RECV)
+    assert_same(ours, kite_reference(kt, frame))
+    np.testing.assert_allclose(ours.bid, [2500.0, np.nan, 84.125, np.nan], atol=1e-9)
+    np.testing.assert_allclose(ours.ask, [2500.15, 26100.5, np.nan, np.nan], atol=1e-9)
+    np.testing.assert_array_equal(ours.bid_qty, [7, 0, 1000, np.nan])  # empty side: quantity 0
+    np.testing.assert_array_equal(ours.ask_qty, [3, 75, 0, np.nan])  # an index has no depth
+    depth = kt._parse_binary(frame)[0]["depth"]
+    assert [d["price"] for d in depth["buy"]] == pytest.approx([2500.0, 2499.95, 2499.9, 2499.85, 2499.8])
+    # the book survives take / concat, and a batch without one reads NaN beside it
+    plain, _ = decode_frame(encode_packets([RELIANCE], [1.0], "quote"), RECV)
+    both = TickBatch.concat([ours.take(slice(0, 1)), plain])
+    assert not plain.has_book and both.has_book
+    np.testing.assert_array_equal(both.bid_qty, [7, np.nan])
 
 
 def test_packet_length():

@@ -16,6 +16,10 @@ import numpy as np
 from .timeframes import IST_OFFSET_NS, NS
 
 
+CORE = ("token", "ts", "price", "volume", "oi")  # always present
+BOOK = ("bid", "ask", "bid_qty", "ask_qty")  # optional: None when no tick of the batch has a book
+
+
 @dataclass(slots=True)
 class TickBatch:
     """Columnar ticks in arrival order.
@@ -27,6 +31,10 @@ class TickBatch:
     price : float64 last traded price in rupees
     volume : float64 cumulative day volume (``volume_traded``); NaN where the packet has none
     oi : float64 open interest; NaN where the packet has none
+    bid, ask, bid_qty, ask_qty : float64 top of the book (full packets of tradable instruments:
+        the first depth level of each side; an empty side has a NaN price and a 0 quantity), NaN
+        where the packet carries no depth; or None when no tick of the batch has a book (ltp/quote
+        packets, indices, replays): ``book()`` materialises NaN then. The engine ignores them.
     """
 
     token: np.ndarray
@@ -34,6 +42,10 @@ class TickBatch:
     price: np.ndarray
     volume: np.ndarray
     oi: np.ndarray
+    bid: np.ndarray | None = None
+    ask: np.ndarray | None = None
+    bid_qty: np.ndarray | None = None
+    ask_qty: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         self.token = np.asarray(self.token, dtype=np.int64)
@@ -44,6 +56,23 @@ class TickBatch:
             np.full(n, np.nan) if self.volume is None else np.asarray(self.volume, dtype=np.float64)
         )
         self.oi = np.full(n, np.nan) if self.oi is None else np.asarray(self.oi, dtype=np.float64)
+        if self.bid is not None or self.ask is not None or self.bid_qty is not None \
+                or self.ask_qty is not None:  # one present: all four, NaN where not given
+            for f in BOOK:
+                v = getattr(self, f)
+                setattr(self, f, np.full(n, np.nan) if v is None else np.asarray(v, dtype=np.float64))
+
+    @property
+    def has_book(self) -> bool:
+        """The batch carries book columns (some tick of it may still have NaN there)."""
+        return self.bid is not None
+
+    def book(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """``(bid, ask, bid_qty, ask_qty)``, NaN arrays when the batch carries no book."""
+        if self.bid is None:
+            nan = np.full(len(self.token), np.nan)
+            return nan, nan, nan, nan
+        return self.bid, self.ask, self.bid_qty, self.ask_qty  # type: ignore[return-value]
 
     def __len__(self) -> int:
         return len(self.token)
@@ -58,9 +87,16 @@ class TickBatch:
         bs = [b for b in batches if len(b)]
         if not bs:
             return cls.empty()
-        return cls(*(np.concatenate([getattr(b, f) for b in bs]) for f in cls.__slots__))
+        base = [np.concatenate([getattr(b, f) for b in bs]) for f in CORE]
+        if not any(b.bid is not None for b in bs):
+            return cls(*base)
+        books = [b.book() for b in bs]
+        return cls(*base, *(np.concatenate([bk[i] for bk in books]) for i in range(4)))
 
     def take(self, idx: Any) -> "TickBatch":
+        if self.bid is None:
+            return TickBatch(self.token[idx], self.ts[idx], self.price[idx], self.volume[idx],
+                             self.oi[idx])
         return TickBatch(*(getattr(self, f)[idx] for f in self.__slots__))
 
     @classmethod
@@ -69,6 +105,7 @@ class TickBatch:
 
         ``exchange_timestamp`` (or ``timestamp``/``last_trade_time``) is a naive datetime in the
         machine's local zone, as kiteconnect makes it; ticks without one take ``receive_ns``.
+        ``depth`` (full mode) gives the top of the book: its first ``buy`` and ``sell`` levels.
         """
         recv = time.time_ns() if receive_ns is None else receive_ns
         n = len(ticks)
@@ -77,6 +114,7 @@ class TickBatch:
         price = np.empty(n)
         vol = np.full(n, np.nan)
         oi = np.full(n, np.nan)
+        book: np.ndarray | None = None  # rows bid, ask, bid_qty, ask_qty, made at the first depth
         for i, t in enumerate(ticks):
             token[i] = t["instrument_token"]
             price[i] = t.get("last_price", np.nan)
@@ -88,7 +126,20 @@ class TickBatch:
             o = t.get("oi")
             if o is not None:
                 oi[i] = o
-        return cls(token, ts, price, vol, oi)
+            depth = t.get("depth")
+            if depth:
+                if book is None:
+                    book = np.full((4, n), np.nan)
+                for side, (p_row, q_row) in (("buy", (0, 2)), ("sell", (1, 3))):
+                    level = (depth.get(side) or [None])[0]
+                    if level:
+                        q = level.get("quantity", 0)
+                        book[q_row, i] = q
+                        if level.get("price"):  # an empty level is price 0: no price
+                            book[p_row, i] = level["price"]
+        if book is None:
+            return cls(token, ts, price, vol, oi)
+        return cls(token, ts, price, vol, oi, *book)
 
 
 def to_epoch_ns(value: Any) -> int:

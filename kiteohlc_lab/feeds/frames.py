@@ -14,6 +14,7 @@ in ``FrameInfo.malformed``.
 from __future__ import annotations
 
 import json
+import struct
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -54,6 +55,11 @@ _FIELDS: dict[int, tuple[int, int, int | None, int | None, int | None]] = {
     184: (0, 4, 16, 48, 60),
 }
 _U4 = np.dtype(">u4")
+# The top of the book in full tradable packets (184 bytes): the first buy and the first sell depth
+# entries (12 bytes each: uint32 quantity, uint32 price, uint16 orders, 2 bytes padding).
+#            bid_qty bid ask_qty ask
+_BOOK_OFF = (64, 68, 124, 128)
+_BOOK_LEN = 184
 
 
 def price_divisor(tokens: np.ndarray) -> np.ndarray:
@@ -141,6 +147,57 @@ def _walk(buf: bytes, count: int) -> list[int]:
     return heads
 
 
+_BOOK_CODE = _CODE[_BOOK_LEN]
+_BOOK_COL = np.array(_BOOK_OFF, np.int64)[:, None]
+# A frame of a few packets: one struct.unpack_from a packet beats a dozen numpy calls a frame.
+SMALL = 12
+_UNPACK = {8: struct.Struct(">II"), 28: struct.Struct(">II"), 32: struct.Struct(">II20xI"),
+           44: struct.Struct(">II8xI"), 184: struct.Struct(">II8xI28xI8xIII52xII")}
+_NAN_ = float("nan")
+_NO_BOOK = (_NAN_,) * 4
+
+
+def _decode_small(buf: bytes, count: int) -> tuple[list, list, list, list, list, list | None, list[int]]:
+    """The packets of a small frame as lists (token, raw price, volume, oi, raw stamp, top of the
+    book or None without full packets), and the count per mode (ltp, quote, full)."""
+    book: list[tuple] = []
+    tok: list[int] = []
+    px: list[int] = []
+    vol: list[float] = []
+    oi: list[float] = []
+    ts: list[int] = []
+    modes = [0, 0, 0]
+    n = len(buf)
+    j = 2
+    for _ in range(count):
+        if j + 2 > n:
+            break
+        length = buf[j] * 256 + buf[j + 1]
+        j += 2
+        if j + length > n:
+            break
+        st = _UNPACK.get(length)
+        if st is not None:
+            v = st.unpack_from(buf, j)
+            tok.append(v[0])
+            px.append(v[1])
+            if length == 184:
+                vol.append(v[2])
+                oi.append(v[3])
+                ts.append(v[4])
+                book.append(v[5:9])
+                modes[2] += 1
+            else:
+                vol.append(v[2] if length == 44 else _NAN_)
+                oi.append(_NAN_)
+                ts.append(v[2] if length == 32 else -1)
+                book.append(_NO_BOOK)
+                modes[0 if length == 8 else (2 if length == 32 else 1)] += 1
+        j += length
+    has_book = any(b is not _NO_BOOK for b in book)
+    return tok, px, vol, oi, ts, book if has_book else None, modes
+
+
 _CASH = np.zeros(256, bool)
 _CASH[[1, 4, 9]] = True  # NSE, BSE cash and indices
 
@@ -169,14 +226,22 @@ def decode_frame(payload: bytes, receive_ns: int) -> tuple[TickBatch, FrameInfo]
         return TickBatch.empty(), FrameInfo(heartbeat=True)
     u8 = np.frombuffer(buf, dtype=np.uint8)
     count = (buf[0] << 8) | buf[1]
-    length = _uniform(buf, u8, count) if count else 0
-    if length:  # one mode: one zero-copy strided view
-        token, raw_price, volume, oi, raw_ts = _decode_run(buf, 4, length, count)
+    length = _uniform(buf, u8, count) if count > SMALL else 0
+    if count <= SMALL:
+        t, p, v, o, s, b, modes = _decode_small(buf, count)
+        info = FrameInfo(malformed=count - len(t), ltp=modes[0], quote=modes[1], full=modes[2])
+        if not t:
+            return TickBatch.empty(), info
+        token, raw_price = np.array(t, np.int64), np.array(p, np.float64)
+        volume, oi, raw_ts = np.array(v, np.float64), np.array(o, np.float64), np.array(s, np.int64)
+        raw_book = None if b is None else np.array(b, np.float64).T
+    elif length:  # one mode: one zero-copy strided view
+        token, raw_price, volume, oi, raw_ts, raw_book = _decode_run(buf, 4, length, count)
         info = FrameInfo()
         setattr(info, _MODE_OF_LENGTH[length], count)
     else:  # mixed: walk the lengths, then one gather for every field of every packet
         heads = _walk(buf, count)
-        token, raw_price, volume, oi, raw_ts, code = _decode_mixed(buf, heads)
+        token, raw_price, volume, oi, raw_ts, code, raw_book = _decode_mixed(buf, heads)
         info = FrameInfo(malformed=count - len(token))
         if not len(token):
             return TickBatch.empty(), info
@@ -184,24 +249,34 @@ def decode_frame(payload: bytes, receive_ns: int) -> tuple[TickBatch, FrameInfo]
         info.ltp, info.quote, info.full = int(per_mode[1]), int(per_mode[2]), int(per_mode[3])
     info.packets = len(token)
     seg = token & 0xFF
-    price = raw_price / _DIVISOR[seg]
+    div = _DIVISOR[seg]
+    price = raw_price / div
     # packets without a timestamp field (ltp, quote) take the receive time; a full packet's stamp is
     # kept as it is, a corrupt 0 included (core.sanity rejects it as a bad stamp)
     ts = np.where(raw_ts >= 0, raw_ts * NS, receive_ns)
     # full packets of cash equities carry an oi field of 0: open interest exists for derivatives only
     oi = np.where(_CASH[seg], np.nan, oi)
-    return TickBatch(token, ts, price, volume, oi), info
+    if raw_book is None:
+        return TickBatch(token, ts, price, volume, oi), info
+    # (bid_qty, bid, ask_qty, ask), NaN rows for packets without depth; a price of 0 is an empty
+    # level (no bids or no offers): NaN price, quantity 0
+    prices = raw_book[1::2]
+    prices = np.where(prices > 0, prices, np.nan) / div
+    return TickBatch(token, ts, price, volume, oi, prices[0], prices[1], raw_book[0], raw_book[2]), info
 
 
 def _decode_run(
     buf: bytes, off: int, length: int, m: int
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
     tok_o, px_o, vol_o, oi_o, ts_o = _FIELDS[length]
     names, offsets = ["t", "p"], [tok_o, px_o]
     for name, o in (("v", vol_o), ("o", oi_o), ("s", ts_o)):
         if o is not None:
             names.append(name)
             offsets.append(o)
+    if length == _BOOK_LEN:
+        names += ["bq", "bp", "aq", "ap"]
+        offsets += list(_BOOK_OFF)
     dtype = np.dtype(
         {"names": names, "formats": [_U4] * len(names), "offsets": offsets, "itemsize": length}
     )
@@ -213,6 +288,8 @@ def _decode_run(
         view["v"].astype(np.float64) if vol_o is not None else nan,
         view["o"].astype(np.float64) if oi_o is not None else nan,
         view["s"].astype(np.int64) if ts_o is not None else np.full(m, -1, np.int64),
+        np.array([view["bq"], view["bp"], view["aq"], view["ap"]], np.float64)
+        if length == _BOOK_LEN else None,
     )
 
 
@@ -222,7 +299,7 @@ def _decode_mixed(buf: bytes, heads: list[int]) -> tuple[np.ndarray, ...]:
     n = len(buf)
     head = np.fromiter(heads, np.int64, len(heads))
     if n < 4 or not len(head):
-        return (np.empty(0, np.int64),) * 5 + (np.empty(0, np.int64),)
+        return (np.empty(0, np.int64),) * 6 + (None,)
     ln = np.ndarray((n - 1,), dtype=">u2", buffer=buf, strides=(1,))[head].astype(np.int64)
     ok = head + 2 + ln <= n
     if not ok.all():  # the first packet overrunning the buffer ends the frame
@@ -240,7 +317,12 @@ def _decode_mixed(buf: bytes, heads: list[int]) -> tuple[np.ndarray, ...]:
     volume = w[:, 2] + nan[:, 0]
     oi = w[:, 3] + nan[:, 1]
     raw_ts = np.where(_HAS_TS.take(code), w[:, 4], -1)
-    return token, raw_price, volume, oi, raw_ts, code
+    full = code == _BOOK_CODE
+    if not full.any():
+        return token, raw_price, volume, oi, raw_ts, code, None
+    book = np.full((4, len(code)), np.nan)
+    book[:, full] = words[(head[full] + 2)[None, :] + _BOOK_COL]
+    return token, raw_price, volume, oi, raw_ts, code, book
 
 
 def _column(values: Any, n: int, default: float = 0.0) -> np.ndarray:
@@ -269,7 +351,11 @@ def encode_packets(
     low: Any = None,
     close: Any = None,
     depth: bool = True,
-    tick_size: float = 0.05,
+    tick_size: Any = 0.05,
+    bid: Any = None,
+    ask: Any = None,
+    bid_qty: Any = None,
+    ask_qty: Any = None,
 ) -> bytes:
     """Build one binary frame as Kite sends it (readable by ``KiteTicker._parse_binary``).
 
@@ -282,7 +368,11 @@ def encode_packets(
     oi : open interest, full tradable packets
     timestamp : exchange timestamp, epoch **seconds** (int), full packets
     last_quantity, open, high, low, close : the other quote fields (default: 1 and the price)
-    depth : fill the 5+5 depth levels of full packets around the price (``tick_size`` apart)
+    depth : fill the 5+5 depth levels of full packets around the price (``tick_size`` apart, one
+        for all or one per packet)
+    bid, ask, bid_qty, ask_qty : the top of the book of full packets (default: a tick below and
+        above the price, 100 each); the deeper levels step ``tick_size`` away from it with 100,
+        200, ... A NaN price sends that side empty (every level 0)
     """
     tok = np.asarray(tokens, dtype=np.int64).ravel()
     n = len(tok)
@@ -346,14 +436,18 @@ def encode_packets(
                 put(sel, 56, _u32(oi_[sel]))
                 put(sel, 60, _u32(ts[sel]))
                 if depth:
-                    for level in range(10):
-                        side = -1 if level < 5 else 1
-                        step = (level % 5) + 1
-                        lp = px[sel] + side * step * tick_size
-                        base = 64 + 12 * level
-                        put(sel, base, np.full(len(sel), 100 * step, np.uint32))
-                        put(sel, base + 4, _u32(lp * div[sel]))
-                        put(sel, base + 8, np.full(len(sel), step, np.uint16), ">u2")
+                    tick = _column(tick_size, n)[sel]
+                    for side, top, qty in ((-1, bid, bid_qty), (1, ask, ask_qty)):
+                        best = px[sel] + side * tick if top is None else _column(top, n)[sel]
+                        empty = np.isnan(best)
+                        q1 = np.full(len(sel), 100.0) if qty is None else _column(qty, n)[sel]
+                        for step in range(5):
+                            base = 64 + 12 * (step + (5 if side > 0 else 0))
+                            lp = np.where(empty, 0.0, best + side * step * tick)
+                            q = np.where(empty, 0.0, q1 if step == 0 else 100.0 * (step + 1))
+                            put(sel, base, _u32(q))
+                            put(sel, base + 4, _u32(lp * div[sel]))
+                            put(sel, base + 8, np.where(empty, 0, step + 1).astype(np.uint16), ">u2")
     return out.tobytes()
 
 
