@@ -99,6 +99,25 @@ def test_kiteticker_full_mode_ticks_match_what_was_sent(reactor, sim):
     assert all(abs(recv.ts - time.time_ns()) < 30 * NS)
     assert {t["tradable"] for t in got if t["instrument_token"] == NIFTY} == {False}
 
+    # the top of the book kiteconnect parsed (depth buy[0] / sell[0]) is the one sim.sent() logged
+    def book_rows(b):
+        return [(t, s, *(-1.0 if np.isnan(x) else round(x, 4) for x in xs))
+                for t, s, *xs in zip(b.token.tolist(), b.ts.tolist(), *(x.tolist() for x in b.book()))]
+
+    sent_books = set(book_rows(sent))
+    assert all(r in sent_books for r in book_rows(recv))
+    for t in got:
+        if t["instrument_token"] == NIFTY:
+            assert "depth" not in t
+            continue
+        bid, ask = t["depth"]["buy"][0], t["depth"]["sell"][0]
+        lot = 75 if t["instrument_token"] == NIFTYFUT else 1
+        assert 0 < t["last_price"] - bid["price"] <= 0.1 + 1e-9  # a tick or two below
+        assert 0 < ask["price"] - t["last_price"] <= 0.1 + 1e-9
+        assert bid["quantity"] % lot == 0 and ask["quantity"] % lot == 0 and bid["quantity"] > 0
+        depth = t["depth"]["buy"]
+        assert all(a["price"] > b["price"] for a, b in zip(depth, depth[1:]))  # 5 levels, stepping away
+
 
 def test_kiteticker_bad_token_gets_403(reactor, sim):
     seen: list[tuple] = []

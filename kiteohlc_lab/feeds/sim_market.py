@@ -21,7 +21,8 @@ from .sim_rhythm import Rhythm
 
 MINUTE_NS = 60 * NS
 # the tick logs (market(), sent()) keep this many ticks each, a batch counting LOG_BATCH_COST more
-# (its arrays): 2 million = 10 instruments every 50 ms for ~3 hours; about 100 MB at most
+# (its arrays): 2 million = 10 instruments every 50 ms for ~3 hours; about 170 MB at most (72 bytes
+# a tick with the book, and the sent log's kind and mode)
 LOG_TICKS = 2_000_000
 LOG_BATCH_COST = 32
 
@@ -151,7 +152,26 @@ class SimMarket:
             price,
             np.where(self.is_index, np.nan, self.cum_volume.astype(np.float64)),
             np.where(self.has_oi, self.oi.astype(np.float64), np.nan),
+            *self.book(np.arange(n), price, now_s),
         )
+
+    def book(self, idx: np.ndarray, price: np.ndarray, now_s: int) -> tuple[np.ndarray, ...]:
+        """The top of the book (bid, ask, bid_qty, ask_qty) beside ``price`` of the instruments at
+        ``idx``: the best bid one or two ticks below the price, the ask one or two above, each for
+        1 to 40 lots; NaN for indices (no depth). A pure function of (token, second, price): no
+        draw from the market's generator, so the walk is the same with or without it."""
+        tick = self.tick[idx]
+        u = hash_uniform(self.tokens[idx], now_s, np.rint(price / tick).astype(np.int64),
+                         np.arange(4)[:, None])
+        pt = np.rint(price / tick)
+        bid_t = pt - 1 - (u[0] < 0.3)
+        bid = np.where(bid_t > 0, np.round(bid_t * tick, 6), np.nan)  # no bid at or below 0
+        ask = np.round((pt + 1 + (u[1] < 0.3)) * tick, 6)
+        lots = self.lot[idx]
+        bid_qty = np.where(bid_t > 0, (1 + np.floor(u[2] * 40)) * lots, 0.0)
+        ask_qty = (1 + np.floor(u[3] * 40)) * lots
+        index = self.is_index[idx]
+        return tuple(np.where(index, np.nan, x) for x in (bid, ask, bid_qty, ask_qty))
 
     def _tape_step(self, now_s: int, wall: float) -> TickBatch:
         tape = self.tape
@@ -171,7 +191,8 @@ class SimMarket:
         vol = rows["volume_traded"].to_numpy(np.float64)
         oi = rows["oi"].to_numpy(np.float64)
         return TickBatch(tok, np.full(len(tok), now_s * NS, np.int64), price,
-                         np.where(self.is_index[idx], np.nan, vol), np.where(self.has_oi[idx], oi, np.nan))
+                         np.where(self.is_index[idx], np.nan, vol), np.where(self.has_oi[idx], oi, np.nan),
+                         *self.book(idx, price, now_s))
 
 
 def read_tape(path: str) -> pd.DataFrame:
@@ -284,8 +305,10 @@ def sent_frame(batches: list[TickBatch], kinds: list[np.ndarray], modes: list[np
     b = TickBatch.concat(batches)
     frame = np.concatenate([np.full(len(x), i, np.int64) for i, x in enumerate(batches)]) \
         if batches else np.empty(0, np.int64)
+    bid, ask, bid_qty, ask_qty = b.book()
     return pd.DataFrame({
         "token": b.token, "ts": b.ts, "price": b.price, "volume": b.volume, "oi": b.oi,
+        "bid": bid, "ask": ask, "bid_qty": bid_qty, "ask_qty": ask_qty,
         "kind": np.concatenate(kinds) if kinds else np.empty(0, object),
         "mode": np.concatenate(modes) if modes else np.empty(0, object),
         "frame": frame,

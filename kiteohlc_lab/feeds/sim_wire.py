@@ -18,7 +18,8 @@ import numpy as np
 
 from ..core.ticks import TickBatch
 from ..core.timeframes import NS
-from .sim_market import SimInstrument
+from .frames import encode_packets
+from .sim_market import SimInstrument, SimMarket
 
 MODES = ("ltp", "quote", "full")
 MAX_TOKENS_PER_CONNECTION = 3000
@@ -143,20 +144,39 @@ def take_injections(pending: list[dict[str, Any]], batch: TickBatch, subscribed:
 
 
 def with_injections(batch: TickBatch, extra: Extra) -> tuple[TickBatch, np.ndarray]:
-    """The broadcast with the ``extra`` packets after their rows; and each tick's kind ("")."""
+    """The broadcast with the ``extra`` packets after their rows (each with the book of the market
+    tick it follows); and each tick's kind ("")."""
     kinds = np.full(len(batch), "", dtype=object)
     if not extra:
         return batch, kinds
     toks = batch.token.tolist()
-    order: list[int] = []
+    src: list[int] = []  # per output row: the market row it comes from (its book)
     rows: list[tuple[int, str, int, float, float, float]] = []
     for i in range(len(batch)):
-        order.append(len(rows))
+        src.append(i)
         rows.append((toks[i], "", int(batch.ts[i]), float(batch.price[i]), float(batch.volume[i]),
                      float(batch.oi[i])))
         for kind, ts_s, price, vol, oi in extra.get(i, ()):
+            src.append(i)
             rows.append((toks[i], kind, ts_s * NS, price, vol, oi))
+    book = [x[src] for x in batch.book()] if batch.has_book else []
     out = TickBatch(np.array([r[0] for r in rows], np.int64), np.array([r[2] for r in rows], np.int64),
                     np.array([r[3] for r in rows]), np.array([r[4] for r in rows]),
-                    np.array([r[5] for r in rows]))
+                    np.array([r[5] for r in rows]), *book)
     return out, np.array([r[1] for r in rows], dtype=object)
+
+
+def encode_batch(market: SimMarket, batch: TickBatch, sel: np.ndarray, modes: list[str]) -> bytes:
+    """The frame of ``batch``'s rows ``sel`` in the clients' ``modes``, with the market's day OHLC,
+    tick sizes and the batch's book (full packets)."""
+    m = market
+    idx = np.array([m.index_of[t] for t in batch.token[sel].tolist()], dtype=np.int64)
+    bid, ask, bid_qty, ask_qty = batch.book()
+    return encode_packets(
+        batch.token[sel], batch.price[sel], modes,
+        volume=np.nan_to_num(batch.volume[sel]), oi=np.nan_to_num(batch.oi[sel]),
+        timestamp=batch.ts[sel] // NS,
+        open=m.open[idx], high=m.high[idx], low=m.low[idx], close=m.prev_close[idx],
+        tick_size=m.tick[idx], bid=bid[sel], ask=ask[sel], bid_qty=np.nan_to_num(bid_qty[sel]),
+        ask_qty=np.nan_to_num(ask_qty[sel]),
+    )

@@ -30,7 +30,7 @@ import pandas as pd
 
 from ..core.ticks import TickBatch
 from ..core.timeframes import NS, anchor_for_tokens, bucket_start, parse_timeframe
-from .frames import HEARTBEAT, encode_packets
+from .frames import HEARTBEAT
 from .sim_http import (
     SPAN_LIMIT_DAYS,
     instruments_csv,
@@ -58,6 +58,7 @@ from .sim_wire import (
     MODES,
     SimClient,
     check_injection,
+    encode_batch,
     take_injections,
     with_injections,
 )
@@ -219,8 +220,9 @@ class KiteSimulator:
         """Every tick delivered to at least one client, in wire order, with the exact
         timestamps/volumes encoded.
 
-        ``volume`` is NaN for indices, ``oi`` NaN for non-derivatives (clients in ltp/quote mode do not
-        see the timestamp, volume or oi of a tick). Packets put on the wire by ``inject()`` are
+        ``volume`` is NaN for indices, ``oi`` NaN for non-derivatives, the book (``bid ask bid_qty
+        ask_qty``) NaN for indices (clients in ltp/quote mode do not see the timestamp, volume, oi or
+        book of a tick). Packets put on the wire by ``inject()`` are
         included where they were sent; ``injected=False`` leaves them out (the clean market as sent).
         """
         with self._lock:
@@ -229,7 +231,7 @@ class KiteSimulator:
     def sent_all(self) -> pd.DataFrame:
         """``sent()`` as a frame, one row per tick in wire order, with what a test may need besides:
 
-        ``token ts price volume oi`` (as in ``sent()``), ``kind`` ("" for a market tick, else the
+        ``token ts price volume oi bid ask bid_qty ask_qty`` (as in ``sent()``), ``kind`` ("" for a market tick, else the
         ``inject()`` kind that put it on the wire), ``mode`` (the subscription mode(s) of the clients
         it went to, e.g. "full" or "full,quote": only full packets carry the timestamp) and ``frame``
         (the number of the broadcast, counted from 0).
@@ -446,7 +448,7 @@ class KiteSimulator:
             if not len(sel):
                 continue
             sel_modes = [client.modes[int(t)] for t in batch.token[sel]]
-            frame = self._encode(batch, sel, sel_modes)
+            frame = encode_batch(self._market, batch, sel, sel_modes)
             client.last_sent = time.monotonic()
             delivered[sel] = True
             for i, m in zip(sel.tolist(), sel_modes):
@@ -457,16 +459,6 @@ class KiteSimulator:
                 self._logs.add_sent(batch, kinds, delivered, modes)
         if sends:
             await asyncio.gather(*sends, return_exceptions=True)
-
-    def _encode(self, batch: TickBatch, sel: np.ndarray, modes: list[str]) -> bytes:
-        m = self._market
-        idx = np.array([m.index_of[t] for t in batch.token[sel].tolist()], dtype=np.int64)
-        return encode_packets(
-            batch.token[sel], batch.price[sel], modes,
-            volume=np.nan_to_num(batch.volume[sel]), oi=np.nan_to_num(batch.oi[sel]),
-            timestamp=batch.ts[sel] // NS,
-            open=m.open[idx], high=m.high[idx], low=m.low[idx], close=m.prev_close[idx],
-        )
 
     async def _heartbeats(self) -> None:
         period = max(min(self.heartbeat_interval / 4, 0.25), 0.01)
