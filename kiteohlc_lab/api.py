@@ -77,7 +77,8 @@ def ticks(symbols: Any = None, start: Any = None, end: Any = None, columns: list
     ``tick_store``).
 
     pandas: index ``exchange_time`` (tz-aware Asia/Kolkata), columns ``token receive_time last_price
-    volume oi`` (``columns=`` picks some); rows in the order the live stream processed them.
+    volume oi bid ask bid_qty ask_qty`` (``columns=`` picks some; the top of the book is NaN where a
+    tick carried no depth: ltp/quote mode, indices); rows in the order the live stream processed them.
     ``frame="polars"`` / ``"arrow"``: the same with ``exchange_time`` as the first column.
 
     >>> kiteohlc_lab.ticks("NIFTY", "2026-11-25 10:00", "2026-11-25 10:05")   # doctest: +SKIP

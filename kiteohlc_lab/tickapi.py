@@ -14,7 +14,8 @@ import pandas as pd
 from .errors import ConfigError, MissingExtraError, TickStoreError
 
 FRAMES = ("pandas", "polars", "arrow")
-TICK_COLUMNS = ("token", "receive_time", "last_price", "volume", "oi")
+TICK_COLUMNS = ("token", "receive_time", "last_price", "volume", "oi", "bid", "ask", "bid_qty",
+                "ask_qty")
 
 
 def check_frame(frame: str) -> str:

@@ -113,6 +113,13 @@ def test_live_then_replay_from_the_store(store_env, monkeypatch, tmp_path):
     np.testing.assert_array_equal(got["volume"].to_numpy(), clean.volume)  # NaN for the index
     np.testing.assert_array_equal(got["oi"].to_numpy(), clean.oi)
     assert (got["receive_time"] >= got.index - pd.Timedelta(seconds=5)).all()
+    # the top of the book of the full packets: what the simulator sent; NaN for the index
+    assert clean.has_book
+    for col, want in zip(("bid", "ask", "bid_qty", "ask_qty"), clean.book()):
+        np.testing.assert_array_equal(got[col].to_numpy(np.float64), want, err_msg=col)
+    stock = clean.token == SYMS["RELIANCE"]
+    assert np.isnan(clean.bid[~stock]).all() and (clean.bid[stock] < clean.price[stock]).all()
+    assert (clean.ask[stock] > clean.price[stock]).all() and (clean.bid_qty[stock] > 0).all()
 
     # the rejected ones apart, with their reason; a read of the directory never sees them
     from kiteohlc_lab.stores.tickread import read
@@ -157,6 +164,34 @@ def test_live_then_replay_from_the_store(store_env, monkeypatch, tmp_path):
         pd.testing.assert_frame_equal(have_replay, want, check_freq=False, obj=f"{sym} {tf} vs the oracle")
 
 
+def test_ltp_mode_ticks_have_no_book(store_env, monkeypatch):
+    import kiteohlc_lab as k
+    from kiteohlc_lab import api
+
+    sim = KiteSimulator(tick_interval=0.1, heartbeat_interval=0.5, seed=3).start()
+    try:
+        sim.pause()
+        for key, value in (("TICKER_URL", sim.ticker_url), ("API_URL", sim.api_url), ("MODE", "ltp")):
+            monkeypatch.setenv(f"KITEOHLC_{key}", value)
+        api.reset()
+        k.stream("RELIANCE", "5s", source="sim")
+        wait_for(lambda: [s for s in sim.subscriptions() if s.get(SYMS["RELIANCE"]) == "ltp"], 15,
+                 "the stream's ltp subscription")
+        sim.resume()
+        wait_for(lambda: len(sim.sent()) >= 10, 15, "ticks sent")
+        sim.pause()
+        n = len(sim.sent())
+        wait_for(lambda: k.status()[0]["feed"]["ticks"] == n, 10, "the feed to receive every tick sent")
+        k.stop()
+        got = k.ticks("RELIANCE", columns=["last_price", "bid", "ask", "bid_qty", "ask_qty"])
+    finally:
+        api.reset()
+        sim.stop()
+    assert len(got) == n and set(sim.sent_all()["mode"]) == {"ltp"}
+    np.testing.assert_array_equal(got["last_price"].to_numpy(), sim.sent().price)
+    assert got[["bid", "ask", "bid_qty", "ask_qty"]].isna().all().all()  # ltp packets carry no depth
+
+
 def test_frame_polars_and_arrow_of_candles(tmp_path):
     import pyarrow as pa
 
@@ -194,8 +229,8 @@ def test_bad_input_is_one_line(store_env, monkeypatch):
         k.stream("NIFTY", "10s", source="replay", start="2026-11-25 09:15", end="2026-11-25 15:30")
     with pytest.raises(ValueError, match=r"--from/--to replay a range of the tick store"):
         k.stream("NIFTY", "10s", source="sim", start="2026-11-25 09:15")
-    with pytest.raises(TickStoreError, match=r"^column\(s\) 'bid' not in the tick store; accepted: token"):
-        k.ticks("NIFTY", columns=["bid"])
+    with pytest.raises(TickStoreError, match=r"^column\(s\) 'depth' not in the tick store; accepted: token"):
+        k.ticks("NIFTY", columns=["depth"])
     assert len(k.ticks("NIFTY", "2026-11-25", "2026-11-26")) == 0  # an empty range reads as empty
     monkeypatch.setitem(sys.modules, "polars", None)  # as if it were not installed
     with pytest.raises(MissingExtraError, match=r"^frame='polars' needs polars, which is not installed: "

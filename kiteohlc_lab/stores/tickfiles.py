@@ -21,6 +21,9 @@ REJECTED_DIR = "_rejected"
 SYMBOLS_DIR = "_symbols"
 REASONS = ("bad_price", "bad_volume", "bad_stamp")
 ZONE = "Asia/Kolkata"
+# the top of the book (full mode): prices float64, quantities float32 (exact to 2**24); null where a
+# tick has none. Files written before these columns read them as null.
+BOOK = ("bid", "ask", "bid_qty", "ask_qty")
 PART_NAME = re.compile(r"part-(?P<host>.+)-(?P<pid>\d+)-(?P<start>\d+)-(?P<seq>\d+)\.parquet$")
 
 
@@ -29,7 +32,8 @@ def schema(rejected: bool = False) -> Any:
 
     ts = pa.timestamp("ns", tz=ZONE)
     fields = [("token", pa.int64()), ("exchange_time", ts), ("receive_time", ts),
-              ("last_price", pa.float64()), ("volume", pa.float64()), ("oi", pa.float64())]
+              ("last_price", pa.float64()), ("volume", pa.float64()), ("oi", pa.float64()),
+              *((name, pa.float64() if name in ("bid", "ask") else pa.float32()) for name in BOOK)]
     if rejected:
         fields.append(("reason", pa.string()))
     return pa.schema(fields)

@@ -14,11 +14,12 @@ receive time, their stamps being what is wrong). pyarrow, polars and DuckDB skip
 Columns (``SCHEMA``): ``token`` int64; ``exchange_time`` and ``receive_time``
 ``timestamp[ns, Asia/Kolkata]`` (the instant is UTC-exact, the zone only says how to show it);
 ``last_price`` float64; ``volume`` float64, the cumulative day volume (null where the packet has
-none: indices); ``oi`` float64 (null where none). Rejected files add ``reason`` (``bad_price``,
-``bad_volume``, ``bad_stamp``). Rows keep the order the stream processed them in (a replay in file
-order is the live stream's order). ``receive_time`` is when the stream thread took the batch (the
-``TickBatch`` carries no receive stamp of its own); the top of the book is not kept (the
-``TickBatch`` carries no depth).
+none: indices); ``oi`` float64 (null where none); the top of the book of full-mode packets, ``bid``
+``ask`` float64 and ``bid_qty`` ``ask_qty`` float32 (the first depth level of each side; null where
+the packet has no depth: ltp/quote mode, indices; an empty side: null price, quantity 0). Rejected
+files add ``reason`` (``bad_price``, ``bad_volume``, ``bad_stamp``). Rows keep the order the stream
+processed them in (a replay in file order is the live stream's order). ``receive_time`` is when the
+stream thread took the batch (the ``TickBatch`` carries no receive stamp of its own).
 
 Writing is on a background thread behind a bounded queue (a full queue for a second drops the batch,
 counted in ``status()``); a file is closed every ``file_seconds`` (and at ``close()``), written under
@@ -230,6 +231,11 @@ class TickStore:
                 pa.array(b.price, pa.float64()),
                 pa.array(b.volume, pa.float64(), from_pandas=True),  # NaN -> null
                 pa.array(b.oi, pa.float64(), from_pandas=True)]
+        if b.has_book:  # full mode: the top of the book, NaN -> null
+            cols += [pa.array(x, t, from_pandas=True) for x, t in
+                     zip(b.book(), (pa.float64(), pa.float64(), pa.float32(), pa.float32()))]
+        else:  # a column of nulls: no buffer, a few bytes a row group on disk
+            cols += [pa.nulls(n, t) for t in (pa.float64(), pa.float64(), pa.float32(), pa.float32())]
         if rejected:
             cols.append(pa.array(list(reasons), pa.string()))
         return pa.RecordBatch.from_arrays(cols, schema=schema(rejected))
