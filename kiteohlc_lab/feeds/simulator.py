@@ -29,7 +29,7 @@ import numpy as np
 import pandas as pd
 
 from ..core.ticks import TickBatch
-from ..core.timeframes import NS, anchor_for_tokens, bucket_start, parse_timeframe
+from ..core.timeframes import anchor_for_tokens, bucket_start, parse_timeframe
 from .frames import HEARTBEAT
 from .sim_http import (
     SPAN_LIMIT_DAYS,
