@@ -104,16 +104,21 @@ class FrameInfo:
 # masked: NaN added to a missing volume/oi, -1 for a missing stamp), and the mode.
 _KINDS = sorted(_FIELDS)
 _CODE = np.zeros(65536, np.uint8)
-_OFF = np.zeros((len(_KINDS) + 1, 5), np.int64)
-_NAN = np.zeros((len(_KINDS) + 1, 2))  # added to (volume, oi)
+# frames holding a full tradable packet gather the top of the book too (4 more columns: its
+# offsets in 184-byte packets, 0 and NaN added in the others)
+_OFF = np.zeros((len(_KINDS) + 1, 9), np.int64)
+_NAN = np.zeros((len(_KINDS) + 1, 6))  # added to (volume, oi, bid_qty, bid, ask_qty, ask)
 _HAS_TS = np.zeros(len(_KINDS) + 1, bool)
 _MODE = np.zeros(len(_KINDS) + 1, np.int64)  # 1 ltp, 2 quote, 3 full
 for _k, _len in enumerate(_KINDS, 1):
     _CODE[_len] = _k
-    _OFF[_k] = [0 if o is None else o for o in _FIELDS[_len]]
-    _NAN[_k] = [0.0 if _FIELDS[_len][i] is not None else np.nan for i in (2, 3)]
+    _OFF[_k, :5] = [0 if o is None else o for o in _FIELDS[_len]]
+    _NAN[_k, :2] = [0.0 if _FIELDS[_len][i] is not None else np.nan for i in (2, 3)]
+    _OFF[_k, 5:] = _BOOK_OFF if _len == _BOOK_LEN else 0
+    _NAN[_k, 2:] = 0.0 if _len == _BOOK_LEN else np.nan
     _HAS_TS[_k] = _FIELDS[_len][4] is not None
     _MODE[_k] = ("ltp", "quote", "full").index(_MODE_OF_LENGTH[_len]) + 1
+_OFF5 = np.ascontiguousarray(_OFF[:, :5])  # frames without full tradable packets
 
 
 def _uniform(buf: bytes, u8: np.ndarray, count: int) -> int:
@@ -148,7 +153,6 @@ def _walk(buf: bytes, count: int) -> list[int]:
 
 
 _BOOK_CODE = _CODE[_BOOK_LEN]
-_BOOK_COL = np.array(_BOOK_OFF, np.int64)[:, None]
 # A frame of a few packets: one struct.unpack_from a packet beats a dozen numpy calls a frame.
 SMALL = 12
 _UNPACK = {8: struct.Struct(">II"), 28: struct.Struct(">II"), 32: struct.Struct(">II20xI"),
@@ -310,18 +314,16 @@ def _decode_mixed(buf: bytes, heads: list[int]) -> tuple[np.ndarray, ...]:
         keep = code > 0
         head, code = head[keep], code[keep]
     words = np.ndarray((n - 3,), dtype=_U4, buffer=buf, strides=(1,))
-    w = words[(head + 2)[:, None] + _OFF.take(code, axis=0)].astype(np.int64)  # (packets, 5 fields)
+    has_book = bool((code == _BOOK_CODE).any())
+    off = (_OFF if has_book else _OFF5).take(code, axis=0)
+    w = words[(head + 2)[:, None] + off].astype(np.int64)  # (packets, 5 fields [+ 4 of the book])
     nan = _NAN.take(code, axis=0)
     token = w[:, 0]
     raw_price = w[:, 1].astype(np.float64)
     volume = w[:, 2] + nan[:, 0]
     oi = w[:, 3] + nan[:, 1]
     raw_ts = np.where(_HAS_TS.take(code), w[:, 4], -1)
-    full = code == _BOOK_CODE
-    if not full.any():
-        return token, raw_price, volume, oi, raw_ts, code, None
-    book = np.full((4, len(code)), np.nan)
-    book[:, full] = words[(head[full] + 2)[None, :] + _BOOK_COL]
+    book = (w[:, 5:] + nan[:, 2:]).T if has_book else None
     return token, raw_price, volume, oi, raw_ts, code, book
 
 
