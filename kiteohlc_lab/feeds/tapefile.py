@@ -3,8 +3,10 @@
 ``open_tape(path)`` reads the first block only and returns a ``TapeStream``: what a replay needs to
 start (its first tick's time, the instruments and symbols seen so far) plus ``blocks()``, which reads
 the file again from its start, one block at a time, converting each with Arrow straight to a
-``TickBatch``. Instruments are discovered as blocks arrive (``new_pairs``), so a replay of every
-instrument starts without a pass over the file.
+``TickBatch``; a CSV after its first block is parsed 32 MB of lines at a time by Arrow's
+multi-threaded reader, with the first block's column types. The next block is read on a thread of its
+own while this one is aggregated (``_prefetch``, one ahead). Instruments are discovered as blocks
+arrive (``learn``), so a replay of every instrument starts without a pass over the file.
 
 A tape whose first block is not well typed (text in a number column, a missing stamp, a negative
 volume ...) is read whole by ``replay.read_tape``'s checking path, which names the first malformed
@@ -37,7 +39,8 @@ def _is_parquet(path: Path) -> bool:
 
 
 def _reader(path: Path) -> tuple[Iterator[Any], int | None]:
-    """(record batches of the file in order, total rows when the file says so)."""
+    """(record batches of the file in order, total rows when the file says so): Arrow's streaming
+    CSV reader (its first block: what a start needs, and the column types)."""
     if _is_parquet(path):
         import pyarrow.parquet as pq
 
@@ -51,6 +54,73 @@ def _reader(path: Path) -> tuple[Iterator[Any], int | None]:
                      convert_options=csv.ConvertOptions(auto_dict_encode=True,
                                                         auto_dict_max_cardinality=1 << 20))
     return iter(r), None
+
+
+def _csv_chunks(path: Path, schema: Any) -> Iterator[Any]:
+    """The CSV's record batches, parsed a chunk of lines at a time by Arrow's multi-threaded reader
+    (the streaming one parses on one thread), every chunk with the first block's column types."""
+    import pyarrow as pa
+    from pyarrow import csv
+
+    # symbols as plain strings here (dictionary-encoding every chunk costs a sixth of the parse;
+    # only a new instrument's row is ever looked at)
+    types = {f.name: pa.string() if pa.types.is_dictionary(f.type) else f.type for f in schema
+             if not pa.types.is_null(f.type)}
+    conv = csv.ConvertOptions(column_types=types)
+    size = 4 * CSV_BLOCK_BYTES  # 32 MB: 8 blocks of 4 MB for Arrow's threads
+    opts = csv.ReadOptions(block_size=max(1 << 16, CSV_BLOCK_BYTES // 2))
+    with open(path, "rb") as fh:
+        header = fh.readline()
+        rest = b""
+        while True:
+            data = fh.read(size)
+            if not data and not rest.strip():
+                return
+            buf = rest + data
+            cut = buf.rfind(b"\n") + 1 if data else len(buf)
+            if cut == 0:  # one line longer than a chunk: read on
+                rest = buf
+                continue
+            buf, rest = buf[:cut], buf[cut:]
+            yield from csv.read_csv(pa.py_buffer(header + buf), read_options=opts,
+                                    convert_options=conv).to_batches()
+
+
+def _prefetch(items: Iterator[Any], depth: int = 1) -> Iterator[Any]:
+    """``items`` produced on a thread of their own, ``depth`` ahead of the consumer (Arrow parses
+    the next chunk while this one is aggregated); the producer's exception is raised here."""
+    import queue
+    import threading
+
+    q: queue.Queue = queue.Queue(depth)
+    end, quit_ = object(), threading.Event()
+
+    def produce() -> None:
+        try:
+            for item in items:
+                while not quit_.is_set():
+                    try:
+                        q.put((item, None), timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if quit_.is_set():
+                    return
+            q.put((end, None))
+        except BaseException as exc:  # noqa: BLE001 - handed to the consumer
+            q.put((end, exc))
+
+    threading.Thread(target=produce, name="kiteohlc-tape-read", daemon=True).start()
+    try:
+        while True:
+            item, exc = q.get()
+            if exc is not None:
+                raise exc
+            if item is end:
+                return
+            yield item
+    finally:
+        quit_.set()
 
 
 _NP = {"int8": "i1", "int16": "i2", "int32": "i4", "int64": "i8", "uint8": "u1", "uint16": "u2",
@@ -151,6 +221,7 @@ class TapeStream:
     error: str | None = None
     total: int | None = None
     estimated: bool = False  # total is an estimate (CSV)
+    schema: Any = None  # the first block's Arrow schema (a CSV's column types)
     _tokens: set[int] = field(default_factory=set)
     _sorted: np.ndarray = field(default_factory=lambda: np.empty(0, np.int64))
     _table: np.ndarray = field(default_factory=lambda: np.full(1 << _SLOT_BITS, -1, np.int64))
@@ -205,8 +276,12 @@ class TapeStream:
 
         consumed = 0
         try:
-            it, _ = _reader(Path(self.path))
-            for rb in it:
+            path = Path(self.path)
+            if self.schema is not None and not _is_parquet(path):
+                it: Iterator[Any] = _csv_chunks(path, self.schema)
+            else:
+                it, _ = _reader(path)
+            for rb in _prefetch(it):
                 ticks, sym = convert(rb)
                 consumed += rb.num_rows
                 yield ticks, consumed, sym
@@ -267,6 +342,6 @@ def open_tape(path: str | Path) -> Any:
         size = os.path.getsize(p)
         total = max(len(first), int(size / max(1.0, min(size, CSV_BLOCK_BYTES) / max(1, len(first)))))
         estimated = True
-    tape = TapeStream(str(p), first, total=total, estimated=estimated)
+    tape = TapeStream(str(p), first, total=total, estimated=estimated, schema=rb.schema)
     tape.learn(first, sym)
     return tape
