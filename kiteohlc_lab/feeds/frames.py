@@ -152,7 +152,8 @@ def _walk(buf: bytes, count: int) -> list[int]:
     return heads
 
 
-_BOOK_CODE = _CODE[_BOOK_LEN]
+_BOOK_CODE = int(_CODE[_BOOK_LEN])
+assert _BOOK_CODE == len(_KINDS)  # the longest packet has the highest code (_decode_mixed)
 # A frame of a few packets: one struct.unpack_from a packet beats a dozen numpy calls a frame.
 SMALL = 12
 _UNPACK = {8: struct.Struct(">II"), 28: struct.Struct(">II"), 32: struct.Struct(">II20xI"),
@@ -264,8 +265,8 @@ def decode_frame(payload: bytes, receive_ns: int) -> tuple[TickBatch, FrameInfo]
         return TickBatch(token, ts, price, volume, oi), info
     # (bid_qty, bid, ask_qty, ask), NaN rows for packets without depth; a price of 0 is an empty
     # level (no bids or no offers): NaN price, quantity 0
-    prices = raw_book[1::2]
-    prices = np.where(prices > 0, prices, np.nan) / div
+    prices = raw_book[1::2] / div
+    prices[prices == 0] = np.nan
     return TickBatch(token, ts, price, volume, oi, prices[0], prices[1], raw_book[0], raw_book[2]), info
 
 
@@ -314,7 +315,7 @@ def _decode_mixed(buf: bytes, heads: list[int]) -> tuple[np.ndarray, ...]:
         keep = code > 0
         head, code = head[keep], code[keep]
     words = np.ndarray((n - 3,), dtype=_U4, buffer=buf, strides=(1,))
-    has_book = bool((code == _BOOK_CODE).any())
+    has_book = len(code) > 0 and int(code.max()) == _BOOK_CODE  # 184 bytes: the highest code
     off = (_OFF if has_book else _OFF5).take(code, axis=0)
     w = words[(head + 2)[:, None] + off].astype(np.int64)  # (packets, 5 fields [+ 4 of the book])
     nan = _NAN.take(code, axis=0)
