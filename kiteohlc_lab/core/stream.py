@@ -14,7 +14,6 @@ import logging
 import queue
 import threading
 import time
-from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from .candles import CandleBatch
@@ -24,6 +23,7 @@ from .events import (  # Listener: the listener's shape, importable from here as
     Bus, CandlesClosed, Drained, FormingChanged, Gap, Listener, Resumed, StreamDone, StreamError,
     TicksAccepted, TicksReceived, TicksRejected, listen,
 )
+from .owner import LockedEngine, StreamStats, engine_lock
 from .repair import REPAIR_SETTLE_S, Repairs
 from .sanity import TickFilter
 from .sinks import HistorySink, LiveSink, RecorderSink, merge_by_tf
@@ -34,82 +34,7 @@ log = logging.getLogger("kiteohlc_lab.stream")
 
 CALL_TIMEOUT_S = 30.0  # Stream.call: how long the notebook waits for the stream thread
 
-_LOCK_GUARD = threading.Lock()
-
-
-def engine_lock(engine: Any) -> "threading.RLock":
-    """The lock guarding ``engine``'s state between its stream thread and readers in other threads.
-
-    One per engine (``Engine.lock``, made with the engine; an engine-like object without one gets a
-    ``lock`` attribute on first use), so a SeriesBuffer bound to the engine before its Stream exists
-    and the Stream itself share it. The stream thread holds it per batch while the engine aggregates
-    (and while a ``Stream.call`` runs); readers hold it while they copy.
-    """
-    lock = getattr(engine, "lock", None)
-    if lock is None:
-        with _LOCK_GUARD:
-            lock = getattr(engine, "lock", None)
-            if lock is None:
-                lock = threading.RLock()
-                engine.lock = lock
-    return lock
-
-
-class _LockedEngine:
-    """The stream thread's view of its engine: the state-changing calls hold the engine's lock.
-
-    Readers on the stream thread need no lock (only that thread changes the engine); readers in
-    other threads take ``engine_lock(engine)`` and copy (``Stream.forming``/``forming_candle``,
-    ``SeriesBuffer.forming``).
-    """
-
-    __slots__ = ("_eng", "_lock")
-
-    def __init__(self, engine: Any, lock: Any) -> None:
-        self._eng = engine
-        self._lock = lock
-
-    def process(self, batch: TickBatch) -> list[CandleBatch]:
-        with self._lock:  # one batch: microseconds to a few ms, never I/O
-            return self._eng.process(batch)
-
-    def advance(self, *args: Any, **kwargs: Any) -> list[CandleBatch]:
-        with self._lock:
-            return self._eng.advance(*args, **kwargs)
-
-    def flush(self) -> list[CandleBatch]:
-        with self._lock:
-            return self._eng.flush()
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._eng, name)
-
-
-@dataclass
-class StreamStats:
-    ticks: int = 0
-    batches: int = 0
-    last_tick_wall: float | None = None
-    rate: float = 0.0  # ticks/s, exponentially smoothed
-    _rate_t: float = field(default_factory=time.monotonic)
-    _rate_n: int = 0
-
-    def count(self, n: int) -> None:
-        now = time.monotonic()
-        self.ticks += n
-        self.batches += 1
-        self.last_tick_wall = now
-        self._rate_n += n
-        dt = now - self._rate_t
-        if dt >= 1.0:
-            inst = self._rate_n / dt
-            self.rate = inst if self.rate == 0 else 0.5 * self.rate + 0.5 * inst
-            self._rate_t, self._rate_n = now, 0
-
-    def current_rate(self) -> float:
-        if self.last_tick_wall is None or time.monotonic() - self.last_tick_wall > 5:
-            return 0.0
-        return self.rate
+_LOCK_GUARD = threading.Lock()  # guards _serving (whether call() queues or runs inline)
 
 
 class Stream:
@@ -385,7 +310,7 @@ class Stream:
         touched: set[int] = set()
         keep_going = True
         finished = False
-        eng = _LockedEngine(self.engine, self.lock)  # changes hold the lock, per batch
+        eng = LockedEngine(self.engine, self.lock)  # changes hold the lock, per batch
         bus, name = self.events, self.name
         slice_end = time.monotonic() + self.emit_interval
         for item in items:
