@@ -444,7 +444,7 @@ def claim(manager: Any, pairs: list[tuple[str, int]]) -> list[tuple[str, int]]:
         return pairs
     if not held:
         return pairs
-    if getattr(manager, "lease_policy", "strict") == "standby":
+    if manager.lease_policy == "standby":
         for s, t in pairs:
             if t in held:
                 manager.lease_waiting[s] = t
@@ -475,7 +475,7 @@ def stand_down(manager: Any, tokens: Iterable[int]) -> str:
         except Exception as exc:  # noqa: BLE001 - the fence refuses its writes meanwhile
             log.warning("stream %s did not stop streaming %s: %s", s.name, mine, exc)
     names = {t: manager.names.get(t, str(t)) for t in sorted(lost)}
-    standby = getattr(manager, "lease_policy", "strict") == "standby"
+    standby = manager.lease_policy == "standby"
     if standby:
         manager.lease_waiting.update({n.upper(): t for t, n in names.items()})
     msg = (f"lost the lease of {', '.join(names.values())} to another writer: stopped writing and "
