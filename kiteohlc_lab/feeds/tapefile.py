@@ -9,7 +9,7 @@ own while this one is aggregated (``_prefetch``, one ahead). Instruments are dis
 arrive (``learn``), so a replay of every instrument starts without a pass over the file.
 
 A tape whose first block is not well typed (text in a number column, a missing stamp, a negative
-volume ...) is read whole by ``replay.read_tape``'s checking path, which names the first malformed
+volume ...) is read whole by ``taperead.read_tape``'s checking path, which names the first malformed
 row; a later block that fails the same checks makes ``blocks()`` do the same from that row on.
 """
 
@@ -209,7 +209,7 @@ def _symbols_at(sym: Any, rows: np.ndarray) -> list:
 
 @dataclass
 class TapeStream:
-    """A tape file replayed block by block; the counterpart of ``replay.Tape`` (which is in memory).
+    """A tape file replayed block by block; the counterpart of ``taperead.Tape`` (which is in memory).
 
     ``symbols`` and ``tokens()`` grow as ``blocks()`` meets new instruments; ``total`` is the row count
     when the file says it (Parquet), else an estimate from the file size (CSV).
@@ -272,7 +272,7 @@ class TapeStream:
     def blocks(self) -> Iterator[tuple[TickBatch, int, Any]]:
         """(ticks, rows consumed so far, tradingsymbol column) per block, from the file's start. A
         malformed block: the checking path's ticks from that row on, its error in ``self.error``."""
-        from .replay import read_tape
+        from .taperead import read_tape
 
         consumed = 0
         try:
@@ -321,9 +321,9 @@ def tune_malloc() -> None:
 
 def open_tape(path: str | Path) -> Any:
     """A tape to replay: a ``TapeStream`` when its first block is well typed, else the whole tape
-    read by ``replay.read_tape`` (its checking path names the first malformed row)."""
+    read by ``taperead.read_tape`` (its checking path names the first malformed row)."""
     from ..errors import TapeError
-    from .replay import read_tape
+    from .taperead import read_tape
 
     p = Path(path).expanduser()
     if not p.is_file():
