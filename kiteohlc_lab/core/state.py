@@ -23,6 +23,8 @@ NONE = np.iinfo(np.int64).min  # "no value" in the int64 columns (no bucket, no 
 CANDLE_FIELDS = ("bucket", "open", "high", "low", "close", "vol", "oi", "ticks", "last_ts")
 # an instrument's exported volume baseline
 VOLUME_FIELDS = ("prev", "prev_ts", "segmax", "day")
+# an instrument's exported state: {"vol": {VOLUME_FIELDS}, "forming": {tf: {CANDLE_FIELDS}}, "clock": ns}
+STATE_FIELDS = ("vol", "forming", "clock")
 
 
 def alloc_candles(n: int) -> dict[str, np.ndarray]:

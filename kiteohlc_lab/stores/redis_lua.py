@@ -7,7 +7,7 @@ names (below), the keys follow ``stores/keys.py``.
 
 from __future__ import annotations
 
-from ..core.state import CANDLE_FIELDS, VOLUME_FIELDS
+from ..core.state import CANDLE_FIELDS, STATE_FIELDS, VOLUME_FIELDS
 
 # The single-server write: ARGV = prefix, now (ns), payload JSON, forming message ("" for none),
 # stream maxlen, fence JSON ({token: lease generation}, "" for none), then the state column blobs.
@@ -141,8 +141,7 @@ if sc then
     local t = int(col(1, n, 1, i))
     if ok(t) then
     local prev = col(1, n, 2, i)
-    local st = '{"vol":' .. @VOLUME_JSON@ .. ',"forming":{' .. (parts[i] or '') .. '},"clock":' ..
-      sc.clock .. '}'
+    local st = @STATE_JSON@
     redis.call('SET', p .. '{' .. t .. '}:state', st)
     redis.call('SADD', p .. 'tokens', t)
     end
@@ -154,8 +153,8 @@ return refused
 
 
 # The state blob the script writes is core.state's schema: its JSON objects are made from the field
-# names defined there (CANDLE_FIELDS, VOLUME_FIELDS), each mapped to the Lua value the script has for
-# it. A field added to or renamed in core.state fails here, at import, not in a reader.
+# names defined there (STATE_FIELDS, CANDLE_FIELDS, VOLUME_FIELDS), each mapped to the Lua value the
+# script has for it. A field added to or renamed in core.state fails here, at import, not in a reader.
 _LUA_CANDLE = {"bucket": "start", "open": "o", "high": "h", "low": "l", "close": "c", "vol": "v",
                "oi": "js", "ticks": "ticks", "last_ts": "lt"}
 _LUA_VOLUME = {"prev": "(prev ~= prev and 'null' or num(prev))",
@@ -171,5 +170,8 @@ def _lua_json_object(fields: tuple[str, ...], values: dict[str, str]) -> str:
     return " .. ".join(parts) + " .. '}'"
 
 
+_LUA_STATE = {"vol": _lua_json_object(VOLUME_FIELDS, _LUA_VOLUME),
+              "forming": "'{' .. (parts[i] or '') .. '}'", "clock": "sc.clock"}
+
 WRITE_LUA = (_WRITE_LUA.replace("@CANDLE_JSON@", _lua_json_object(CANDLE_FIELDS, _LUA_CANDLE))
-              .replace("@VOLUME_JSON@", _lua_json_object(VOLUME_FIELDS, _LUA_VOLUME)))
+             .replace("@STATE_JSON@", _lua_json_object(STATE_FIELDS, _LUA_STATE)))
