@@ -16,14 +16,15 @@ every key of one instrument lands in the same Redis Cluster slot::
     Psymbols              HASH    SYMBOL -> token, published by collectors (attach.py)
     Pcollector:<host>:<pid> STRING a running collector's heartbeat entry (collector.py)
 
-(The live store's Lua write scripts build the same instrument keys from the prefix and the token,
-with the suffixes below.)
+(The live store's Lua write script, stores/redis_lua.py, builds the same keys from the prefix and the
+token with the names below, filled in from here.)
 """
 
 from __future__ import annotations
 
 STATE, FORMING, LAST, CLOSED, LEASE, LEASE_GEN, SOURCE, RECON = (
     "state", "forming", "last", "closed", "lease", "lease:gen", "source", "recon")
+TOKENS, FORMING_CHANNEL, SYMBOLS = "tokens", "forming", "symbols"  # after the prefix
 
 
 def instrument(prefix: str, token: int, kind: str, tf: str | None = None) -> str:
@@ -41,15 +42,15 @@ def lease_generation(prefix: str, token: int) -> str:
 
 
 def tokens(prefix: str) -> str:
-    return f"{prefix}tokens"
+    return prefix + TOKENS
 
 
 def forming_channel(prefix: str) -> str:
-    return f"{prefix}forming"
+    return prefix + FORMING_CHANNEL
 
 
 def symbols(prefix: str) -> str:
-    return f"{prefix}symbols"
+    return prefix + SYMBOLS
 
 
 def collector(prefix: str, cid: str) -> str:

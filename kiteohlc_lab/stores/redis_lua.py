@@ -8,6 +8,7 @@ names (below), the keys follow ``stores/keys.py``.
 from __future__ import annotations
 
 from ..core.state import CANDLE_FIELDS, STATE_FIELDS, VOLUME_FIELDS
+from . import keys
 
 # The single-server write: ARGV = prefix, now (ns), payload JSON, forming message ("" for none),
 # stream maxlen, fence JSON ({token: lease generation}, "" for none), then the state column blobs.
@@ -47,7 +48,7 @@ local function ok(t)  -- may this writer write instrument t? (its generation is 
   if mine == nil then
     v = true
   else
-    v = mine >= tonumber(redis.call('GET', p .. '{' .. ts .. '}:lease:gen') or '0')
+    v = mine >= tonumber(redis.call('GET', p .. '{' .. ts .. '}:@LEASE_GEN@') or '0')
     if not v then refused[#refused + 1] = ts end
   end
   verdict[ts] = v
@@ -55,13 +56,13 @@ local function ok(t)  -- may this writer write instrument t? (its generation is 
 end
 local function write_last(last)  -- token -> {price, oi, start, tf}
   for t, v in pairs(last) do
-    redis.call('HSET', p .. '{' .. t .. '}:last', 'price', v[1], 'oi', v[2], 'start', v[3], 'tf', v[4],
+    redis.call('HSET', p .. '{' .. t .. '}:@LAST@', 'price', v[1], 'oi', v[2], 'start', v[3], 'tf', v[4],
       'updated', now)
   end
 end
 for _, g in ipairs(d.x) do
   for i = 1, #g.t do
-    if ok(g.t[i]) then redis.call('XADD', key(g.t[i], 'closed', g.tf), 'MAXLEN', '~', maxlen, '*',
+    if ok(g.t[i]) then redis.call('XADD', key(g.t[i], '@CLOSED@', g.tf), 'MAXLEN', '~', maxlen, '*',
       'start', int(g.s[i]) .. '000000000', 'open', num(g.o[i]), 'high', num(g.h[i]),
       'low', num(g.l[i]), 'close', num(g.c[i]), 'volume', num(g.v[i]), 'oi', oi(g.oi[i]),
       'ticks', int(g.n[i]), 'amended', int(g.a[i])) end
@@ -72,7 +73,7 @@ for _, g in ipairs(d.f) do
   for i = 1, #g.t do
     if ok(g.t[i]) then
     local s, c, o = int(g.s[i]) .. '000000000', num(g.c[i]), oi(g.oi[i])
-    redis.call('HSET', key(g.t[i], 'forming', g.tf), 'start', s, 'open', num(g.o[i]),
+    redis.call('HSET', key(g.t[i], '@FORMING@', g.tf), 'start', s, 'open', num(g.o[i]),
       'high', num(g.h[i]), 'low', num(g.l[i]), 'close', c, 'volume', num(g.v[i]), 'oi', o,
       'ticks', int(g.n[i]), 'updated', now)
     last[int(g.t[i])] = {c, o, s, g.tf}
@@ -83,8 +84,8 @@ write_last(last)
 for i = 1, #d.st.t do
   local t = int(d.st.t[i])
   if ok(t) then
-    redis.call('SET', p .. '{' .. t .. '}:state', d.st.j[i])
-    redis.call('SADD', p .. 'tokens', t)
+    redis.call('SET', p .. '{' .. t .. '}:@STATE@', d.st.j[i])
+    redis.call('SADD', p .. '@TOKENS@', t)
   end
 end
 local sc = d.sc
@@ -127,7 +128,7 @@ if sc then
       local oi = col(b, m, 8, k)
       local ticks = int(col(b, m, 9, k))
       local lt = ns(col(b, m, 10, k), col(b, m, 11, k))
-      redis.call('HSET', key(t, 'forming', tf), 'start', start, 'open', o, 'high', h, 'low', l,
+      redis.call('HSET', key(t, '@FORMING@', tf), 'start', start, 'open', o, 'high', h, 'low', l,
         'close', c, 'volume', v, 'oi', num(oi), 'ticks', ticks, 'updated', now)
       last[t] = {c, num(oi), start, tf}
       local js = oi ~= oi and 'null' or num(oi)
@@ -142,12 +143,12 @@ if sc then
     if ok(t) then
     local prev = col(1, n, 2, i)
     local st = @STATE_JSON@
-    redis.call('SET', p .. '{' .. t .. '}:state', st)
-    redis.call('SADD', p .. 'tokens', t)
+    redis.call('SET', p .. '{' .. t .. '}:@STATE@', st)
+    redis.call('SADD', p .. '@TOKENS@', t)
     end
   end
 end
-if msg ~= '' then redis.call('PUBLISH', p .. 'forming', msg) end
+if msg ~= '' then redis.call('PUBLISH', p .. '@FORMING_CHANNEL@', msg) end
 return refused
 """
 
@@ -173,5 +174,18 @@ def _lua_json_object(fields: tuple[str, ...], values: dict[str, str]) -> str:
 _LUA_STATE = {"vol": _lua_json_object(VOLUME_FIELDS, _LUA_VOLUME),
               "forming": "'{' .. (parts[i] or '') .. '}'", "clock": "sc.clock"}
 
-WRITE_LUA = (_WRITE_LUA.replace("@CANDLE_JSON@", _lua_json_object(CANDLE_FIELDS, _LUA_CANDLE))
-             .replace("@STATE_JSON@", _lua_json_object(STATE_FIELDS, _LUA_STATE)))
+# ... and its keys follow stores/keys.py (the suffixes of an instrument's keys, the shared names)
+_LUA_KEYS = {"@LEASE_GEN@": keys.LEASE_GEN, "@LAST@": keys.LAST, "@STATE@": keys.STATE,
+             "@CLOSED@": keys.CLOSED, "@FORMING@": keys.FORMING, "@TOKENS@": keys.TOKENS,
+             "@FORMING_CHANNEL@": keys.FORMING_CHANNEL}
+
+
+def _fill(lua: str) -> str:
+    lua = (lua.replace("@CANDLE_JSON@", _lua_json_object(CANDLE_FIELDS, _LUA_CANDLE))
+           .replace("@STATE_JSON@", _lua_json_object(STATE_FIELDS, _LUA_STATE)))
+    for mark, name in _LUA_KEYS.items():
+        lua = lua.replace(mark, name)
+    return lua
+
+
+WRITE_LUA = _fill(_WRITE_LUA)
