@@ -97,7 +97,7 @@ def tokens_of(manager: Any, symbols: Any, url: str) -> list[tuple[str, int]]:
 def ticks(manager: Any, symbols: Any = None, start: Any = None, end: Any = None,
           columns: list[str] | None = None, frame: str = "pandas") -> Any:
     """See ``kiteohlc_lab.ticks``."""
-    from .stores.tickread import read
+    from .stores.tickread import read, scan
     from .stores.ticks import store_url
 
     check_frame(frame)
@@ -114,11 +114,12 @@ def ticks(manager: Any, symbols: Any = None, start: Any = None, end: Any = None,
         cols = ["exchange_time", *[c for c in columns if c != "exchange_time"]]
     else:
         cols = ["exchange_time", *TICK_COLUMNS]
-    table = read(url, tokens, lo, hi, columns=cols)
+    fast = scan(url, tokens, lo, hi, columns=cols)  # None without polars or off the local disk
+    if frame == "polars":
+        return fast if fast is not None else polars().from_arrow(read(url, tokens, lo, hi, columns=cols))
+    table = read(url, tokens, lo, hi, columns=cols) if fast is None else fast.to_arrow()
     if frame == "arrow":
         return table
-    if frame == "polars":
-        return polars().from_arrow(table)
     df = table.to_pandas()
     return df.set_index("exchange_time")
 

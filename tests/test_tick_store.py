@@ -268,6 +268,44 @@ def test_cli_ticks_lists_exports_and_says_no(store_env, tmp_path, capsys):
     assert ".xlsx is not accepted; use a .parquet or .csv" in capsys.readouterr().err
 
 
+def test_polars_and_pyarrow_readers_agree_and_old_files_read_a_null_book(store_env, monkeypatch):
+    """ticks() reads through polars when it is installed (faster for a few instruments), else
+    pyarrow's dataset: the same frame either way; a file written before the book columns existed
+    reads them as NaN."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    import kiteohlc_lab as k
+    from kiteohlc_lab.core.ticks import TickBatch
+    from kiteohlc_lab.stores.ticks import TickStore
+
+    pytest.importorskip("polars")
+    t0 = 1_795_000_000 * NS  # 2026-11-18 in IST
+    old_dir = store_env / "host=old" / "date=2026-11-18"
+    old_dir.mkdir(parents=True)
+    zone = pa.timestamp("ns", tz="Asia/Kolkata")
+    old = pa.table({"token": pa.array([738561], pa.int64()),
+                    "exchange_time": pa.array([t0], pa.int64()).view(zone),
+                    "receive_time": pa.array([t0], pa.int64()).view(zone),
+                    "last_price": [9.0], "volume": [1.0], "oi": pa.nulls(1, pa.float64())})
+    pq.write_table(old, old_dir / "part-old-1-1-000001.parquet")
+    s = TickStore(f"file://{store_env}", file_seconds=60)
+    s.write(TickBatch([738561, 256265], [t0 + NS, t0 + 2 * NS], [10.0, 20.0], [2.0, np.nan], None,
+                      [9.95, np.nan], [10.05, np.nan], [5, np.nan], [7, np.nan]))
+    s.close()
+    window = ("2026-11-18", "2026-11-19")
+    fast = k.ticks(None, *window)
+    monkeypatch.setitem(sys.modules, "polars", None)  # as if it were not installed
+    slow = k.ticks(None, *window)
+    pd.testing.assert_frame_equal(fast, slow)
+    assert fast["last_price"].tolist() == [9.0, 10.0, 20.0]  # files by (opened ns, seq): the old first
+    np.testing.assert_array_equal(fast["bid"].to_numpy(), [np.nan, 9.95, np.nan])
+    np.testing.assert_array_equal(fast["ask_qty"].to_numpy(), [np.nan, 7, np.nan])
+    assert str(fast["bid_qty"].dtype) == "float32" and str(fast["bid"].dtype) == "float64"
+    small = k.ticks(738561, *window, columns=["bid"], frame="arrow")
+    assert small.column_names == ["exchange_time", "bid"] and small.num_rows == 2
+
+
 def test_partitions_are_ist_dates_and_retention_prunes(tmp_path, monkeypatch):
     """Under TZ=UTC too: 23:00 UTC is the next IST day; days older than the retention go."""
     import time
