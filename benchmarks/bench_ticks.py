@@ -12,8 +12,10 @@ One command: ``python benchmarks/bench_ticks.py [--instruments 9000] [--seconds 
 3. Reading: ``kiteohlc_lab.ticks(...)`` (the public API: pandas with the IST index) for one instrument
    over a 5 minute window, for one instrument over the whole recorded day, and for all of it (also
    as ``frame="arrow"``, no pandas conversion), against
-   polars ``scan_parquet(<the same files>).filter(...).collect()`` (best of ``--repeat``); the ratio
-   project/polars is printed (below 1: the project is faster).
+   polars ``scan_parquet(<the same files>).filter(...).collect()`` (best of ``--repeat``, runs
+   alternating); the ratio project/polars is printed (below 1: the project is faster). With polars
+   installed ``ticks()`` reads through it (``stores/tickread.scan``), else through pyarrow's dataset.
+4. ``--book``: the market carries a top of the book (full mode), for its bytes per tick.
 """
 
 from __future__ import annotations
@@ -34,8 +36,9 @@ DAY0 = 1_795_500_000 * NS  # 2026-11-24 in IST (the market's first second, round
 FRAME = 1000
 
 
-def market(n_inst: int, seconds: int, seed: int = 1):
-    """Yield TickBatch frames: every instrument once a second, in shuffled frame order."""
+def market(n_inst: int, seconds: int, seed: int = 1, book: bool = False):
+    """Yield TickBatch frames: every instrument once a second, in shuffled frame order (``book``:
+    with a top of the book, as full mode sends it: a tick either side, 1-40 lots of 1)."""
     from kiteohlc_lab.core.ticks import TickBatch
 
     rng = np.random.default_rng(seed)
@@ -49,7 +52,13 @@ def market(n_inst: int, seconds: int, seed: int = 1):
         ts = np.full(n_inst, DAY0 + s * NS, np.int64)
         for lo in range(0, n_inst, FRAME):
             idx = order[lo:lo + FRAME]
-            yield TickBatch(tokens[idx], ts[idx], price[idx], vol[idx], None)
+            if not book:
+                yield TickBatch(tokens[idx], ts[idx], price[idx], vol[idx], None)
+                continue
+            p = price[idx]
+            qty = rng.integers(1, 41, (2, len(idx))).astype(np.float64)
+            yield TickBatch(tokens[idx], ts[idx], p, vol[idx], None, (p - 0.05).round(2),
+                            (p + 0.05).round(2), qty[0], qty[1])
 
 
 def cpu(fn) -> float:
@@ -87,13 +96,17 @@ def store_work(frames, root: Path, file_seconds: float) -> tuple[float, object]:
     return cpu(run), holder["s"]
 
 
-def best(fn, repeat: int) -> tuple[float, object]:
-    times, out = [], None
+def best(fns, repeat: int) -> list[tuple[float, object]]:
+    """Best time (and last result) of each of ``fns``, runs alternating (a, b, a, b ...) so noise
+    from other processes hits both."""
+    times: list[list[float]] = [[] for _ in fns]
+    outs: list[object] = [None] * len(fns)
     for _ in range(repeat):
-        t0 = time.perf_counter()
-        out = fn()
-        times.append(time.perf_counter() - t0)
-    return min(times), out
+        for i, fn in enumerate(fns):
+            t0 = time.perf_counter()
+            outs[i] = fn()
+            times[i].append(time.perf_counter() - t0)
+    return [(min(t), o) for t, o in zip(times, outs)]
 
 
 def main() -> int:
@@ -102,10 +115,12 @@ def main() -> int:
     ap.add_argument("--seconds", type=int, default=300, help="seconds of market recorded")
     ap.add_argument("--file-seconds", type=float, default=2.0,
                     help="tick_file_seconds while recording (wall clock; several files either way)")
-    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--repeat", type=int, default=5)
+    ap.add_argument("--book", action="store_true",
+                    help="ticks with a top of the book (full mode): its cost on disk")
     args = ap.parse_args()
 
-    frames = list(market(args.instruments, args.seconds))
+    frames = list(market(args.instruments, args.seconds, book=args.book))
     n = sum(len(b) for b in frames)
     tmp = Path(tempfile.mkdtemp(prefix="kiteohlc_bench_ticks_"))
     root = tmp / "ticks"
@@ -152,8 +167,7 @@ def main() -> int:
     ]
     print(f"read ({n:,} ticks stored; best of {args.repeat}):")
     for label, ours, theirs in cases:
-        t_ours, df = best(ours, args.repeat)
-        t_pl, pf = best(theirs, args.repeat)
+        (t_ours, df), (t_pl, pf) = best([ours, theirs], args.repeat)
         rows = df.num_rows if hasattr(df, "num_rows") else len(df)
         assert rows == pf.height, (label, rows, pf.height)
         print(f"  {label:<24} ticks() {t_ours * 1e3:8.1f} ms   polars {t_pl * 1e3:8.1f} ms   "
