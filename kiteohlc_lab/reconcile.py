@@ -82,7 +82,8 @@ def historical_client(manager: Any) -> Any:
 
     from .feeds.historical import HistoricalClient
 
-    sim = getattr(manager, "_sim", None)
+    running = getattr(manager, "running_simulator", None)  # a Session; test doubles may lack it
+    sim = running() if callable(running) else None
     streams = list(getattr(manager, "streams", {}).values())
     on_sim = any(getattr(s.source, "name", "") == "sim" for s in streams)
     cfg = manager.cfg
@@ -101,14 +102,9 @@ def historical_client(manager: Any) -> Any:
 
 def tick_size_of(manager: Any, symbol: str | int) -> float:
     """The instrument's tick size from the tables the manager has loaded (0.05 if unknown)."""
-    for table in list(getattr(manager, "_tables", {}).values()):
-        try:
-            ts = float(table.resolve(symbol).tick_size)
-        except Exception:  # noqa: BLE001 - a table that does not know the symbol
-            continue
-        if ts > 0:
-            return ts
-    return DEFAULT_TICK
+    lookup = getattr(manager, "tick_size", None)  # a Session; test doubles may lack it
+    ts = lookup(symbol) if callable(lookup) else None
+    return float(ts) if ts else DEFAULT_TICK
 
 
 def reconcile(symbol: str | int, tf: str = "1m", start: Any = None, end: Any = None, *,

@@ -155,7 +155,15 @@ class Session:
                 self._sim = KiteSimulator().start()
             return self._sim
 
+    def running_simulator(self) -> Any:
+        """The built-in KiteSimulator if it was started, else None (never starts one)."""
+        return self._sim
+
     # ------------------------------------------------------------------ symbols (SymbolBook)
+    def tick_size(self, symbol: str | int) -> float | None:
+        """The instrument's tick size, from the instrument tables loaded so far (None: unknown)."""
+        return self.symbols.tick_size(symbol)
+
     @property
     def names(self) -> dict[int, str]:
         """token -> display symbol."""

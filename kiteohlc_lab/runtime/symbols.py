@@ -124,3 +124,14 @@ class SymbolBook:
             except SymbolError:
                 continue
         return self.resolve(symbol, extra)
+
+    def tick_size(self, symbol: str | int) -> float | None:
+        """The instrument's tick size from the tables loaded so far (None if none knows it)."""
+        for t in list(self._tables.values()):
+            try:
+                ts = float(t.resolve(symbol).tick_size)
+            except Exception:  # noqa: BLE001 - a table that does not know the symbol
+                continue
+            if ts > 0:
+                return ts
+        return None
