@@ -329,3 +329,19 @@ def test_gap_repair_rebuilds_1m_and_5m_candles_from_kite_minutes(clock) -> None:
     finally:
         st.stop()
         sim.stop()
+
+
+def test_tick_size_comes_from_the_sessions_instrument_tables(isolated_env) -> None:
+    """The chart and reconcile read an instrument's tick size through the session (MCX crude: 1.0)."""
+    from kiteohlc_lab.config import KiteOHLC
+    from kiteohlc_lab.reconcile import tick_size_of
+    from kiteohlc_lab.runtime import Manager
+
+    m = Manager(KiteOHLC(data_dir=str(isolated_env)))
+    try:
+        m.start(["MCX:CRUDEOIL25DECFUT"], ["1m"], source="sim")
+        assert tick_size_of(m, "MCX:CRUDEOIL25DECFUT") == 1.0
+        assert tick_size_of(m, "NSE:RELIANCE") == 0.05
+        assert tick_size_of(m, "NOSUCH") == 0.05  # unknown: the default
+    finally:
+        m.shutdown()
