@@ -1,5 +1,6 @@
-"""A replay's progress bar in the cell (ticks/s, ETA), as the backfill's: the bar is displayed here,
-a daemon thread only changes its values (``hold_sync``) until the replay is done."""
+"""Progress bars in the cell: the backfill's (``progress_bar``, updated from the backfill job) and a
+replay's (ticks/s, ETA). Each bar is displayed in the cell; other threads only change its values
+(``hold_sync``)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,32 @@ import threading
 from typing import Any
 
 MIN_TICKS = 1_000_000  # smaller tapes replay in well under a second: no bar
+
+
+def _bar(description: str) -> tuple[Any, Any, Any]:
+    import ipywidgets as w
+    from IPython.display import display
+
+    bar = w.FloatProgress(value=0.0, min=0.0, max=1.0, description=description,
+                          layout=w.Layout(width="60%"))
+    label = w.Label("")
+    box = w.HBox([bar, label])
+    display(box)
+    return bar, label, box
+
+
+def progress_bar(description: str) -> Any:
+    """Display a bar; returns ``update(fraction, text)`` for the thread doing the work."""
+    bar, label, _ = _bar(description)
+
+    def update(fraction: float, text: str) -> None:
+        with bar.hold_sync():
+            bar.value = min(1.0, max(0.0, fraction))
+            if fraction >= 1.0:
+                bar.bar_style = "success"
+        label.value = text
+
+    return update
 
 
 def show_replay_progress(stream: Any, interval: float = 0.25) -> Any:
@@ -20,13 +47,7 @@ def show_replay_progress(stream: Any, interval: float = 0.25) -> Any:
     first = source.progress()
     if not first.get("total") or first["total"] < MIN_TICKS or stream.done.is_set():
         return None
-    import ipywidgets as w
-    from IPython.display import display
-
-    bar = w.FloatProgress(value=0.0, min=0.0, max=1.0, description="replay", layout=w.Layout(width="60%"))
-    label = w.Label("")
-    box = w.HBox([bar, label])
-    display(box)
+    bar, label, box = _bar("replay")
 
     def update() -> None:
         while True:
