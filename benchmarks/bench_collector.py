@@ -7,7 +7,8 @@
 - a collector subprocess (``kiteohlc-lab collect <tokens> 10s 1m --source sim``) aggregates them into
   the Redis at ``--redis-url`` (unique prefix, keys deleted at the end);
 - 10 reader processes, each an own Manager attached with ``source="redis"`` to a slice of the
-  instruments, poll ``candles(..., closed_only=True)`` every ``--poll`` seconds. Latency = when the
+  instruments, read ``candles(..., closed_only=True)`` when ``on_candle`` says a candle closed
+  (push, the default) or every ``--poll`` seconds. Latency = when the
   reader's ``candles()`` first shows a closed 10s candle minus when the collector appended it to the
   candle's Redis Stream (the entry id's millisecond clock, set by the Redis server on this host).
 - CPU: ``psutil`` over the measurement window, of the collector process (100% = one core).
@@ -45,7 +46,10 @@ def _run_sim(n: int, q, stop) -> None:
 
 
 def _reader(mine: list[int], url: str, prefix: str, data_dir: str, poll: float, go, end, out) -> None:
-    """One reader process: an own Manager attached through Redis, polling candles()."""
+    """One reader process: an own Manager attached through Redis. ``poll`` > 0: check the series'
+    versions every ``poll`` seconds (what a live view does); 0: push, ``on_candle`` wakes the reader
+    when a candle closes (no polling at all)."""
+
     import redis
 
     from kiteohlc_lab.config import KiteOHLC
@@ -58,26 +62,36 @@ def _reader(mine: list[int], url: str, prefix: str, data_dir: str, poll: float, 
     versions = {t: -1 for t in mine}
     rc = redis.Redis.from_url(url)
     lat: list[float] = []
+
+    def check(t: int) -> None:
+        df = m.candles(t, "10s", closed_only=True)
+        if not len(df):
+            return
+        s = int(df.index[-1].value)
+        if last[t] is None:
+            last[t] = s
+        elif s != last[t]:
+            seen = time.time()
+            last[t] = s
+            e = rc.xrevrange(f"{prefix}{{{t}}}:closed:10s", count=1)
+            if e and go.is_set():
+                lat.append(seen * 1000 - int(e[0][0].decode().split("-")[0]))
+
+    if poll <= 0:
+        for t in mine:
+            m.on_candle(t, "10s", lambda c, t=t: check(t))
     out.put("ready")
     go.wait()
     while not end.is_set():
+        if poll <= 0:
+            end.wait(0.5)
+            continue
         for t in mine:
             v = bufs[t].version  # what a live view checks before re-reading
             if v == versions[t]:
                 continue
             versions[t] = v
-            df = m.candles(t, "10s", closed_only=True)
-            if not len(df):
-                continue
-            s = int(df.index[-1].value)
-            if last[t] is None:
-                last[t] = s
-            elif s != last[t]:
-                seen = time.time()
-                last[t] = s
-                e = rc.xrevrange(f"{prefix}{{{t}}}:closed:10s", count=1)
-                if e:
-                    lat.append(seen * 1000 - int(e[0][0].decode().split("-")[0]))
+            check(t)
         end.wait(poll)
     out.put(lat)
     rc.close()
@@ -91,7 +105,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--warmup", type=float, default=12.0)
     ap.add_argument("--readers", type=int, default=10)
     ap.add_argument("--per-reader", type=int, default=20, help="instruments each reader follows")
-    ap.add_argument("--poll", type=float, default=0.01)
+    ap.add_argument("--poll", type=float, default=0.0,
+                    help="seconds between a reader's version checks; 0 (default): push (on_candle)")
     ap.add_argument("--redis-url", default="redis://127.0.0.1:6379/0")
     args = ap.parse_args(argv)
 
