@@ -27,7 +27,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import need
+from conftest import need, need_import
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
@@ -351,7 +351,7 @@ def test_served_chart_page_in_a_real_browser(chromium, tmp_path):
     from kiteohlc_lab.notebook.chart import STATIC
 
     need(STATIC.is_file(), "kiteohlc_lab/static/chart.js is not built (pip install -e . with npm)")
-    uvicorn = pytest.importorskip("uvicorn")
+    uvicorn = need_import("uvicorn")
     from kiteohlc_lab.serve import build_app
 
     m = FakeManager()

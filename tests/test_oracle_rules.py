@@ -41,7 +41,7 @@ def run_oracle(rows, tfs, *, cuts=(), resume_at=None, **kw):
 def run_package(rows, tfs, *, cuts=(), resume_at=None, **kw):
     """The package side: per batch good = TickFilter.check(batch); closed += Engine.process(good);
     at the end the filter's held tick, then the engine's forming candles."""
-    sanity = pytest.importorskip("kiteohlc_lab.core.sanity")
+    from kiteohlc_lab.core import sanity
     from kiteohlc_lab.core.engine import Engine
 
     flt = sanity.TickFilter(live=False)

@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import wait_for
+from conftest import need_import, wait_for
 from kiteohlc_lab.feeds.simulator import KiteSimulator
 
 NS = 10**9
@@ -134,7 +134,7 @@ def test_live_then_replay_from_the_store(store_env, monkeypatch, tmp_path):
     assert len(list(store_env.rglob("part-*.parquet"))) >= 3  # files rolled while it ran
 
     # polars and Arrow out, the same ticks
-    pl = pytest.importorskip("polars")
+    pl = need_import("polars")
     frame = k.ticks("NIFTY", frame="polars")
     assert isinstance(frame, pl.DataFrame) and frame.height == int((clean.token == SYMS["NIFTY"]).sum())
     table = k.ticks("RELIANCE", columns=["last_price"], frame="arrow")
@@ -209,7 +209,7 @@ def test_frame_polars_and_arrow_of_candles(tmp_path):
     assert table.column("close").to_pylist() == df["close"].tolist()
     hist = k.history(738561, "1m", frame="arrow")
     assert hist.num_rows == len(k.history(738561, "1m"))
-    pl = pytest.importorskip("polars")
+    pl = need_import("polars")
     frame = k.candles(738561, "1m", frame="polars")
     assert isinstance(frame, pl.DataFrame) and frame["close"].to_list() == df["close"].tolist()
     with pytest.raises(ValueError, match="frame 'excel' is not accepted; use one of pandas, polars, arrow"):
@@ -279,7 +279,7 @@ def test_polars_and_pyarrow_readers_agree_and_old_files_read_a_null_book(store_e
     from kiteohlc_lab.core.ticks import TickBatch
     from kiteohlc_lab.stores.ticks import TickStore
 
-    pytest.importorskip("polars")
+    need_import("polars")
     t0 = 1_795_000_000 * NS  # 2026-11-18 in IST
     old_dir = store_env / "host=old" / "date=2026-11-18"
     old_dir.mkdir(parents=True)
