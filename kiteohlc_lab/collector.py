@@ -189,6 +189,8 @@ class Collector:
         self.manager = Manager(cfg)
         self.manager.lease_policy = "standby"
         self.manager.lease_ttl = float(lease_ttl)
+        # thousands of instruments that no one reads in this process: no series buffers for them
+        self.manager.registry.preload_streamed = False
         self.stop_event = threading.Event()
         self.pairs: dict[str, int] = {}
         self.message = ""

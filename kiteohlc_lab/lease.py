@@ -191,6 +191,7 @@ class LeaseKeeper:
         self.on_lost = on_lost
         self.version = 0  # bumped whenever ``gens`` changes (the live store caches its encoding)
         self._lost_queue: list[int] = []
+        self._renew_keys: dict[int, tuple[str, str]] = {}  # token -> (lease key, generation key)
         self._lock = threading.RLock()
         self._stop = threading.Event()
         self._wake = threading.Event()
@@ -305,7 +306,13 @@ class LeaseKeeper:
         lost: list[int] = []
         if toks:
             px = int(self.ttl * 1000)
-            rows = [((self.key(t), self.gen_key(t)), (g,)) for t, g in zip(toks, gens)]
+            keys = self._renew_keys
+            if len(keys) > 4 * len(toks) + 1024:  # tokens given back long ago: start afresh
+                keys = self._renew_keys = {}
+            for t in toks:  # an instrument's key pair is formatted once, not every renew
+                if t not in keys:
+                    keys[t] = (self.key(t), self.gen_key(t))
+            rows = [(keys[t], (g,)) for t, g in zip(toks, gens)]
             results = self._script(_RENEW, rows, (self.owner, px))
             lost = [t for t, (r,) in zip(toks, results) if not int(r)]
             if lost:  # expired while we stalled and taken by another writer (its generation is newer)

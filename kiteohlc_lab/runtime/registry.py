@@ -46,6 +46,8 @@ class SeriesRegistry:
         self._token_of = token_of  # symbol -> token (SymbolBook.token_of)
         self._errors = errors  # where a failing callback is reported (once)
         self.buffers: dict[Key, SeriesBuffer] = {}
+        # False: a stream's series are not loaded (nor kept up to date) until someone reads them
+        self.preload_streamed = True
         # series no stream of this process writes: least recently read last, at most
         # cfg.max_idle_series of them kept (those a stream, callback or pin uses are never dropped)
         self._lru: OrderedDict[Key, None] = OrderedDict()
@@ -179,7 +181,11 @@ class SeriesRegistry:
             self.buffers[(tok, tf)] = buf
 
     def load_streamed(self, tokens: list[int], labels: list[str]) -> None:
-        """Load the series a stream is about to write; they are never evicted while it runs."""
+        """Load the series a stream is about to write; they are never evicted while it runs.
+        With ``preload_streamed`` off (a collector: nobody reads in its process) they are made only
+        when read, from the store, like any other series."""
+        if not self.preload_streamed:
+            return
         with self._lock:
             for label in labels:
                 self.load(tokens, label)
@@ -264,6 +270,16 @@ class SeriesRegistry:
     def on_closed(self, stream: Any, batches: list[CandleBatch]) -> None:
         jobs: list[tuple[Callable, Candle]] = []
         for b in batches:
+            # only instruments someone holds a series or a callback for: a collector streaming
+            # thousands that nobody reads in this process does no per-instrument work here
+            wanted = [t for (t, tf) in list(self.buffers) + list(self._callbacks) if tf == b.tf]
+            if not wanted:
+                continue
+            keep = np.isin(b.token, np.asarray(wanted, dtype=np.int64))
+            if not keep.all():
+                if not keep.any():
+                    continue
+                b = b.select(keep)
             order = np.argsort(b.token, kind="stable")
             toks = b.token[order]
             cuts = np.flatnonzero(toks[1:] != toks[:-1]) + 1
