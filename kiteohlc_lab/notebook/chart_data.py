@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 
 from ..errors import KiteOHLCError
+from .handle import carries
 
 IST_SHIFT = 19_800  # seconds: UTC -> IST wall clock on the chart's UTC axis
 DEFAULT_RATE = 10.0
@@ -138,7 +139,6 @@ def stream_choices(manager: Any, symbol: str) -> tuple[list[str], list[str]]:
         return [], []
     symbols: list[str] = []
     tfs: set[str] = set()
-    key = str(symbol).upper()
     for row in rows:
         if row.get("state") in ("stopped", "failed"):
             continue
@@ -146,6 +146,6 @@ def stream_choices(manager: Any, symbol: str) -> tuple[list[str], list[str]]:
         for n in names:
             if n not in symbols:
                 symbols.append(n)
-        if any(key == n.upper() or key == n.upper().split(":")[-1] for n in names):
+        if carries(row, symbol):
             tfs.update(str(x) for x in (row.get("timeframes") or []))
     return symbols, sorted(tfs, key=_tf_ns)

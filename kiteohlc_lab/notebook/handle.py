@@ -22,13 +22,17 @@ def stream_state(manager: Any, symbol: str, tf: str | None = None) -> dict | Non
         rows = manager.status()
     except Exception:
         return None
-    key = str(symbol).upper()
     for row in rows:
-        names = [str(s).upper() for s in (row.get("symbols") or [])]
-        hit = key in names or any(key == n.split(":")[-1] for n in names)
-        if hit and (tf is None or not row.get("timeframes") or tf in row.get("timeframes")):
+        if carries(row, symbol) and (tf is None or not row.get("timeframes") or tf in row.get("timeframes")):
             return row
     return None
+
+
+def carries(row: dict, symbol: str) -> bool:
+    """Does the status ``row`` stream ``symbol`` (``RELIANCE`` matches ``NSE:RELIANCE``)?"""
+    key = str(symbol).upper()
+    names = [str(s).upper() for s in (row.get("symbols") or [])]
+    return key in names or any(key == n.split(":")[-1] for n in names)
 
 
 def marked_tail(df: pd.DataFrame, rows: int = ROWS) -> pd.DataFrame:
