@@ -40,7 +40,7 @@ from .candles import Candle, CandleBatch
 from .fill import FlatFill
 from .late import amend_late, lateness
 from .state import NONE, Series, StateColumns, alloc_volume, grow_columns
-from .ticks import TickBatch
+from .ticks import TickBatch, distinct
 from .timeframes import (
     NS,
     Timeframe,
@@ -163,9 +163,9 @@ class Engine:
             known = self._tokens[pos] == tokens
             if known.all():
                 return self._slot_of_sorted[pos]
-            self._register(np.unique(tokens[~known]))
+            self._register(distinct(tokens[~known]))
         else:
-            self._register(np.unique(tokens))
+            self._register(distinct(tokens))
         pos = np.searchsorted(self._tokens, tokens)
         return self._slot_of_sorted[pos]
 
@@ -224,7 +224,7 @@ class Engine:
                 bounds = np.unique(np.concatenate([[0], cuts, cuts + 1, [len(batch)]]))
                 for a, z in zip(bounds[:-1], bounds[1:]):
                     out += self._process(batch.take(slice(int(a), int(z))))
-                self.last_tokens = np.unique(batch.token)
+                self.last_tokens = distinct(batch.token)
                 return out
         return self._process(batch)
 

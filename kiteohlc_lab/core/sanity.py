@@ -89,6 +89,8 @@ class TickFilter:
         if n == 0:
             return batch
         price, vol, ts = batch.price, batch.volume, batch.ts
+        if self._all_good(price, vol, ts, now_ns):
+            return batch
         ok = (price > 0) & (price < np.inf)  # False for NaN too
         bad_price = ~ok
         bad_volume = (vol < 0) | (vol == np.inf)
@@ -133,6 +135,33 @@ class TickFilter:
             if len(acc):
                 self._run = max(self._run, int(acc.max()))
         return batch if ok.all() else batch.take(ok)
+
+    def _all_good(self, price: np.ndarray, vol: np.ndarray, ts: np.ndarray, now_ns: int | None) -> bool:
+        """The usual batch, proved good by a few reductions instead of a mask per rule (the rules
+        themselves are the masks of ``check``): prices finite above 0, volumes not negative nor
+        infinite (NaN is fine), stamps after 2000; live: within the exchange clock's day and
+        ``ahead_s``; replay: no tick more than ``jump_s`` ahead of the running time before it
+        (then the running time moves on here)."""
+        if not (price.min() > 0 and price.max() < np.inf):  # NaN fails both
+            return False
+        if np.fmin.reduce(vol) < 0 or np.fmax.reduce(vol) == np.inf:  # fmin/fmax skip NaN
+            return False
+        lo, hi = int(ts.min()), int(ts.max())
+        if lo < MIN_TS:
+            return False
+        if self.live:
+            if now_ns is None:
+                return True
+            day0 = ((now_ns + IST_OFFSET_NS) // DAY_NS) * DAY_NS - IST_OFFSET_NS
+            return hi <= now_ns + self.ahead_ns and lo >= day0
+        if self._run == _NONE or int(ts[0]) > self._run + self.jump_ns:
+            return False
+        if len(ts) > 1:
+            run = np.maximum.accumulate(ts[:-1])
+            if int((ts[1:] - run).max()) > self.jump_ns:
+                return False
+        self._run = max(self._run, hi)
+        return True
 
     def flush(self) -> TickBatch:
         """The end of a tape: a held last tick is judged by the running time alone."""

@@ -108,6 +108,13 @@ class SeriesBuffer:
         if len(s) > 1 and (s[1:] == s[:-1]).any():
             keep = np.append(s[1:] != s[:-1], True)
             new = {k: v[keep] for k, v in new.items()}
+        self.upsert_sorted(new)
+
+    def upsert_sorted(self, new: dict[str, np.ndarray]) -> None:
+        """``upsert`` of columns (``start open high low close volume oi``) already sorted by a
+        strictly increasing ``start`` (views are fine: they are copied in)."""
+        if len(new["start"]) == 0:
+            return
         with self._lock:
             n = self._n
             cur = self._cols["start"]

@@ -20,6 +20,7 @@ import numpy as np
 
 from .candles import CandleBatch
 from .events import Bus, CandlesClosed, Drained, FormingChanged, StreamDone, TicksReceived
+from .ticks import distinct, member
 
 Report = Callable[[str], None]
 
@@ -107,7 +108,7 @@ class LiveSink:
     def _on_closed(self, ev: CandlesClosed) -> None:
         self._closed += ev.batches
         for c in ev.batches:
-            self._touched.update(np.unique(c.token).tolist())
+            self._touched.update(distinct(c.token).tolist())
 
     def _on_drained(self, ev: Drained) -> None:
         if not (self._touched or self._closed):
@@ -128,7 +129,7 @@ class LiveSink:
         try:
             toks = list(touched)
             eng = self.engine
-            forming = [f.select(np.isin(f.token, toks)) for f in
+            forming = [f.select(member(f.token, toks)) for f in
                        (eng.forming(tf.label) for tf in eng.timeframes)]
             published = closed if self.live else [newest_per_token(c) for c in closed]
             self.store.write(forming, published, eng.export_columns(toks))

@@ -16,7 +16,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from ..core.ticks import TickBatch
+from ..core.ticks import TickBatch, member
 from ..core.timeframes import NS
 from ..errors import TapeError
 from .base import Sink
@@ -60,7 +60,7 @@ class ReplaySource:
     def _select(self, t: TickBatch, every: set[int] | None = None) -> TickBatch:
         if self._tokens is None or (every is not None and self._tokens >= every):
             return t  # every instrument of the tape: no copy
-        return t.take(np.isin(t.token, np.fromiter(self._tokens, np.int64)))
+        return t.take(member(t.token, np.fromiter(self._tokens, np.int64)))
 
     def start(self, sink: Sink) -> None:
         self._state = "running"

@@ -86,9 +86,24 @@ def _csv_chunks(path: Path, schema: Any) -> Iterator[Any]:
                                     convert_options=conv).to_batches()
 
 
-def _prefetch(items: Iterator[Any], depth: int = 1) -> Iterator[Any]:
-    """``items`` produced on a thread of their own, ``depth`` ahead of the consumer (Arrow parses
-    the next chunk while this one is aggregated); the producer's exception is raised here."""
+class _Ahead:
+    """What ``_prefetch`` returns: iterate it for the items; ``close()`` ends the producer (also
+    when it was never iterated)."""
+
+    def __init__(self, items: Iterator[Any], quit_: Any) -> None:
+        self._items, self._quit = items, quit_
+
+    def __iter__(self) -> Iterator[Any]:
+        return self._items
+
+    def close(self) -> None:
+        self._quit.set()
+
+
+def _prefetch(items: Iterator[Any], depth: int = 1) -> _Ahead:
+    """``items`` produced on a thread of their own, started now, ``depth`` ahead of the consumer
+    (Arrow parses the next chunk while this one is aggregated); the producer's exception is raised
+    to the consumer."""
     import queue
     import threading
 
@@ -110,17 +125,20 @@ def _prefetch(items: Iterator[Any], depth: int = 1) -> Iterator[Any]:
         except BaseException as exc:  # noqa: BLE001 - handed to the consumer
             q.put((end, exc))
 
+    def consume() -> Iterator[Any]:
+        try:
+            while True:
+                item, exc = q.get()
+                if exc is not None:
+                    raise exc
+                if item is end:
+                    return
+                yield item
+        finally:
+            quit_.set()
+
     threading.Thread(target=produce, name="kiteohlc-tape-read", daemon=True).start()
-    try:
-        while True:
-            item, exc = q.get()
-            if exc is not None:
-                raise exc
-            if item is end:
-                return
-            yield item
-    finally:
-        quit_.set()
+    return _Ahead(consume(), quit_)
 
 
 _NP = {"int8": "i1", "int16": "i2", "int32": "i4", "int64": "i8", "uint8": "u1", "uint16": "u2",
@@ -222,6 +240,10 @@ class TapeStream:
     total: int | None = None
     estimated: bool = False  # total is an estimate (CSV)
     schema: Any = None  # the first block's Arrow schema (a CSV's column types)
+    # a Parquet file's reader where open_tape left it, and the first block's symbols: the first
+    # blocks() goes on from there instead of decoding the first block again
+    rest: Iterator[Any] | None = field(default=None, repr=False)
+    first_symbols: Any = field(default=None, repr=False)
     _tokens: set[int] = field(default_factory=set)
     _sorted: np.ndarray = field(default_factory=lambda: np.empty(0, np.int64))
     _table: np.ndarray = field(default_factory=lambda: np.full(1 << _SLOT_BITS, -1, np.int64))
@@ -275,13 +297,19 @@ class TapeStream:
         from .taperead import read_tape
 
         consumed = 0
+        ahead: _Ahead | None = None
         try:
             path = Path(self.path)
-            if self.schema is not None and not _is_parquet(path):
-                it: Iterator[Any] = _csv_chunks(path, self.schema)
+            rest, self.rest = self.rest, None
+            if rest is not None:  # the first block is decoded already; the next one reads meanwhile
+                ahead = _prefetch(rest)
+                consumed = len(self.first)
+                yield self.first, consumed, self.first_symbols
+            elif self.schema is not None and not _is_parquet(path):
+                ahead = _prefetch(_csv_chunks(path, self.schema))
             else:
-                it, _ = _reader(path)
-            for rb in _prefetch(it):
+                ahead = _prefetch(_reader(path)[0])
+            for rb in ahead:
                 ticks, sym = convert(rb)
                 consumed += rb.num_rows
                 yield ticks, consumed, sym
@@ -290,6 +318,9 @@ class TapeStream:
             pass
         except Exception:  # noqa: BLE001 - Arrow's own parse error: the checking path names the row
             pass
+        finally:
+            if ahead is not None:
+                ahead.close()
         whole = read_tape(self.path)
         self.error = whole.error
         rest = whole.ticks.take(slice(consumed, None))
@@ -342,6 +373,7 @@ def open_tape(path: str | Path) -> Any:
         size = os.path.getsize(p)
         total = max(len(first), int(size / max(1.0, min(size, CSV_BLOCK_BYTES) / max(1, len(first)))))
         estimated = True
-    tape = TapeStream(str(p), first, total=total, estimated=estimated, schema=rb.schema)
+    tape = TapeStream(str(p), first, total=total, estimated=estimated, schema=rb.schema,
+                      rest=it if _is_parquet(p) else None, first_symbols=sym)
     tape.learn(first, sym)
     return tape

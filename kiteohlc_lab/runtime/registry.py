@@ -23,6 +23,7 @@ from ..config import KiteOHLC
 from ..core.bounded import CallbackWorker, ErrorLog
 from ..core.candles import Candle, CandleBatch, batch_from_frame
 from ..core.series import SeriesBuffer
+from ..core.ticks import member
 from ..core.timeframes import bound_ns, parse_timeframe
 
 log = logging.getLogger("kiteohlc_lab")
@@ -275,23 +276,31 @@ class SeriesRegistry:
             wanted = [t for (t, tf) in list(self.buffers) + list(self._callbacks) if tf == b.tf]
             if not wanted:
                 continue
-            keep = np.isin(b.token, np.asarray(wanted, dtype=np.int64))
+            keep = member(b.token, wanted)
             if not keep.all():
                 if not keep.any():
                     continue
                 b = b.select(keep)
-            order = np.argsort(b.token, kind="stable")
-            toks = b.token[order]
+            # sorted by (instrument, start) once; each series takes its slice (no copy per series)
+            order = np.lexsort((b.start, b.token))  # stable: the later of two equal starts last
+            toks, starts = b.token[order], b.start[order]
+            last = np.ones(len(order), bool)  # the last of each (instrument, start)
+            last[:-1] = (toks[1:] != toks[:-1]) | (starts[1:] != starts[:-1])
+            if not last.all():
+                order, toks, starts = order[last], toks[last], starts[last]
+            cols = {"start": starts, "open": b.open[order], "high": b.high[order], "low": b.low[order],
+                    "close": b.close[order], "volume": b.volume[order], "oi": b.oi[order]}
             cuts = np.flatnonzero(toks[1:] != toks[:-1]) + 1
-            for idx in np.split(order, cuts):
-                tok = int(b.token[idx[0]])
-                part = b.select(idx)
+            los, his = np.concatenate(([0], cuts)).tolist(), np.append(cuts, len(toks)).tolist()
+            for lo, hi in zip(los, his):
+                tok = int(toks[lo])
                 buf = self.buffers.get((tok, b.tf))
                 if buf is not None:
-                    buf.upsert(part)
+                    buf.upsert_sorted({k: v[lo:hi] for k, v in cols.items()})
                 fns = self._callbacks.get((tok, b.tf))
                 if fns:
                     fns = list(fns)
+                    part = b.select(np.flatnonzero(b.token == tok))  # arrival order, amends too
                     jobs += [(fn, candle) for candle in part for fn in fns]
         if jobs:  # on their own thread: a slow callback never holds up (or grows) the stream
             worker = self._worker or self._callbacks_worker()

