@@ -110,3 +110,31 @@ def test_read_ahead_is_bounded(tmp_path, monkeypatch):
     src.start(sink)
     src._thread.join(10)
     assert sink.done and max(seen) <= 3
+
+
+def test_csv_whose_first_block_has_whole_rupee_prices(tmp_path, monkeypatch):
+    """Column types come from the first block; a first block of whole-rupee prices (and volumes
+    written as integers) must not make last_price an integer column that a later 2280.05 breaks."""
+    monkeypatch.setattr(tapefile, "CSV_BLOCK_BYTES", 16_000)
+    ticks, syms = make_ticks(3000, seed=7)
+    head = np.arange(len(ticks)) < 400  # the first block: well under 16 kB of lines
+    ticks.price[head] = np.round(ticks.price[head])
+    p = write_tape(tmp_path / "t.csv", ticks, syms)
+    assert "." not in p.read_text().splitlines()[1].split(",")[3]  # a whole price on line 2
+    tape = tapefile.open_tape(p)
+    assert isinstance(tape, tapefile.TapeStream) and len(tape.first) < 400
+    from kiteohlc_lab.feeds import taperead
+
+    def checking_path(*a, **k):
+        raise AssertionError("the block-by-block path fell back to reading the tape whole")
+
+    monkeypatch.setattr(taperead, "read_tape", checking_path)
+    kiteohlc_lab.stream("ALL", "1m", source="replay", tape=str(p))
+    assert kiteohlc_lab.wait(30)
+    [st] = kiteohlc_lab.status()
+    assert st["error"] is None and st["ticks"] == len(ticks)
+    ref = Oracle(["1m"])
+    ref.feed(ticks)
+    ref.flush()
+    for tok, sym in syms.items():
+        pd.testing.assert_frame_equal(kiteohlc_lab.candles(sym, "1m"), ref.frame(tok, "1m"), check_freq=False)

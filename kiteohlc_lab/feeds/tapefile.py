@@ -1,11 +1,12 @@
 """A tape file streamed block by block (Parquet row groups, CSV blocks): bounded memory at any size.
 
-``open_tape(path)`` reads the first block only and returns a ``TapeStream``: what a replay needs to
-start (its first tick's time, the instruments and symbols seen so far) plus ``blocks()``, which reads
-the file again from its start, one block at a time, converting each with Arrow straight to a
-``TickBatch``; a CSV after its first block is parsed 32 MB of lines at a time by Arrow's
-multi-threaded reader, with the first block's column types. The next block is read on a thread of its
-own while this one is aggregated (``_prefetch``, one ahead). Instruments are discovered as blocks
+``open_tape(path)`` reads the first block only (a Parquet batch; a CSV's first megabyte) and returns
+a ``TapeStream``: what a replay needs to start (its first tick's time, the instruments and symbols
+seen so far) plus ``blocks()``, which yields that block and goes on through the file one block at a
+time, converting each with Arrow straight to a ``TickBatch``; a CSV after its first block is parsed
+4 to 32 MB of lines at a time by Arrow's multi-threaded reader, with the first block's column types.
+The next block is read on a thread of its own while this one is aggregated (``_prefetch``, one
+ahead). Instruments are discovered as blocks
 arrive (``learn``), so a replay of every instrument starts without a pass over the file.
 
 A tape whose first block is not well typed (text in a number column, a missing stamp, a negative
@@ -28,6 +29,14 @@ from ..core.timeframes import IST_OFFSET_NS
 REQUIRED = ("timestamp", "instrument_token", "last_price")
 BLOCK_ROWS = 262_144  # Parquet rows per block
 CSV_BLOCK_BYTES = 8 << 20  # CSV bytes per block (~160k ticks)
+CSV_FIRST_BYTES = 1 << 20  # a CSV's first block (what a start needs), parsed before the replay starts
+
+
+def _csv_types() -> dict[str, Any]:
+    import pyarrow as pa
+
+    return {"instrument_token": pa.int64(), "last_price": pa.float64(), "volume_traded": pa.float64(),
+            "oi": pa.float64()}
 
 
 class Malformed(Exception):
@@ -38,27 +47,48 @@ def _is_parquet(path: Path) -> bool:
     return path.suffix.lower() in (".parquet", ".pq")
 
 
-def _reader(path: Path) -> tuple[Iterator[Any], int | None]:
-    """(record batches of the file in order, total rows when the file says so): Arrow's streaming
-    CSV reader (its first block: what a start needs, and the column types)."""
-    if _is_parquet(path):
-        import pyarrow.parquet as pq
+def _parquet(path: Path) -> tuple[Iterator[Any], int]:
+    """(the Parquet file's record batches in order, its row count)."""
+    import pyarrow.parquet as pq
 
-        names = pq.read_schema(path).names
-        sym = [n for n in names if n.strip().lower() == "tradingsymbol"]
-        f = pq.ParquetFile(path, read_dictionary=sym)  # symbols stay dictionary-encoded
-        return f.iter_batches(batch_size=BLOCK_ROWS), f.metadata.num_rows
+    names = pq.read_schema(path).names
+    sym = [n for n in names if n.strip().lower() == "tradingsymbol"]
+    f = pq.ParquetFile(path, read_dictionary=sym)  # symbols stay dictionary-encoded
+    return f.iter_batches(batch_size=BLOCK_ROWS), f.metadata.num_rows
+
+
+def _csv_first(path: Path) -> tuple[Any, int]:
+    """(the CSV's first block as one record batch or None, the bytes it took): the header and the
+    lines of its first ``CSV_FIRST_BYTES``, parsed at once by Arrow's multi-threaded reader; the
+    column types found there are the whole file's (``_csv_chunks``). The tape's own columns are
+    read as what ``convert`` takes, so a first block of whole-rupee prices does not make
+    ``last_price`` an integer column that a later ``2280.05`` breaks."""
+    import pyarrow as pa
     from pyarrow import csv
 
-    r = csv.open_csv(path, read_options=csv.ReadOptions(block_size=CSV_BLOCK_BYTES),
-                     convert_options=csv.ConvertOptions(auto_dict_encode=True,
-                                                        auto_dict_max_cardinality=1 << 20))
-    return iter(r), None
+    step = min(CSV_FIRST_BYTES, CSV_BLOCK_BYTES)
+    with open(path, "rb") as fh:
+        data = fh.read(step)
+        while data.count(b"\n") < 2:  # the header and one line at least
+            more = fh.read(step)
+            if not more:
+                break
+            data += more
+        eof = not fh.read(1)
+    cut = len(data) if eof else data.rfind(b"\n") + 1
+    tab = csv.read_csv(pa.py_buffer(data[:cut]), read_options=csv.ReadOptions(block_size=1 << 18),
+                       convert_options=csv.ConvertOptions(column_types=_csv_types()))
+    tab = tab.combine_chunks()
+    if tab.num_rows == 0:
+        return None, cut
+    return tab.to_batches()[0], cut
 
 
-def _csv_chunks(path: Path, schema: Any) -> Iterator[Any]:
-    """The CSV's record batches, parsed a chunk of lines at a time by Arrow's multi-threaded reader
-    (the streaming one parses on one thread), every chunk with the first block's column types."""
+def _csv_chunks(path: Path, schema: Any, offset: int = 0) -> Iterator[Any]:
+    """The CSV's record batches from byte ``offset`` on (0: after the header), parsed a chunk of
+    lines at a time by Arrow's multi-threaded reader (its streaming reader parses on one thread),
+    every chunk with the first block's column types; chunks grow from 4 to 32 MB, so the first
+    comes soon."""
     import pyarrow as pa
     from pyarrow import csv
 
@@ -67,13 +97,16 @@ def _csv_chunks(path: Path, schema: Any) -> Iterator[Any]:
     types = {f.name: pa.string() if pa.types.is_dictionary(f.type) else f.type for f in schema
              if not pa.types.is_null(f.type)}
     conv = csv.ConvertOptions(column_types=types)
-    size = 4 * CSV_BLOCK_BYTES  # 32 MB: 8 blocks of 4 MB for Arrow's threads
+    size = CSV_BLOCK_BYTES // 2  # then doubled up to 32 MB: 8 blocks of 4 MB for Arrow's threads
     opts = csv.ReadOptions(block_size=max(1 << 16, CSV_BLOCK_BYTES // 2))
     with open(path, "rb") as fh:
         header = fh.readline()
+        if offset:
+            fh.seek(offset)
         rest = b""
         while True:
             data = fh.read(size)
+            size = min(4 * CSV_BLOCK_BYTES, 2 * size)
             if not data and not rest.strip():
                 return
             buf = rest + data
@@ -240,10 +273,11 @@ class TapeStream:
     total: int | None = None
     estimated: bool = False  # total is an estimate (CSV)
     schema: Any = None  # the first block's Arrow schema (a CSV's column types)
-    # a Parquet file's reader where open_tape left it, and the first block's symbols: the first
-    # blocks() goes on from there instead of decoding the first block again
-    rest: Iterator[Any] | None = field(default=None, repr=False)
+    # the first block is not decoded again: its symbols; a Parquet file's reader where open_tape
+    # left it (for the first blocks()); a CSV's bytes up to the end of the first block
     first_symbols: Any = field(default=None, repr=False)
+    rest: Iterator[Any] | None = field(default=None, repr=False)
+    first_bytes: int = 0
     _tokens: set[int] = field(default_factory=set)
     _sorted: np.ndarray = field(default_factory=lambda: np.empty(0, np.int64))
     _table: np.ndarray = field(default_factory=lambda: np.full(1 << _SLOT_BITS, -1, np.int64))
@@ -301,14 +335,16 @@ class TapeStream:
         try:
             path = Path(self.path)
             rest, self.rest = self.rest, None
-            if rest is not None:  # the first block is decoded already; the next one reads meanwhile
+            decoded = True  # the first block is decoded already; the next one reads meanwhile
+            if not _is_parquet(path):
+                ahead = _prefetch(_csv_chunks(path, self.schema, self.first_bytes))
+            elif rest is not None:  # the Parquet reader where open_tape left it
                 ahead = _prefetch(rest)
+            else:  # the reader went with an earlier replay: from the start
+                ahead, decoded = _prefetch(_parquet(path)[0]), False
+            if decoded:
                 consumed = len(self.first)
                 yield self.first, consumed, self.first_symbols
-            elif self.schema is not None and not _is_parquet(path):
-                ahead = _prefetch(_csv_chunks(path, self.schema))
-            else:
-                ahead = _prefetch(_reader(path)[0])
             for rb in ahead:
                 ticks, sym = convert(rb)
                 consumed += rb.num_rows
@@ -360,9 +396,14 @@ def open_tape(path: str | Path) -> Any:
     if not p.is_file():
         raise TapeError(f"tape {str(path)!r} not found; give a CSV or Parquet file")
     tune_malloc()
+    parquet = _is_parquet(p)
     try:
-        it, total = _reader(p)
-        rb = next(it, None)
+        if parquet:
+            it, total = _parquet(p)
+            rb, took = next(it, None), 0
+        else:
+            it, total = None, None
+            rb, took = _csv_first(p)
         if rb is None:
             return read_tape(p)
         first, sym = convert(rb)
@@ -371,9 +412,9 @@ def open_tape(path: str | Path) -> Any:
     estimated = False
     if total is None:  # CSV: rows estimated from the first block's bytes per row
         size = os.path.getsize(p)
-        total = max(len(first), int(size / max(1.0, min(size, CSV_BLOCK_BYTES) / max(1, len(first)))))
+        total = max(len(first), int(size * len(first) / max(1, took)))
         estimated = True
     tape = TapeStream(str(p), first, total=total, estimated=estimated, schema=rb.schema,
-                      rest=it if _is_parquet(p) else None, first_symbols=sym)
+                      first_symbols=sym, rest=it, first_bytes=took)
     tape.learn(first, sym)
     return tape
