@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import sqlite3
 import threading
-from itertools import repeat
+from itertools import chain, repeat
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -28,13 +28,16 @@ CREATE TABLE IF NOT EXISTS candles (
     PRIMARY KEY (token, tf, start)
 ) WITHOUT ROWID
 """
-_UPSERT = """
-INSERT INTO candles (token, tf, start, open, high, low, close, volume, oi, ticks)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+# many rows per statement: one sqlite3_step (one release of the GIL) per statement instead of one
+# per row, which made the writer thread and the stream thread hand the GIL back and forth per candle
+_UPSERT_HEAD = "INSERT INTO candles (token, tf, start, open, high, low, close, volume, oi, ticks) VALUES "
+_UPSERT_ROW = "(?,?,?,?,?,?,?,?,?,?)"
+_UPSERT_TAIL = """
 ON CONFLICT (token, tf, start) DO UPDATE SET
     open = excluded.open, high = excluded.high, low = excluded.low, close = excluded.close,
     volume = excluded.volume, oi = excluded.oi, ticks = excluded.ticks
 """
+_ROWS_PER_STATEMENT = 3000  # 30,000 parameters, under SQLite's default limit of 32,766
 # SQLite stores NaN as NULL; 9e999 reads back as +inf, which no real price/volume/oi is, so a NULL
 # becomes inf in the structured array and is turned back into NaN in one vectorised step.
 _READ = (
@@ -114,14 +117,24 @@ class SQLiteHistory:
         """Upsert the batch's candles (one transaction, ``executemany``)."""
         if not len(batch):
             return
-        rows = zip(
-            batch.token.tolist(), repeat(batch.tf), batch.start.tolist(),
-            batch.open.tolist(), batch.high.tolist(), batch.low.tolist(), batch.close.tolist(),
-            batch.volume.tolist(), batch.oi.tolist(), batch.ticks.tolist(),
-        )
+        cols = [batch.token.tolist(), batch.start.tolist(), batch.open.tolist(), batch.high.tolist(),
+                batch.low.tolist(), batch.close.tolist(), batch.volume.tolist(), batch.oi.tolist(),
+                batch.ticks.tolist()]
         conn = self._conn()
+        per = self._rows_per_statement(conn)
         with self._write_lock, conn:
-            conn.executemany(_UPSERT, rows)
+            for i in range(0, len(batch), per):
+                tok, start, o, h, lo, c, v, oi, ticks = (col[i:i + per] for col in cols)
+                sql = _UPSERT_HEAD + ",".join([_UPSERT_ROW] * len(tok)) + _UPSERT_TAIL
+                conn.execute(sql, list(chain.from_iterable(
+                    zip(tok, repeat(batch.tf), start, o, h, lo, c, v, oi, ticks))))
+
+    @staticmethod
+    def _rows_per_statement(conn: sqlite3.Connection) -> int:
+        try:  # an SQLite built with a lower limit of bound parameters
+            return max(1, min(_ROWS_PER_STATEMENT, conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER) // 10))
+        except (AttributeError, sqlite3.Error):
+            return 99  # the limit of SQLite before 3.32 (999 parameters)
 
     def read(
         self, token: int, tf: str, start_ns: int | None = None, end_ns: int | None = None
