@@ -46,6 +46,7 @@ from .timeframes import (
     Timeframe,
     anchor_for_tokens,
     bucket_end,
+    day_grid,
     parse_timeframe,
 )
 from .volume import volume_increments
@@ -237,7 +238,7 @@ class Engine:
         # stable sort by instrument; a 16-bit key lets numpy use its linear-time radix sort
         key = slots_arr.astype(np.uint16) if self._n < 65_536 else slots_arr
         order = np.argsort(key, kind="stable")
-        slot = slots_arr[order]
+        slot = np.take(slots_arr, order)
         gstart = np.empty(len(slot), bool)
         gstart[0] = True
         np.not_equal(slot[1:], slot[:-1], out=gstart[1:])
@@ -249,8 +250,9 @@ class Engine:
         clock_arr, order, slot, gstart, gid = self._prepare(batch)
         ts, clock = batch.ts[order], clock_arr[order]
         late = np.zeros(len(batch), bool)
+        anchor, grid = self._anchor[slot], self._grid(ts)
         for s in self.series.values():
-            late |= self._lateness(s, slot, ts, clock, gstart, gid)[1]
+            late |= lateness(s, anchor, slot, ts, clock, gstart, gid, self.grace_ns, grid)[1]
         out = np.empty(len(batch), bool)
         out[order] = late
         return out
@@ -263,16 +265,18 @@ class Engine:
         self._batch_no += 1
         self._seq[slot[gstart]] = self._batch_no
         self.last_tokens = self._slot_tokens[slot[gstart]]  # instruments of this batch (sorted once)
-        ts = batch.ts[order]
-        price = batch.price[order]
-        clock = clock_arr[order]
-        oi = batch.oi[order]
-        inc, glitches = volume_increments(self._v, slot, ts, batch.volume[order])
+        take = np.take  # a third faster than fancy indexing for these whole-batch gathers
+        ts = take(batch.ts, order)
+        price = take(batch.price, order)
+        clock = take(clock_arr, order)
+        oi = take(batch.oi, order)
+        inc, glitches = volume_increments(self._v, slot, ts, take(batch.volume, order))
         self.stats["volume_glitches"] += glitches
         out: list[CandleBatch] = []
         late_any = np.zeros(n, bool)
+        anchor, grid = self._anchor[slot], self._grid(ts)  # the same for every timeframe
         for s in self.series.values():
-            late = self._aggregate(s, slot, ts, price, inc, oi, clock, gstart, gid, out)
+            late = self._aggregate(s, slot, ts, price, inc, oi, clock, gstart, gid, out, anchor, grid)
             late_any |= late
         self.clock = int(clock_arr[-1])
         out.extend(self._sweep())
@@ -291,10 +295,12 @@ class Engine:
         gstart: np.ndarray,
         gid: np.ndarray,
         out: list[CandleBatch],
+        anchor: np.ndarray,
+        grid: tuple | None,
     ) -> np.ndarray:
         tf = s.tf
         F = s.f
-        b, late = self._lateness(s, slot, ts, clock, gstart, gid)
+        b, late = lateness(s, anchor, slot, ts, clock, gstart, gid, self.grace_ns, grid)
         any_late = bool(late.any())
         if any_late:
             ok = np.flatnonzero(~late)
@@ -389,8 +395,9 @@ class Engine:
             self._late(s, np.flatnonzero(late), slot, b, ts, price, inc, oi, out)
         return late
 
-    def _lateness(self, s: Series, slot, ts, clock, gstart, gid) -> tuple[np.ndarray, np.ndarray]:
-        return lateness(s, self._anchor[slot], slot, ts, clock, gstart, gid, self.grace_ns)
+    def _grid(self, ts: np.ndarray) -> tuple | None:
+        """The batch's ``timeframes.day_grid`` (its ticks on one IST day, one session open)."""
+        return day_grid(ts, self._anchor[: self._n])
 
     def _take_forming(self, s: Series, slots: np.ndarray) -> CandleBatch:
         """Close the forming candles of ``slots`` (remembering them as last closed)."""

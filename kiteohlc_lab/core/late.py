@@ -15,17 +15,21 @@ import numpy as np
 from .candles import Candle
 from .fill import FlatFill
 from .state import NONE, Series
-from .timeframes import DAY_NS, IST_OFFSET_NS, NS, Timeframe, bucket_end, bucket_start
+from .timeframes import DAY_NS, IST_OFFSET_NS, NS, Timeframe, bucket_end, bucket_start, grid_start
 
 
 def lateness(s: Series, anchor: np.ndarray, slot, ts, clock, gstart, gid,
-             grace_ns: int) -> tuple[np.ndarray, np.ndarray]:
+             grace_ns: int, grid: tuple | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Bucket of each tick, and whether it is late (older than its instrument's newest bucket,
     or its candle already closed by the clock ``grace_ns`` after its end). Ticks grouped by slot;
-    ``anchor`` per tick; no state is changed."""
+    ``anchor`` per tick; ``grid``: the batch's ``timeframes.day_grid`` (or None); no state is
+    changed."""
     tf = s.tf
     near_midnight = not tf.is_day and _near_midnight(ts, tf)
-    b = bucket_start(ts, tf, anchor, cut_free=not near_midnight)
+    if grid is not None and not tf.is_day and not near_midnight:
+        b = grid_start(grid, tf)
+    else:
+        b = bucket_start(ts, tf, anchor, cut_free=not near_midnight)
     late_clock = b + (tf.ns + grace_ns) <= clock
     if near_midnight:
         # a bucket cut at midnight ends before start + size: only those near 00:00 IST can be

@@ -156,7 +156,9 @@ class TickFilter:
             return hi <= now_ns + self.ahead_ns and lo >= day0
         if self._run == _NONE or int(ts[0]) > self._run + self.jump_ns:
             return False
-        if len(ts) > 1:
+        if len(ts) > 1 and int(np.subtract(ts[1:], ts[:-1]).max()) > self.jump_ns:
+            # no step between neighbours above J proves it (the running time before a tick is at
+            # least its neighbour's stamp); else the running time itself
             run = np.maximum.accumulate(ts[:-1])
             if int((ts[1:] - run).max()) > self.jump_ns:
                 return False

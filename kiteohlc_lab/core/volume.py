@@ -27,14 +27,19 @@ def volume_increments(
     day starts from M = 0; a tick of an earlier day adds 0 and changes nothing; the first tick
     ever, or the first after ``resume``, adds 0 and sets the baseline.
     """
-    inc = np.zeros(len(slot))
     has = ~np.isnan(vol)
-    if not has.any():
-        return inc, 0
-    idx = np.flatnonzero(has)
-    s, t, v = slot[idx], ts[idx], vol[idx]
-    day = trading_day(t)
-    m = len(idx)
+    every = bool(has.all())
+    if not every and not has.any():
+        return np.zeros(len(slot)), 0
+    if every:  # the usual batch (no index): no gathers
+        idx: np.ndarray | slice = slice(None)
+        s, t, v = slot, ts, vol
+    else:
+        idx = np.flatnonzero(has)
+        s, t, v = slot[idx], ts[idx], vol[idx]
+    lo, hi = int(trading_day(int(t.min()))), int(trading_day(int(t.max())))
+    day = np.full(len(t), lo) if lo == hi else trading_day(t)  # one IST day: no division per tick
+    m = len(t)
     first = np.empty(m, bool)  # first volume tick of its instrument in this batch
     first[0] = True
     np.not_equal(s[1:], s[:-1], out=first[1:])
@@ -50,14 +55,19 @@ def volume_increments(
     prev[1:] = v[:-1]
     prev[first] = seg_first
     if (not np.isnan(V["prev"][fs]).any() and not V["resume"][fs].any()
-            and (day[first] == V["day"][fs]).all() and (day[1:] == day[:-1]).all()
+            and (day[first] == V["day"][fs]).all() and (lo == hi or (day[1:] == day[:-1]).all())
             and (v >= prev).all()):
-        inc[idx] = v - prev
+        if every:
+            inc = v - prev
+        else:
+            inc = np.zeros(len(slot))
+            inc[idx] = v - prev
         V["prev"][ls] = V["segmax"][ls] = v[last]
         V["prev_ts"][ls] = t[last]
         V["day"][ls] = day[last]
         return inc, 0
-    return _volume_slow(V, inc, idx, s, t, v, day, first, last)
+    rows = np.arange(m) if every else idx
+    return _volume_slow(V, np.zeros(len(slot)), rows, s, t, v, day, first, last)
 
 def _volume_slow(V, inc, idx, s, t, v, day, first, last) -> tuple[np.ndarray, int]:
     """The general case: several days, stale days, first ticks, resumes, glitches."""
