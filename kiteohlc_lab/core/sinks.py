@@ -51,15 +51,22 @@ class HistorySink:
 
     def _run(self) -> None:
         while True:
-            item = self._q.get()
-            if item is None:
-                return
+            items = [self._q.get()]
+            while True:  # everything queued meanwhile in one write per timeframe: a writer kept
+                try:     # waiting (the GIL, the disk) catches up in fewer, larger statements
+                    items.append(self._q.get_nowait())
+                except queue.Empty:
+                    break
+            stop = None in items
+            batches = [b for item in items if item is not None for b in item]
             try:
-                self._write(item)
+                self._write(merge_by_tf(batches))
             finally:
                 with self._cv:
-                    self._pending -= 1
+                    self._pending -= len(items) - stop
                     self._cv.notify_all()
+            if stop:
+                return
 
     def _write(self, closed: list[CandleBatch]) -> None:
         if self.store is None:

@@ -30,6 +30,10 @@ class Sink(Protocol):
     def on_history(self, token: int, tf: str, candles: CandleBatch) -> None:
         """Closed candles from Kite's historical API (backfill or gap repair) to store as they are."""
 
+    # A sink may also offer ``backlog() -> int`` (items queued, not handled yet) and
+    # ``wait_room(limit, timeout) -> bool`` (block until fewer than ``limit`` are queued): a replay
+    # reads its tape no further ahead than that (core.stream.Stream has both).
+
 
 @runtime_checkable
 class Source(Protocol):

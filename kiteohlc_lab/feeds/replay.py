@@ -90,10 +90,14 @@ class ReplaySource:
 
     def _run(self, sink: Sink) -> None:
         backlog = getattr(sink, "backlog", None)  # a Stream says how far behind it is
+        wait_room = getattr(sink, "wait_room", None)  # ... and wakes a waiter when it has room
         try:
             for ticks, consumed in self._blocks():
                 if self._stop.is_set():
                     return
+                if wait_room is not None:
+                    while not wait_room(self.MAX_BACKLOG, 0.1) and not self._stop.is_set():
+                        pass
                 while backlog is not None and backlog() >= self.MAX_BACKLOG and not self._stop.is_set():
                     self._stop.wait(0.002)
                 if self.speed == 0:

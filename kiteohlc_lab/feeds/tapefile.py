@@ -5,9 +5,9 @@ a ``TapeStream``: what a replay needs to start (its first tick's time, the instr
 seen so far) plus ``blocks()``, which yields that block and goes on through the file one block at a
 time, converting each with Arrow straight to a ``TickBatch``; a CSV after its first block is parsed
 4 to 32 MB of lines at a time by Arrow's multi-threaded reader, with the first block's column types.
-The next block is read on a thread of its own while this one is aggregated (``_prefetch``, one
-ahead). Instruments are discovered as blocks
-arrive (``learn``), so a replay of every instrument starts without a pass over the file.
+The next blocks are read on a thread of their own while this one is aggregated (``_prefetch``, up
+to three ahead). Instruments are discovered as blocks arrive (``learn``), so a replay of every
+instrument starts without a pass over the file.
 
 A tape whose first block is not well typed (text in a number column, a missing stamp, a negative
 volume ...) is read whole by ``taperead.read_tape``'s checking path, which names the first malformed
@@ -133,10 +133,11 @@ class _Ahead:
         self._quit.set()
 
 
-def _prefetch(items: Iterator[Any], depth: int = 1) -> _Ahead:
-    """``items`` produced on a thread of their own, started now, ``depth`` ahead of the consumer
-    (Arrow parses the next chunk while this one is aggregated); the producer's exception is raised
-    to the consumer."""
+def _prefetch(items: Iterator[Any], depth: int = 3) -> _Ahead:
+    """``items`` produced on a thread of their own, started now, up to ``depth`` ahead of the
+    consumer (Arrow parses the next chunks while this one is aggregated; one ahead left the
+    aggregation waiting on every slower block: a 20M-tick replay 1.70 -> 1.07 s with three); the
+    producer's exception is raised to the consumer."""
     import queue
     import threading
 
