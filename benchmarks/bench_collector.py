@@ -10,7 +10,9 @@
   instruments, read ``candles(..., closed_only=True)`` when ``on_candle`` says a candle closed
   (push, the default) or every ``--poll`` seconds. Latency = when the
   reader's ``candles()`` first shows a closed 10s candle minus when the collector appended it to the
-  candle's Redis Stream (the entry id's millisecond clock, set by the Redis server on this host).
+  candle's Redis Stream (the entry id's millisecond clock, set by the Redis server on this host),
+  looked up after the window (a lookup per candle inside the window queued each reader's next
+  ``candles()`` behind the collector's writes on the Redis server).
 - CPU: ``psutil`` over the measurement window, of the collector process (100% = one core).
 """
 
@@ -61,7 +63,7 @@ def _reader(mine: list[int], url: str, prefix: str, data_dir: str, poll: float, 
     last: dict[int, int | None] = {t: None for t in mine}
     versions = {t: -1 for t in mine}
     rc = redis.Redis.from_url(url)
-    lat: list[float] = []
+    seen_at: list[tuple[int, int, float]] = []  # (token, candle start ns, when candles() showed it)
 
     def check(t: int) -> None:
         df = m.candles(t, "10s", closed_only=True)
@@ -71,11 +73,9 @@ def _reader(mine: list[int], url: str, prefix: str, data_dir: str, poll: float, 
         if last[t] is None:
             last[t] = s
         elif s != last[t]:
-            seen = time.time()
             last[t] = s
-            e = rc.xrevrange(f"{prefix}{{{t}}}:closed:10s", count=1)
-            if e and go.is_set():
-                lat.append(seen * 1000 - int(e[0][0].decode().split("-")[0]))
+            if go.is_set():  # the stream entry is looked up at the end: no Redis call in between
+                seen_at.append((t, s, time.time()))
 
     if poll <= 0:
         for t in mine:
@@ -93,6 +93,12 @@ def _reader(mine: list[int], url: str, prefix: str, data_dir: str, poll: float, 
             versions[t] = v
             check(t)
         end.wait(poll)
+    lat: list[float] = []
+    for t, start, seen in seen_at:  # when the collector appended that candle (the entry id's ms)
+        for eid, f in rc.xrange(f"{prefix}{{{t}}}:closed:10s"):
+            if int(f[b"start"]) == start:
+                lat.append(seen * 1000 - int(eid.decode().split("-")[0]))
+                break
     out.put(lat)
     rc.close()
     m.shutdown()
