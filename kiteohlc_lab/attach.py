@@ -266,7 +266,8 @@ class AttachedStream:
         if not self._ids:
             self._stop.wait(self.block_ms / 1000)
             return False
-        if type(self.client).__name__ == "RedisCluster":
+        cluster = type(self.client).__name__ == "RedisCluster"
+        if cluster:
             # keys of different instruments live in different slots: no multi-key blocking XREAD
             pipe = self.client.pipeline(transaction=False)
             for key, last in self._ids.items():
@@ -280,20 +281,30 @@ class AttachedStream:
             if not resp:
                 return False
         by_tf: dict[str, list[tuple]] = {}
-        for key, entries in resp:
-            key = _s(key)
-            tok, tf = self._keys[key]
-            for eid, fields in entries:
-                r = _row(tok, fields)
-                by_tf.setdefault(tf, []).append(r)
-                self._last_closed[(tok, tf)] = max(self._last_closed.get((tok, tf), r[1]), r[1])
-            self._ids[key] = _s(entries[-1][0])
+        self._take(resp, by_tf)
+        if not cluster and len(resp) < len(self._ids):
+            # a blocked XREAD is answered with the first stream that got an entry only; the writer
+            # appended the others in the same script: read them now (no BLOCK), in one batch
+            more = self.client.xread(dict(self._ids), count=1000)
+            if more:
+                self._take(more, by_tf)
         batches = [_rows_to_batch(tf, rows) for tf, rows in by_tf.items()]
         self.received += sum(len(b) for b in batches)
         self._last_update = time.monotonic()
         if batches:
             self.events.emit(CandlesClosed(self.name, batches))
         return True
+
+    def _take(self, resp: list, by_tf: dict[str, list[tuple]]) -> None:
+        """XREAD entries -> rows per timeframe; the read positions move past them."""
+        for key, entries in resp:
+            key = _s(key)
+            tok, tf = self._keys[key]
+            for _eid, fields in entries:
+                r = _row(tok, fields)
+                by_tf.setdefault(tf, []).append(r)
+                self._last_closed[(tok, tf)] = max(self._last_closed.get((tok, tf), r[1]), r[1])
+            self._ids[key] = _s(entries[-1][0])
 
     def _read_forming(self) -> None:
         keys = list(self._keys.values())
