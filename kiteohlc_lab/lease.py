@@ -85,6 +85,26 @@ for i = 1, #KEYS, 2 do
 end
 return out
 """
+# The same renewal on one server, the instruments packed into one argument (a key pair per
+# instrument as KEYS cost the client ~30k arguments a renewal at 9000 instruments):
+# ARGV: owner, ttl (ms), prefix, "token:generation,token:generation,...". Returns the tokens lost.
+_RENEW_PACKED = """
+local owner, px, p = ARGV[1], ARGV[2], ARGV[3]
+local call = redis.call
+local lost = {}
+for t, g in string.gmatch(ARGV[4], '(%d+):(%d+)') do
+  local k = p .. '{' .. t .. '}:@LEASE@'
+  local cur = call('get', k)
+  if cur == owner then
+    if call('pexpire', k, px) == 0 then lost[#lost + 1] = t end
+  elseif cur or call('get', p .. '{' .. t .. '}:@LEASE_GEN@') ~= g then
+    lost[#lost + 1] = t
+  else
+    call('set', k, owner, 'PX', px)
+  end
+end
+return lost
+""".replace("@LEASE@", keys.LEASE).replace("@LEASE_GEN@", keys.LEASE_GEN)
 # KEYS: lease keys; ARGV: owner
 _RELEASE = """
 local out = {}
@@ -93,7 +113,7 @@ for i, k in ipairs(KEYS) do
 end
 return out
 """
-_SHA = {s: hashlib.sha1(s.encode()).hexdigest() for s in (_ACQUIRE, _RENEW, _RELEASE)}
+_SHA = {s: hashlib.sha1(s.encode()).hexdigest() for s in (_ACQUIRE, _RENEW, _RENEW_PACKED, _RELEASE)}
 _CHUNK = 1000
 
 
@@ -191,7 +211,8 @@ class LeaseKeeper:
         self.on_lost = on_lost
         self.version = 0  # bumped whenever ``gens`` changes (the live store caches its encoding)
         self._lost_queue: list[int] = []
-        self._renew_keys: dict[int, tuple[str, str]] = {}  # token -> (lease key, generation key)
+        # what renew() sends, remade when ``version`` changes: (version, tokens, generations, packed)
+        self._renewal: tuple[int, list[int], list[int], list[str]] = (-1, [], [], [])
         self._lock = threading.RLock()
         self._stop = threading.Event()
         self._wake = threading.Event()
@@ -301,20 +322,23 @@ class LeaseKeeper:
                         self.gens.pop(t, None)
                     self.pending &= want
                     self.version += 1
-            toks = sorted(self.tokens)
-            gens = [self.gens.get(t, 0) for t in toks]
+            if self._renewal[0] != self.version:  # what to renew, packed once per change of the leases
+                toks = sorted(self.tokens)
+                gens = [self.gens.get(t, 0) for t in toks]
+                rows = [f"{t}:{g}" for t, g in zip(toks, gens)]
+                self._renewal = (self.version, toks, gens,
+                                 [",".join(rows[i : i + _CHUNK]) for i in range(0, len(rows), _CHUNK)])
+            _, toks, gens, packed = self._renewal
         lost: list[int] = []
         if toks:
             px = int(self.ttl * 1000)
-            keys = self._renew_keys
-            if len(keys) > 4 * len(toks) + 1024:  # tokens given back long ago: start afresh
-                keys = self._renew_keys = {}
-            for t in toks:  # an instrument's key pair is formatted once, not every renew
-                if t not in keys:
-                    keys[t] = (self.key(t), self.gen_key(t))
-            rows = [(keys[t], (g,)) for t, g in zip(toks, gens)]
-            results = self._script(_RENEW, rows, (self.owner, px))
-            lost = [t for t, (r,) in zip(toks, results) if not int(r)]
+            if self._cluster():
+                rows = [((self.key(t), self.gen_key(t)), (g,)) for t, g in zip(toks, gens)]
+                results = self._script(_RENEW, rows, (self.owner, px))
+                lost = [t for t, (r,) in zip(toks, results) if not int(r)]
+            else:
+                lost = [int(_s(t)) for res in self._evalsha(_RENEW_PACKED, [
+                    (0, self.owner, px, self.prefix, part) for part in packed]) for t in res]
             if lost:  # expired while we stalled and taken by another writer (its generation is newer)
                 with self._lock:
                     self.tokens.difference_update(lost)
@@ -357,29 +381,38 @@ class LeaseKeeper:
         one server. Returns ``width`` values per row."""
         if not rows:
             return []
-        if type(self.client).__name__ == "RedisCluster":
+        if self._cluster():
             flat = [x for keys, args in rows
                     for x in self.client.eval(script, len(keys), *keys, *shared, *args)]
         else:
-            from redis.exceptions import NoScriptError
-
-            sha = _SHA[script]
-            flat = []
-            for attempt in range(2):
-                pipe = self.client.pipeline(transaction=False)
-                for i in range(0, len(rows), _CHUNK):
-                    part = rows[i : i + _CHUNK]
-                    keys = [k for r in part for k in r[0]]
-                    args = [a for r in part for a in r[1]]
-                    pipe.evalsha(sha, len(keys), *keys, *shared, *args)
-                try:
-                    flat = [x for res in pipe.execute() for x in res]
-                    break
-                except NoScriptError:  # first use, or the server restarted: load, then once more
-                    if attempt:
-                        raise
-                    self.client.script_load(script)
+            calls = []
+            for i in range(0, len(rows), _CHUNK):
+                part = rows[i : i + _CHUNK]
+                keys = [k for r in part for k in r[0]]
+                calls.append((len(keys), *keys, *shared, *(a for r in part for a in r[1])))
+            flat = [x for res in self._evalsha(script, calls) for x in res]
         return [flat[i * width : (i + 1) * width] for i in range(len(rows))]
+
+    def _cluster(self) -> bool:
+        return type(self.client).__name__ == "RedisCluster"
+
+    def _evalsha(self, script: str, calls: list[tuple]) -> list:
+        """``script`` with each argument tuple (numkeys, keys..., args...), as EVALSHA calls in one
+        pipeline; the script is loaded (then once more) when the server does not know it."""
+        from redis.exceptions import NoScriptError
+
+        sha = _SHA[script]
+        for attempt in range(2):
+            pipe = self.client.pipeline(transaction=False)
+            for args in calls:
+                pipe.evalsha(sha, *args)
+            try:
+                return pipe.execute()
+            except NoScriptError:  # first use, or the server restarted: load, then once more
+                if attempt:
+                    raise
+                self.client.script_load(script)
+        return []
 
     # -- background renewal -------------------------------------------------------------------
     def start(self) -> None:
