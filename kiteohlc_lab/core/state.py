@@ -10,6 +10,7 @@ arrays the engine hands in: no engine object is touched.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Mapping
 from typing import Any, Callable
@@ -182,30 +183,21 @@ class StateColumns(Mapping):
         self.tokens, self.prev, self.prev_ts, self.segmax, self.day = tokens, prev, prev_ts, segmax, day
         self.clock = clock
         self.forming = forming  # tf -> {"index": rows of tokens, CANDLE_FIELDS arrays}
-        self._row = {int(t): i for i, t in enumerate(tokens.tolist())}
-        self._frow = {tf: {i: j for j, i in enumerate(f["index"].tolist())} for tf, f in forming.items()}
+
+    # the mapping view's lookups, made on first use: a store that ships the columns never needs them
+    @functools.cached_property
+    def _row(self) -> dict[int, int]:
+        return {int(t): i for i, t in enumerate(self.tokens.tolist())}
+
+    @functools.cached_property
+    def _frow(self) -> dict[str, dict[int, int]]:
+        return {tf: {i: j for j, i in enumerate(f["index"].tolist())} for tf, f in self.forming.items()}
 
     def __len__(self) -> int:
         return len(self.tokens)
 
     def __iter__(self):
         return iter(self._row)
-
-    def chunks(self, size: int) -> "list[StateColumns]":
-        """Split by instrument into parts of at most ``size`` (smaller server-side writes)."""
-        n = len(self.tokens)
-        if n <= size:
-            return [self]
-        out = []
-        for a in range(0, n, size):
-            b = min(n, a + size)
-            forming = {}
-            for tf, f in self.forming.items():
-                sel = (f["index"] >= a) & (f["index"] < b)
-                forming[tf] = {k: (v[sel] - a if k == "index" else v[sel]) for k, v in f.items()}
-            out.append(StateColumns(self.tokens[a:b], self.prev[a:b], self.prev_ts[a:b], self.segmax[a:b],
-                                    self.day[a:b], self.clock, forming))
-        return out
 
     def __getitem__(self, token: int) -> dict:
         i = self._row[int(token)]
