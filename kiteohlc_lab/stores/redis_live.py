@@ -35,8 +35,8 @@ from .redis_lua import CLOSED_LUA, WRITE_LUA
 log = logging.getLogger("kiteohlc_lab.stores")
 
 STREAM_MAXLEN = 10_000
-SCRIPT_CHUNK = 1000  # instruments per server-side state write script
-CLOSED_CHUNK = 2000  # closed candles per server-side stream append script
+SCRIPT_CHUNK = 250  # instruments per server-side state write script (~3 ms: readers get in between)
+CLOSED_CHUNK = 500  # closed candles per server-side stream append script (~3 ms)
 NS = 1_000_000_000
 _CANDLE_FIELDS = ("start", "open", "high", "low", "close", "volume", "oi", "ticks")
 
