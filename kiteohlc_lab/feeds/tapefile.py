@@ -84,25 +84,44 @@ def _csv_first(path: Path) -> tuple[Any, int]:
     return tab.to_batches()[0], cut
 
 
-def _csv_chunks(path: Path, schema: Any, offset: int = 0) -> Iterator[Any]:
-    """The CSV's record batches from byte ``offset`` on (0: after the header), parsed a chunk of
-    lines at a time by Arrow's multi-threaded reader (its streaming reader parses on one thread),
-    every chunk with the first block's column types; chunks grow from 4 to 32 MB, so the first
-    comes soon."""
+class _LazySymbols:
+    """The tradingsymbol column of one CSV chunk, parsed only when asked for (``learn`` needs it for
+    the rows where an instrument first appears, which few chunks have): the column is two fifths
+    of a tape's parse. Reads its byte range of the file again."""
+
+    def __init__(self, path: Path, header: bytes, start: int, end: int, name: str) -> None:
+        self.path, self.header, self.start, self.end, self.name = path, header, start, end, name
+
+    def column(self) -> Any:
+        import pyarrow as pa
+        from pyarrow import csv
+
+        with open(self.path, "rb") as fh:
+            fh.seek(self.start)
+            buf = fh.read(self.end - self.start)
+        conv = csv.ConvertOptions(include_columns=[self.name], column_types={self.name: pa.string()})
+        return csv.read_csv(pa.py_buffer(self.header + buf), convert_options=conv).column(0).combine_chunks()
+
+
+def _csv_chunks(path: Path, schema: Any, offset: int = 0) -> Iterator[tuple[Any, _LazySymbols | None]]:
+    """(record batch, its lazily parsed tradingsymbol column or None) per chunk of the CSV from
+    byte ``offset`` on (0: after the header), parsed a chunk of lines at a time by Arrow's
+    multi-threaded reader (its streaming reader parses on one thread), every chunk with the first
+    block's column types; chunks grow from 4 to 32 MB, so the first comes soon."""
     import pyarrow as pa
     from pyarrow import csv
 
-    # symbols as plain strings here (dictionary-encoding every chunk costs a sixth of the parse;
-    # only a new instrument's row is ever looked at)
-    types = {f.name: pa.string() if pa.types.is_dictionary(f.type) else f.type for f in schema
-             if not pa.types.is_null(f.type)}
-    conv = csv.ConvertOptions(column_types=types)
+    sym = next((f.name for f in schema if f.name.strip().lower() == "tradingsymbol"), None)
+    types = {f.name: f.type for f in schema if not pa.types.is_null(f.type) and f.name != sym}
+    conv = csv.ConvertOptions(column_types=types, include_columns=[f.name for f in schema if f.name != sym])
     size = CSV_BLOCK_BYTES // 2  # then doubled up to 32 MB: 8 blocks of 4 MB for Arrow's threads
-    opts = csv.ReadOptions(block_size=max(1 << 16, CSV_BLOCK_BYTES // 2))
+    # the header's names given, so a chunk is parsed where it lies (no copy with the header before it)
+    opts = csv.ReadOptions(block_size=max(1 << 16, CSV_BLOCK_BYTES // 2), column_names=schema.names)
     with open(path, "rb") as fh:
         header = fh.readline()
         if offset:
             fh.seek(offset)
+        at = fh.tell()  # the file offset of the next chunk's first line
         rest = b""
         while True:
             data = fh.read(size)
@@ -115,8 +134,11 @@ def _csv_chunks(path: Path, schema: Any, offset: int = 0) -> Iterator[Any]:
                 rest = buf
                 continue
             buf, rest = buf[:cut], buf[cut:]
-            yield from csv.read_csv(pa.py_buffer(header + buf), read_options=opts,
-                                    convert_options=conv).to_batches()
+            tab = csv.read_csv(pa.py_buffer(buf), read_options=opts, convert_options=conv)
+            lazy = _LazySymbols(path, header, at, at + cut, sym) if sym is not None else None
+            at += cut
+            if tab.num_rows:
+                yield tab.combine_chunks().to_batches()[0], lazy
 
 
 class _Ahead:
@@ -251,6 +273,8 @@ def _symbols_at(sym: Any, rows: np.ndarray) -> list:
     """The tradingsymbol column's values at ``rows`` (dictionary-encoded or plain strings)."""
     import pyarrow as pa
 
+    if isinstance(sym, _LazySymbols):
+        sym = sym.column()
     if pa.types.is_dictionary(sym.type):
         codes = _values(sym.indices)[rows]
         valid = _valid(sym)[rows] if sym.null_count else np.ones(len(rows), bool)
@@ -340,16 +364,16 @@ class TapeStream:
             if not _is_parquet(path):
                 ahead = _prefetch(_csv_chunks(path, self.schema, self.first_bytes))
             elif rest is not None:  # the Parquet reader where open_tape left it
-                ahead = _prefetch(rest)
+                ahead = _prefetch((rb, None) for rb in rest)
             else:  # the reader went with an earlier replay: from the start
-                ahead, decoded = _prefetch(_parquet(path)[0]), False
+                ahead, decoded = _prefetch((rb, None) for rb in _parquet(path)[0]), False
             if decoded:
                 consumed = len(self.first)
                 yield self.first, consumed, self.first_symbols
-            for rb in ahead:
+            for rb, lazy in ahead:
                 ticks, sym = convert(rb)
                 consumed += rb.num_rows
-                yield ticks, consumed, sym
+                yield ticks, consumed, sym if sym is not None else lazy
             return
         except Malformed:
             pass
