@@ -13,7 +13,8 @@ Keys (``P`` the prefix, ``{T}`` the token as a hash tag, beside the instrument's
   on this host (``kill -9``) is broken at once with a compare-and-delete, so a restarted collector
   does not wait for the TTL.
 - Renew (a daemon thread, every ``ttl / 3``) and release are compare-and-set scripts: they touch the
-  lease only while it holds our owner string. A lease that expired while we stalled is taken back
+  lease only while it holds our owner string (on one server the renewal packs its instruments into
+  one argument per 1000, ``token:generation,...``, and gets back only the lost ones). A lease that expired while we stalled is taken back
   only if nobody held it meanwhile (its generation is still ours); otherwise it is *lost*:
   ``on_lost(tokens)`` is called (the Manager stops writing and streaming them: ``stand_down``).
 - Redis down at acquisition: the tokens are *pending*; the keeper retries every period (and the live

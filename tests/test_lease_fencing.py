@@ -140,18 +140,36 @@ def test_one_round_trip_per_fenced_write(prefix):
         client.close()
 
 
-def test_renewal_reports_a_lease_taken_meanwhile_and_takes_back_one_nobody_took(r, prefix):
+class RedisCluster:
+    """One server under the class name LeaseKeeper looks for: its one-call-per-instrument path."""
+
+    def __init__(self, client) -> None:
+        self.client = client
+
+    def __getattr__(self, name):
+        return getattr(self.client, name)
+
+
+@pytest.mark.parametrize("shape", ["server", "cluster"])
+def test_renewal_reports_a_lease_taken_meanwhile_and_takes_back_one_nobody_took(r, prefix, shape):
+    """Renewal on one server (the instruments packed into one argument) and on a cluster (a key
+    pair per instrument): renewed, taken back (expired, nobody took it since), lost (held by another
+    writer, or expired and taken and given back meanwhile: a newer generation)."""
     lost: list[list[int]] = []
-    a = LeaseKeeper(r, prefix, ttl=5, on_lost=lost.append)
+    a = LeaseKeeper(r if shape == "server" else RedisCluster(r), prefix, ttl=5, on_lost=lost.append)
     b = LeaseKeeper(r, prefix, ttl=5)
     try:
-        a.acquire([TOK, TOK + 1])
+        a.acquire([TOK, TOK + 1, TOK + 2, TOK + 3])
         expire_now(a, r, TOK)
         r.delete(lease_key(prefix, TOK + 1))  # expired, but nobody took it
-        b.acquire([TOK])
-        assert a.renew() == [TOK] and lost == [[TOK]]
-        assert a.tokens == {TOK + 1} and a.gens[TOK + 1] == 1  # taken back, same generation
+        r.delete(lease_key(prefix, TOK + 2))  # expired, taken and given back: generation 2
+        b.acquire([TOK, TOK + 2])
+        b.release([TOK + 2])
+        assert a.renew() == [TOK, TOK + 2] and lost == [[TOK, TOK + 2]]
+        assert a.tokens == {TOK + 1, TOK + 3} and a.gens[TOK + 1] == 1  # taken back, same generation
         assert r.get(lease_key(prefix, TOK + 1)).decode() == a.owner
+        assert r.pttl(lease_key(prefix, TOK + 3)) > 4000  # renewed
+        assert r.get(lease_key(prefix, TOK + 2)) is None  # not taken back over the newer generation
         assert a.gens[TOK] == 1  # kept: its writes of TOK stay refused
         assert a.renew() == []
     finally:
