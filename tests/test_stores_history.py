@@ -94,6 +94,16 @@ def test_upsert_is_idempotent_and_last_write_wins(store):
     pd.testing.assert_frame_equal(df, second.to_frame())
 
 
+def test_a_candle_and_its_amendment_in_one_batch_the_later_wins(store):
+    """The history writer merges what queued into one batch per timeframe: a candle and its
+    amended version can arrive together, in that order."""
+    first = make_batch(n=400, base=100.0)
+    amended = make_batch(n=400, base=300.0)
+    both = CandleBatch.concat([first, amended])
+    store.write(both)
+    pd.testing.assert_frame_equal(store.read(256265, "1m"), amended.to_frame())
+
+
 def test_range_read_is_start_inclusive_end_exclusive(store):
     store.write(make_batch(n=10))
     df = store.read(256265, "1m", start_ns=T0 + 2 * MIN, end_ns=T0 + 5 * MIN)

@@ -79,6 +79,9 @@ class MongoHistory:
         if self._mock:
             self._mock_upsert(tf, cols)
             return
+        # the last row of each candle only: an unordered bulk write may apply two updates of one
+        # document in either order (a batch can hold a candle and its amendment)
+        last = {(row[0], row[1]): row for row in zip(*cols)}
         ops = [
             UpdateOne(
                 {"token": t, "tf": tf, "start": s},
@@ -86,7 +89,7 @@ class MongoHistory:
                           "ticks": n}},
                 upsert=True,
             )
-            for t, s, o, h, lo, c, v, oi, n in zip(*cols)
+            for t, s, o, h, lo, c, v, oi, n in last.values()
         ]
         for i in range(0, len(ops), _CHUNK):
             self._coll.bulk_write(ops[i : i + _CHUNK], ordered=False)
