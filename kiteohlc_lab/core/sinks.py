@@ -60,7 +60,11 @@ class HistorySink:
             stop = None in items
             batches = [b for item in items if item is not None for b in item]
             try:
-                self._write(merge_by_tf(batches))
+                try:
+                    merged = merge_by_tf(batches)
+                except Exception:  # noqa: BLE001 - written as they came, one by one
+                    merged = batches
+                self._write(merged)
             finally:
                 with self._cv:
                     self._pending -= len(items) - stop

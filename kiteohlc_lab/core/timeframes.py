@@ -169,7 +169,7 @@ def bucket_start(ts: npt.ArrayLike, tf: Timeframe, anchor: npt.ArrayLike, cut_fr
 
 def day_grid(ts: np.ndarray, anchors: np.ndarray) -> tuple[int, np.ndarray] | None:
     """For a batch whose ticks all lie on one IST day and whose instruments share one session
-    open (``anchors``: the distinct anchors of its instruments): (the origin of that day's grid,
+    open (``anchors``: the anchors of the engine's instruments): (the origin of that day's grid,
     epoch ns; each tick's offset from it). ``grid_start`` then gives ``bucket_start`` for any
     intraday timeframe in three array operations. None otherwise."""
     if not len(ts) or not len(anchors) or int(anchors.min()) != int(anchors.max()):
