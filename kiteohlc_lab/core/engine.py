@@ -40,7 +40,7 @@ from .candles import Candle, CandleBatch
 from .fill import FlatFill
 from .late import amend_late, lateness
 from .state import NONE, Series, StateColumns, alloc_volume, grow_columns
-from .ticks import TickBatch, distinct
+from .ticks import TickBatch, distinct, lookup
 from .timeframes import (
     NS,
     Timeframe,
@@ -159,9 +159,7 @@ class Engine:
 
     def _search(self, tokens: np.ndarray) -> np.ndarray:
         if len(self._tokens):
-            pos = np.searchsorted(self._tokens, tokens)
-            np.minimum(pos, len(self._tokens) - 1, out=pos)
-            known = self._tokens[pos] == tokens
+            pos, known = lookup(self._tokens, tokens)
             if known.all():
                 return self._slot_of_sorted[pos]
             self._register(distinct(tokens[~known]))
@@ -537,8 +535,8 @@ class Engine:
         toks = np.fromiter((int(t) for t in tokens), np.int64)
         if not len(self._tokens) or not len(toks):
             return np.empty(0, np.int64)
-        pos = np.minimum(np.searchsorted(self._tokens, toks), len(self._tokens) - 1)
-        return self._slot_of_sorted[pos][self._tokens[pos] == toks]
+        pos, known = lookup(self._tokens, toks)
+        return self._slot_of_sorted[pos][known]
 
     def export_columns(self, tokens: Iterable[int] | None = None) -> StateColumns:
         """The same state as ``export_state``, as columns (the live store ships them as they are)."""

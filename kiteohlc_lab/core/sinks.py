@@ -60,10 +60,10 @@ class HistorySink:
             stop = None in items
             batches = [b for item in items if item is not None for b in item]
             try:
-                try:
-                    merged = merge_by_tf(batches)
-                except Exception:  # noqa: BLE001 - written as they came, one by one
-                    merged = batches
+                merged = merge_by_tf(batches)
+            except Exception:  # noqa: BLE001 - written as they came, one by one
+                merged = batches
+            try:
                 self._write(merged)
             finally:
                 with self._cv:

@@ -28,14 +28,20 @@ def distinct(a: np.ndarray) -> np.ndarray:
     return s[keep]
 
 
+def lookup(sorted_values: np.ndarray, a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(where each of ``a`` is in ``sorted_values``, clipped to a valid index; whether it is there).
+    Instrument tokens against a sorted table: the engine's slots, a tape's known instruments, a
+    writer's fence."""
+    if len(sorted_values) == 0:
+        return np.zeros(len(a), np.intp), np.zeros(len(a), bool)
+    pos = np.searchsorted(sorted_values, a)
+    np.minimum(pos, len(sorted_values) - 1, out=pos)
+    return pos, sorted_values[pos] == a
+
+
 def member(a: np.ndarray, values: Any) -> np.ndarray:
     """``np.isin(a, values)`` for integer arrays (instrument tokens), by a sorted search."""
-    v = distinct(np.asarray(values, dtype=np.int64))
-    if len(v) == 0:
-        return np.zeros(len(a), bool)
-    pos = np.searchsorted(v, a)
-    np.minimum(pos, len(v) - 1, out=pos)
-    return v[pos] == a
+    return lookup(distinct(np.asarray(values, dtype=np.int64)), a)[1]
 
 
 CORE = ("token", "ts", "price", "volume", "oi")  # always present

@@ -32,7 +32,6 @@ def volume_increments(
     if not every and not has.any():
         return np.zeros(len(slot)), 0
     if every:  # the usual batch (no index): no gathers
-        idx: np.ndarray | slice = slice(None)
         s, t, v = slot, ts, vol
     else:
         idx = np.flatnonzero(has)
@@ -66,8 +65,7 @@ def volume_increments(
         V["prev_ts"][ls] = t[last]
         V["day"][ls] = day[last]
         return inc, 0
-    rows = np.arange(m) if every else idx
-    return _volume_slow(V, np.zeros(len(slot)), rows, s, t, v, day, first, last)
+    return _volume_slow(V, np.zeros(len(slot)), np.arange(m) if every else idx, s, t, v, day, first, last)
 
 def _volume_slow(V, inc, idx, s, t, v, day, first, last) -> tuple[np.ndarray, int]:
     """The general case: several days, stale days, first ticks, resumes, glitches."""

@@ -98,8 +98,9 @@ class ReplaySource:
                 if wait_room is not None:
                     while not wait_room(self.MAX_BACKLOG, 0.1) and not self._stop.is_set():
                         pass
-                while backlog is not None and backlog() >= self.MAX_BACKLOG and not self._stop.is_set():
-                    self._stop.wait(0.002)
+                elif backlog is not None:  # a sink that only counts: looked at every 2 ms
+                    while backlog() >= self.MAX_BACKLOG and not self._stop.is_set():
+                        self._stop.wait(0.002)
                 if self.speed == 0:
                     if len(ticks):
                         sink.on_batch(ticks)

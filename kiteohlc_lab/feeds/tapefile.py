@@ -23,7 +23,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from ..core.ticks import TickBatch
+from ..core.ticks import TickBatch, lookup
 from ..core.timeframes import IST_OFFSET_NS
 
 REQUIRED = ("timestamp", "instrument_token", "last_price")
@@ -326,9 +326,8 @@ class TapeStream:
         tok = batch.token
         slot = _slot(tok)
         fresh = np.flatnonzero(self._table[slot] != tok)  # a hash probe a tick; misses are checked
-        if len(fresh) and len(self._sorted):
-            at = np.minimum(np.searchsorted(self._sorted, tok[fresh]), len(self._sorted) - 1)
-            fresh = fresh[self._sorted[at] != tok[fresh]]
+        if len(fresh):
+            fresh = fresh[~lookup(self._sorted, tok[fresh])[1]]
         if not len(fresh):
             return []
         toks, first = np.unique(tok[fresh], return_index=True)
@@ -359,12 +358,12 @@ class TapeStream:
         ahead: _Ahead | None = None
         try:
             path = Path(self.path)
-            rest, self.rest = self.rest, None
+            reader, self.rest = self.rest, None
             decoded = True  # the first block is decoded already; the next one reads meanwhile
             if not _is_parquet(path):
                 ahead = _prefetch(_csv_chunks(path, self.schema, self.first_bytes))
-            elif rest is not None:  # the Parquet reader where open_tape left it
-                ahead = _prefetch((rb, None) for rb in rest)
+            elif reader is not None:  # the Parquet reader where open_tape left it
+                ahead = _prefetch((rb, None) for rb in reader)
             else:  # the reader went with an earlier replay: from the start
                 ahead, decoded = _prefetch((rb, None) for rb in _parquet(path)[0]), False
             if decoded:

@@ -29,6 +29,7 @@ import numpy as np
 
 from ..core.candles import Candle, CandleBatch
 from ..core.state import StateColumns
+from ..core.ticks import lookup
 from . import keys
 from .redis_lua import CLOSED_LUA, WRITE_LUA
 
@@ -134,8 +135,8 @@ def _gens(fence: tuple[np.ndarray, np.ndarray] | None, tokens: np.ndarray) -> np
     if fence is None or not len(fence[0]):
         return np.full(len(tokens), -1.0)
     toks, gens = fence
-    at = np.minimum(np.searchsorted(toks, tokens), len(toks) - 1)
-    return np.where(toks[at] == tokens, gens[at], -1.0)
+    at, held = lookup(toks, tokens)
+    return np.where(held, gens[at], -1.0)
 
 
 def _pieces(rows: list[tuple[str, np.ndarray]], size: int) -> list[tuple[list[dict], bytes]]:

@@ -88,6 +88,7 @@ class SQLiteHistory:
         conn = self._conn()
         conn.execute(_SCHEMA)
         conn.commit()
+        self._per = self._rows_per_statement(conn)  # the same library for every connection
 
     def _connect(self) -> sqlite3.Connection:
         try:
@@ -121,7 +122,7 @@ class SQLiteHistory:
                 batch.low.tolist(), batch.close.tolist(), batch.volume.tolist(), batch.oi.tolist(),
                 batch.ticks.tolist()]
         conn = self._conn()
-        per = self._rows_per_statement(conn)
+        per = self._per
         with self._write_lock, conn:
             for i in range(0, len(batch), per):
                 tok, start, o, h, lo, c, v, oi, ticks = (col[i:i + per] for col in cols)
