@@ -39,6 +39,7 @@ from typing import Any, Callable, Iterable
 
 from .errors import KiteOHLCError
 from .stores import keys
+from .stores.redis_lua import evalsha_pipelined
 
 log = logging.getLogger("kiteohlc_lab.lease")
 
@@ -338,8 +339,10 @@ class LeaseKeeper:
                 results = self._script(_RENEW, rows, (self.owner, px))
                 lost = [t for t, (r,) in zip(toks, results) if not int(r)]
             else:
-                lost = [int(_s(t)) for res in self._evalsha(_RENEW_PACKED, [
-                    (0, self.owner, px, self.prefix, part) for part in packed]) for t in res]
+                sha = _SHA[_RENEW_PACKED]
+                lost = [int(_s(t)) for res in evalsha_pipelined(self.client, [
+                    (sha, 0, self.owner, px, self.prefix, part) for part in packed], (_RENEW_PACKED,))
+                    for t in res]
             if lost:  # expired while we stalled and taken by another writer (its generation is newer)
                 with self._lock:
                     self.tokens.difference_update(lost)
@@ -390,30 +393,12 @@ class LeaseKeeper:
             for i in range(0, len(rows), _CHUNK):
                 part = rows[i : i + _CHUNK]
                 keys = [k for r in part for k in r[0]]
-                calls.append((len(keys), *keys, *shared, *(a for r in part for a in r[1])))
-            flat = [x for res in self._evalsha(script, calls) for x in res]
+                calls.append((_SHA[script], len(keys), *keys, *shared, *(a for r in part for a in r[1])))
+            flat = [x for res in evalsha_pipelined(self.client, calls, (script,)) for x in res]
         return [flat[i * width : (i + 1) * width] for i in range(len(rows))]
 
     def _cluster(self) -> bool:
         return type(self.client).__name__ == "RedisCluster"
-
-    def _evalsha(self, script: str, calls: list[tuple]) -> list:
-        """``script`` with each argument tuple (numkeys, keys..., args...), as EVALSHA calls in one
-        pipeline; the script is loaded (then once more) when the server does not know it."""
-        from redis.exceptions import NoScriptError
-
-        sha = _SHA[script]
-        for attempt in range(2):
-            pipe = self.client.pipeline(transaction=False)
-            for args in calls:
-                pipe.evalsha(sha, *args)
-            try:
-                return pipe.execute()
-            except NoScriptError:  # first use, or the server restarted: load, then once more
-                if attempt:
-                    raise
-                self.client.script_load(script)
-        return []
 
     # -- background renewal -------------------------------------------------------------------
     def start(self) -> None:

@@ -31,7 +31,7 @@ from ..core.candles import Candle, CandleBatch
 from ..core.state import StateColumns
 from ..core.ticks import lookup
 from . import keys
-from .redis_lua import CLOSED_LUA, WRITE_LUA
+from .redis_lua import CLOSED_LUA, WRITE_LUA, evalsha_pipelined
 
 log = logging.getLogger("kiteohlc_lab.stores")
 
@@ -359,25 +359,8 @@ class RedisLive:
             calls.append((_WRITE_SHA, [self.prefix, now, json.dumps(header, separators=(",", ":")),
                                          text if k == len(states_calls) - 1 else "", fence_json, *blobs]))
         if calls:
-            self._refused(self._evalsha(calls))
-
-    def _evalsha(self, calls: list[tuple[str, list]]) -> list:
-        """The calls as EVALSHA in one pipeline; the scripts loaded (both, then once more) when the
-        server does not know them (first use, or it restarted)."""
-        from redis.exceptions import NoScriptError
-
-        for attempt in range(2):
-            pipe = self._r.pipeline(transaction=False)
-            for sha, args in calls:
-                pipe.evalsha(sha, 0, *args)
-            try:
-                return pipe.execute()
-            except NoScriptError:
-                if attempt:
-                    raise
-                for lua in (CLOSED_LUA, WRITE_LUA):
-                    self._r.script_load(lua)
-        return []
+            self._refused(evalsha_pipelined(self._r, [(sha, 0, *args) for sha, args in calls],
+                                            (CLOSED_LUA, WRITE_LUA)))
 
     # -- reads ------------------------------------------------------------------------------------
     def load_states(self, tokens: list[int]) -> dict[int, dict]:

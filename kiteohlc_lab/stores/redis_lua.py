@@ -17,6 +17,8 @@ writer's late batch); both scripts return the tokens refused.
 
 from __future__ import annotations
 
+from typing import Any
+
 from ..core.state import CANDLE_FIELDS, STATE_FIELDS, VOLUME_FIELDS
 from . import keys
 
@@ -215,3 +217,24 @@ def _fill(lua: str) -> str:
 
 WRITE_LUA = _fill(_WRITE_LUA)
 CLOSED_LUA = _fill(_CLOSED_LUA)
+
+
+def evalsha_pipelined(client: Any, calls: list[tuple], scripts: tuple[str, ...]) -> list:
+    """Each call ``(sha, numkeys, keys..., args...)`` as EVALSHA in one pipeline (one round trip,
+    without redis-py's SCRIPT EXISTS per pipeline); ``scripts`` are loaded, and the pipeline sent
+    once more, when the server does not know them (first use, or it restarted). The live store's
+    writes and the leases' renewals both run this way."""
+    from redis.exceptions import NoScriptError
+
+    for attempt in range(2):
+        pipe = client.pipeline(transaction=False)
+        for sha, *args in calls:
+            pipe.evalsha(sha, *args)
+        try:
+            return pipe.execute()
+        except NoScriptError:
+            if attempt:
+                raise
+            for lua in scripts:
+                client.script_load(lua)
+    return []
