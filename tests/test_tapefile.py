@@ -138,3 +138,39 @@ def test_csv_whose_first_block_has_whole_rupee_prices(tmp_path, monkeypatch):
     ref.flush()
     for tok, sym in syms.items():
         pd.testing.assert_frame_equal(kiteohlc_lab.candles(sym, "1m"), ref.frame(tok, "1m"), check_freq=False)
+
+
+def test_parquet_symbols_are_read_only_where_an_instrument_first_appears(tmp_path, monkeypatch):
+    """A Parquet tape decodes only the columns the engine takes; the tradingsymbol column is read for
+    the blocks that bring a new instrument (the first one, the late joiner's), also where a block
+    spans two row groups, and every instrument keeps its symbol."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    monkeypatch.setattr(tapefile, "BLOCK_ROWS", 500)
+    path, ticks, syms = late_joiner_tape(tmp_path, ".parquet")
+    tab = pq.read_table(path)
+    odd = tmp_path / "groups.parquet"
+    pq.write_table(tab, odd, row_group_size=700)  # blocks of 500 rows straddle groups of 700
+    assert pq.ParquetFile(odd).metadata.num_row_groups > 3
+    reads: list[tuple[int, int]] = []
+    column = tapefile._ParquetSymbols.column
+
+    def counted(self):
+        reads.append((self.start, self.n))
+        got = column(self)
+        assert len(got) == self.n and (pa.types.is_string(got.type) or pa.types.is_large_string(got.type))
+        return got
+
+    monkeypatch.setattr(tapefile._ParquetSymbols, "column", counted)
+    kiteohlc_lab.stream("ALL", "1m", source="replay", tape=str(odd))
+    assert kiteohlc_lab.wait(60)
+    [st] = kiteohlc_lab.status()
+    assert st["error"] is None and st["ticks"] == len(ticks)
+    n_blocks = -(-len(ticks) // 500)
+    assert 2 <= len(reads) <= 3 < n_blocks, reads  # the first block, the late joiner's (maybe split)
+    ref = Oracle(["1m"])
+    ref.feed(ticks)
+    ref.flush()
+    for tok, sym in syms.items():
+        pd.testing.assert_frame_equal(kiteohlc_lab.candles(sym, "1m"), ref.frame(tok, "1m"), check_freq=False)
