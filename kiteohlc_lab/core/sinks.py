@@ -4,6 +4,8 @@
 - ``LiveSink``: the live state (forming candles, the last closed ones, engine state) to the live
   store, coalesced: at most once per ``interval`` (one round trip), and only after the history sink
   holds every closed candle it says (the live state may call a candle closed only once history has it).
+  What a write sends is read from the engine on the stream thread; the write itself (and the wait for
+  the history) is done by the sink's writer thread, so the stream thread never waits for a store.
 - ``RecorderSink``: the feed's batches as delivered, to a tape.
 
 A sink never raises into the stream: a failed write is reported once through ``report``.
@@ -28,8 +30,9 @@ Report = Callable[[str], None]
 class HistorySink:
     """Closed candles -> ``store.write``, one batch per timeframe, on a writer thread.
 
-    ``drain()`` waits until everything handed over is written (the live sink calls it before it
-    writes; a final ``Drained`` waits too); ``StreamDone`` ends the thread.
+    ``drain()`` waits until everything handed over is written (a final ``Drained`` waits);
+    ``written(mark())`` until what was handed over by then is (the live sink's writer waits so before
+    a write); ``StreamDone`` ends the thread.
     """
 
     def __init__(self, bus: Bus, store: Any, report: Report, name: str) -> None:
@@ -37,7 +40,8 @@ class HistorySink:
         self._report = report
         self._q: queue.SimpleQueue = queue.SimpleQueue()
         self._cv = threading.Condition()
-        self._pending = 0
+        self._handed = 0  # CandlesClosed events handed over ...
+        self._done = 0  # ... and written (or failed: reported)
         self._thread = threading.Thread(target=self._run, name=f"kiteohlc-{name}-history", daemon=True)
         self._thread.start()
         bus.subscribe(CandlesClosed, self._on_closed)
@@ -46,7 +50,7 @@ class HistorySink:
 
     def _on_closed(self, ev: CandlesClosed) -> None:
         with self._cv:
-            self._pending += 1
+            self._handed += 1
         self._q.put(ev.batches)
 
     def _run(self) -> None:
@@ -67,7 +71,7 @@ class HistorySink:
                 self._write(merged)
             finally:
                 with self._cv:
-                    self._pending -= len(items) - stop
+                    self._done += len(items) - stop
                     self._cv.notify_all()
             if stop:
                 return
@@ -82,8 +86,17 @@ class HistorySink:
                 self._report(f"history store write failed: {exc}")
 
     def drain(self, timeout: float | None = None) -> bool:
+        return self.written(self.mark(), timeout)
+
+    def mark(self) -> int:
+        """How much has been handed over so far (for ``written``)."""
         with self._cv:
-            return self._cv.wait_for(lambda: self._pending == 0, timeout)
+            return self._handed
+
+    def written(self, mark: int, timeout: float | None = None) -> bool:
+        """Wait until what had been handed over at ``mark()`` is written (True), or ``timeout``."""
+        with self._cv:
+            return self._cv.wait_for(lambda: self._done >= mark, timeout)
 
     def close(self) -> None:
         if not self._thread.is_alive():
@@ -112,9 +125,14 @@ class LiveSink:
         self._last = 0.0
         self._closed: list[CandleBatch] = []
         self._touched: set[int] = set()
+        self._jobs: queue.SimpleQueue = queue.SimpleQueue()  # writes for the writer thread, in order
+        self._cv = threading.Condition()
+        self._queued = 0
+        self._writer: threading.Thread | None = None
         bus.subscribe(CandlesClosed, self._on_closed)
         bus.subscribe(FormingChanged, lambda ev: self._touched.update(ev.tokens))
         bus.subscribe(Drained, self._on_drained)
+        bus.subscribe(StreamDone, lambda ev: self.close())
 
     def _on_closed(self, ev: CandlesClosed) -> None:
         self._closed += ev.batches
@@ -122,30 +140,80 @@ class LiveSink:
             self._touched.update(distinct(c.token).tolist())
 
     def _on_drained(self, ev: Drained) -> None:
-        if not (self._touched or self._closed):
-            return
         now = time.monotonic()
-        if ev.final or now - self._last >= self.interval:
+        if (self._touched or self._closed) and (ev.final or now - self._last >= self.interval):
             self._last = now
-            if self.history is not None:
-                self.history.drain()
-            self.write()
+            try:
+                job = self._take()
+            except Exception as exc:
+                self._report(f"live store write failed: {exc}")
+                job = None
+            if job is not None:
+                with self._cv:  # a store slower than the stream: at most two writes wait
+                    self._cv.wait_for(lambda: self._queued < 2)
+                    self._queued += 1
+                if self._writer is None:
+                    self._writer = threading.Thread(target=self._run, name="kiteohlc-live-writer", daemon=True)
+                    self._writer.start()
+                self._jobs.put(job)
+        if ev.final:
+            self.drain()  # the stream is done once its live state is written
 
-    def write(self) -> None:
-        """One pipelined write of everything since the last one."""
+    def _take(self) -> tuple | None:
+        """(forming, published, state, history mark) of the next write, read from the engine now (on
+        the stream thread, which owns it); None without a store."""
         closed, touched = merge_by_tf(self._closed), self._touched
         self._closed, self._touched = [], set()
         if self.store is None:
-            return
+            return None
+        toks = list(touched)
+        eng = self.engine
+        forming = [f.select(member(f.token, toks)) for f in (eng.forming(tf.label) for tf in eng.timeframes)]
+        published = closed if self.live else [newest_per_token(c) for c in closed]
+        mark = self.history.mark() if self.history is not None else 0
+        return forming, published, eng.export_columns(toks), mark
+
+    def _send(self, job: tuple) -> None:
+        forming, published, state, mark = job
         try:
-            toks = list(touched)
-            eng = self.engine
-            forming = [f.select(member(f.token, toks)) for f in
-                       (eng.forming(tf.label) for tf in eng.timeframes)]
-            published = closed if self.live else [newest_per_token(c) for c in closed]
-            self.store.write(forming, published, eng.export_columns(toks))
+            if self.history is not None:
+                self.history.written(mark)  # history first: a candle called closed is in history
+            self.store.write(forming, published, state)
         except Exception as exc:
             self._report(f"live store write failed: {exc}")
+
+    def _run(self) -> None:
+        while True:
+            job = self._jobs.get()
+            if job is None:
+                return
+            try:
+                self._send(job)
+            finally:
+                with self._cv:
+                    self._queued -= 1
+                    self._cv.notify_all()
+
+    def write(self) -> None:
+        """One pipelined write of everything since the last one, on this thread (the engine's)."""
+        try:
+            job = self._take()
+        except Exception as exc:
+            self._report(f"live store write failed: {exc}")
+            return
+        if job is not None:
+            self._send(job)
+
+    def drain(self, timeout: float | None = None) -> bool:
+        """Wait until the writes handed to the writer thread are done (True), or ``timeout``."""
+        with self._cv:
+            return self._cv.wait_for(lambda: self._queued == 0, timeout)
+
+    def close(self) -> None:
+        if self._writer is not None and self._writer.is_alive():
+            self.drain(timeout=30)
+            self._jobs.put(None)
+            self._writer.join(timeout=5)
 
 
 class RecorderSink:
