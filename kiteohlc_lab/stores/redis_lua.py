@@ -32,17 +32,43 @@ _PRELUDE = """
 local fmt, floor, abs, tonumber, call, unpack_row = string.format, math.floor, math.abs, tonumber,
   redis.call, struct.unpack  -- locals: a global lookup per call costs as much as the call
 local verdict, refused = {}, {}
+local memo = {}  -- number -> its text: prices repeat (a new candle's open high low close, the
+                 -- same close in every timeframe), and formatting one is most of a script's time
 local function num(x)
+  local s = memo[x]
+  if s then return s end
   if x ~= x then return 'nan' end
-  if x == floor(x) and abs(x) < 1e15 then return fmt('%d', x) .. '.0' end
-  local s = fmt('%.15g', x)
-  if tonumber(s) ~= x then
-    s = fmt('%.16g', x)
-    if tonumber(s) ~= x then s = fmt('%.17g', x) end
+  local a = abs(x)
+  if x == floor(x) and a < 1e15 then
+    s = fmt('%d', x) .. '.0'
+  elseif a < 1e9 and floor(a * 100 + 0.5) / 100 == a then
+    -- a price of whole paise: printed from the integer (a third of the cost of %g)
+    local y = floor(a * 100 + 0.5)
+    local r, sign = y % 100, x < 0 and '-' or ''
+    if r % 10 == 0 then s = fmt('%s%d.%d', sign, (y - r) / 100, r / 10)
+    else s = fmt('%s%d.%02d', sign, (y - r) / 100, r) end
+  else
+    s = fmt('%.15g', x)
+    if tonumber(s) ~= x then
+      s = fmt('%.16g', x)
+      if tonumber(s) ~= x then s = fmt('%.17g', x) end
+    end
   end
+  memo[x] = s
   return s
 end
 local function int(x) return fmt('%d', x) end
+local counts, starts = {}, {}
+local function count(x)  -- an integer that repeats (ticks, flags, days): its text, memoized
+  local s = counts[x]
+  if s == nil then s = fmt('%d', x); counts[x] = s end
+  return s
+end
+local function start_ns(sec)  -- a candle start in seconds (the same for most rows) as epoch ns
+  local s = starts[sec]
+  if s == nil then s = fmt('%d', sec) .. '000000000'; starts[sec] = s end
+  return s
+end
 local function ok(t, mine)  -- may this writer (generation mine of token string t) write t?
   if mine == nil or mine < 0 then return true end
   local v = verdict[t]
@@ -66,9 +92,9 @@ for _, g in ipairs(hdr) do
     t, st, o, h, l, c, v, oi, n, a, gen, pos = unpack_row(fmt, rows, pos)
     t = int(t)
     if ok(t, gen) then
-      call('XADD', P .. '{' .. t .. tail, 'MAXLEN', '~', maxlen, '*', 'start', int(st) .. '000000000',
+      call('XADD', P .. '{' .. t .. tail, 'MAXLEN', '~', maxlen, '*', 'start', start_ns(st),
         'open', num(o), 'high', num(h), 'low', num(l), 'close', num(c), 'volume', num(v), 'oi', num(oi),
-        'ticks', int(n), 'amended', int(a))
+        'ticks', count(n), 'amended', count(a))
     end
   end
 end
@@ -108,9 +134,9 @@ for _, g in ipairs(d.f or {}) do
     local t = int(g.t[i])
     if ok(t, mine(t)) then
       local oi = g.oi[i] < 0 and 'nan' or num(g.oi[i])
-      local s, c = int(g.s[i]) .. '000000000', num(g.c[i])
+      local s, c = start_ns(g.s[i]), num(g.c[i])
       call('HSET', P .. '{' .. t .. tail, 'start', s, 'open', num(g.o[i]), 'high', num(g.h[i]),
-        'low', num(g.l[i]), 'close', c, 'volume', num(g.v[i]), 'oi', oi, 'ticks', int(g.n[i]), 'updated', now)
+        'low', num(g.l[i]), 'close', c, 'volume', num(g.v[i]), 'oi', oi, 'ticks', count(g.n[i]), 'updated', now)
       last[t] = {c, oi, s, g.tf}
     end
   end
@@ -150,9 +176,9 @@ if sc then
       i = i - base
       local t = T[i]
       if ok(t, G[i]) then
-        local start, ois, js = int(b) .. '000000000', 'nan', 'null'
+        local start, ois, js = start_ns(b), 'nan', 'null'
         if oi == oi then ois = num(oi); js = ois end
-        o, h, l, c, v, ticks = num(o), num(h), num(l), num(c), num(v), int(ticks)
+        o, h, l, c, v, ticks = num(o), num(h), num(l), num(c), num(v), count(ticks)
         local lt = ns(lts, ltn)
         call('HSET', P .. '{' .. t .. tail, 'start', start, 'open', o, 'high', h, 'low', l,
           'close', c, 'volume', v, 'oi', ois, 'ticks', ticks, 'updated', now)
@@ -184,7 +210,7 @@ return refused
 _LUA_CANDLE = {"bucket": "start", "open": "o", "high": "h", "low": "l", "close": "c", "vol": "v",
                "oi": "js", "ticks": "ticks", "last_ts": "lt"}
 _LUA_VOLUME = {"prev": "(prev ~= prev and 'null' or num(prev))", "prev_ts": "ns(ps, pn)",
-               "segmax": "num(segmax)", "day": "int(day)"}
+               "segmax": "num(segmax)", "day": "count(day)"}
 
 
 def _lua_json_object(fields: tuple[str, ...], values: dict[str, str]) -> str:
