@@ -153,7 +153,8 @@ class LiveSink:
                     self._cv.wait_for(lambda: self._queued < 2)
                     self._queued += 1
                 if self._writer is None:
-                    self._writer = threading.Thread(target=self._run, name="kiteohlc-live-writer", daemon=True)
+                    self._writer = threading.Thread(target=self._run, name="kiteohlc-live-writer",
+                                                    daemon=True)
                     self._writer.start()
                 self._jobs.put(job)
         if ev.final:
@@ -168,7 +169,8 @@ class LiveSink:
             return None
         toks = list(touched)
         eng = self.engine
-        forming = [f.select(member(f.token, toks)) for f in (eng.forming(tf.label) for tf in eng.timeframes)]
+        forming = [f.select(member(f.token, toks))
+                   for f in (eng.forming(tf.label) for tf in eng.timeframes)]
         published = closed if self.live else [newest_per_token(c) for c in closed]
         mark = self.history.mark() if self.history is not None else 0
         return forming, published, eng.export_columns(toks), mark
