@@ -27,66 +27,48 @@ from .ticks import distinct, member
 Report = Callable[[str], None]
 
 
-class HistorySink:
-    """Closed candles -> ``store.write``, one batch per timeframe, on a writer thread.
+class _Writer:
+    """One daemon thread calling ``write(items)`` with what was handed over (``put``), in order: all
+    that is queued meanwhile at once (``take_all``), or one item a call. ``limit``: ``put`` waits
+    while that many items wait (a store slower than the stream holds it back, in bounded memory).
+    ``written(mark())`` waits until what was handed over by then is written (or failed: the
+    ``write`` reports); ``close()`` writes what is queued, then ends the thread."""
 
-    ``drain()`` waits until everything handed over is written (a final ``Drained`` waits);
-    ``written(mark())`` until what was handed over by then is (the live sink's writer waits so before
-    a write); ``StreamDone`` ends the thread.
-    """
-
-    def __init__(self, bus: Bus, store: Any, report: Report, name: str) -> None:
-        self.store = store
-        self._report = report
+    def __init__(self, write: Callable[[list], Any], name: str, take_all: bool = False,
+                 limit: int | None = None) -> None:
+        self._write, self._take_all, self._limit = write, take_all, limit
         self._q: queue.SimpleQueue = queue.SimpleQueue()
         self._cv = threading.Condition()
-        self._handed = 0  # CandlesClosed events handed over ...
-        self._done = 0  # ... and written (or failed: reported)
-        self._thread = threading.Thread(target=self._run, name=f"kiteohlc-{name}-history", daemon=True)
+        self._handed = 0
+        self._done = 0
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
-        bus.subscribe(CandlesClosed, self._on_closed)
-        bus.subscribe(Drained, lambda ev: ev.final and self.drain())
-        bus.subscribe(StreamDone, lambda ev: self.close())
 
-    def _on_closed(self, ev: CandlesClosed) -> None:
+    def put(self, item: Any) -> None:
+        limit = self._limit
         with self._cv:
+            if limit is not None:
+                self._cv.wait_for(lambda: self._handed - self._done < limit)
             self._handed += 1
-        self._q.put(ev.batches)
+        self._q.put(item)
 
     def _run(self) -> None:
         while True:
             items = [self._q.get()]
-            while True:  # everything queued meanwhile in one write per timeframe: a writer kept
-                try:     # waiting (the GIL, the disk) catches up in fewer, larger statements
+            while self._take_all:  # a writer kept waiting (the GIL, the disk) catches up in fewer,
+                try:               # larger writes
                     items.append(self._q.get_nowait())
                 except queue.Empty:
                     break
             stop = None in items
-            batches = [b for item in items if item is not None for b in item]
             try:
-                merged = merge_by_tf(batches)
-            except Exception:  # noqa: BLE001 - written as they came, one by one
-                merged = batches
-            try:
-                self._write(merged)
+                self._write([item for item in items if item is not None])
             finally:
                 with self._cv:
                     self._done += len(items) - stop
                     self._cv.notify_all()
             if stop:
                 return
-
-    def _write(self, closed: list[CandleBatch]) -> None:
-        if self.store is None:
-            return
-        for c in closed:
-            try:
-                self.store.write(c)
-            except Exception as exc:
-                self._report(f"history store write failed: {exc}")
-
-    def drain(self, timeout: float | None = None) -> bool:
-        return self.written(self.mark(), timeout)
 
     def mark(self) -> int:
         """How much has been handed over so far (for ``written``)."""
@@ -98,12 +80,64 @@ class HistorySink:
         with self._cv:
             return self._cv.wait_for(lambda: self._done >= mark, timeout)
 
+    def drain(self, timeout: float | None = None) -> bool:
+        return self.written(self.mark(), timeout)
+
     def close(self) -> None:
         if not self._thread.is_alive():
             return
         self.drain(timeout=30)
         self._q.put(None)
         self._thread.join(timeout=5)
+
+
+class HistorySink:
+    """Closed candles -> ``store.write``, one batch per timeframe, on a writer thread.
+
+    ``drain()`` waits until everything handed over is written (a final ``Drained`` waits);
+    ``written(mark())`` until what was handed over by then is (the live sink's writer waits so before
+    a write); ``StreamDone`` ends the thread.
+    """
+
+    def __init__(self, bus: Bus, store: Any, report: Report, name: str) -> None:
+        self.store = store
+        self._report = report
+        self._writer = _Writer(self._write_events, f"kiteohlc-{name}-history", take_all=True)
+        bus.subscribe(CandlesClosed, lambda ev: self._writer.put(ev.batches))
+        bus.subscribe(Drained, lambda ev: ev.final and self.drain())
+        bus.subscribe(StreamDone, lambda ev: self.close())
+
+    def _write_events(self, items: list[list[CandleBatch]]) -> None:
+        """The batches of every event taken at once, in one write per timeframe."""
+        batches = [b for item in items for b in item]
+        try:
+            merged = merge_by_tf(batches)
+        except Exception:  # noqa: BLE001 - written as they came, one by one
+            merged = batches
+        self._write(merged)
+
+    def _write(self, closed: list[CandleBatch]) -> None:
+        if self.store is None:
+            return
+        for c in closed:
+            try:
+                self.store.write(c)
+            except Exception as exc:
+                self._report(f"history store write failed: {exc}")
+
+    def mark(self) -> int:
+        """How much has been handed over so far (for ``written``)."""
+        return self._writer.mark()
+
+    def written(self, mark: int, timeout: float | None = None) -> bool:
+        """Wait until what had been handed over at ``mark()`` is written (True), or ``timeout``."""
+        return self._writer.written(mark, timeout)
+
+    def drain(self, timeout: float | None = None) -> bool:
+        return self._writer.drain(timeout)
+
+    def close(self) -> None:
+        self._writer.close()
 
 
 class LiveSink:
@@ -125,10 +159,8 @@ class LiveSink:
         self._last = 0.0
         self._closed: list[CandleBatch] = []
         self._touched: set[int] = set()
-        self._jobs: queue.SimpleQueue = queue.SimpleQueue()  # writes for the writer thread, in order
-        self._cv = threading.Condition()
-        self._queued = 0
-        self._writer: threading.Thread | None = None
+        # the writes, in order; a store slower than the stream: at most two wait
+        self._writer = _Writer(self._send_all, "kiteohlc-live-writer", limit=2)
         bus.subscribe(CandlesClosed, self._on_closed)
         bus.subscribe(FormingChanged, lambda ev: self._touched.update(ev.tokens))
         bus.subscribe(Drained, self._on_drained)
@@ -149,14 +181,7 @@ class LiveSink:
                 self._report(f"live store write failed: {exc}")
                 job = None
             if job is not None:
-                with self._cv:  # a store slower than the stream: at most two writes wait
-                    self._cv.wait_for(lambda: self._queued < 2)
-                    self._queued += 1
-                if self._writer is None:
-                    self._writer = threading.Thread(target=self._run, name="kiteohlc-live-writer",
-                                                    daemon=True)
-                    self._writer.start()
-                self._jobs.put(job)
+                self._writer.put(job)
         if ev.final:
             self.drain()  # the stream is done once its live state is written
 
@@ -175,6 +200,10 @@ class LiveSink:
         mark = self.history.mark() if self.history is not None else 0
         return forming, published, eng.export_columns(toks), mark
 
+    def _send_all(self, jobs: list[tuple]) -> None:
+        for job in jobs:
+            self._send(job)
+
     def _send(self, job: tuple) -> None:
         forming, published, state, mark = job
         try:
@@ -183,18 +212,6 @@ class LiveSink:
             self.store.write(forming, published, state)
         except Exception as exc:
             self._report(f"live store write failed: {exc}")
-
-    def _run(self) -> None:
-        while True:
-            job = self._jobs.get()
-            if job is None:
-                return
-            try:
-                self._send(job)
-            finally:
-                with self._cv:
-                    self._queued -= 1
-                    self._cv.notify_all()
 
     def write(self) -> None:
         """One pipelined write of everything since the last one, on this thread (the engine's)."""
@@ -208,14 +225,10 @@ class LiveSink:
 
     def drain(self, timeout: float | None = None) -> bool:
         """Wait until the writes handed to the writer thread are done (True), or ``timeout``."""
-        with self._cv:
-            return self._cv.wait_for(lambda: self._queued == 0, timeout)
+        return self._writer.drain(timeout)
 
     def close(self) -> None:
-        if self._writer is not None and self._writer.is_alive():
-            self.drain(timeout=30)
-            self._jobs.put(None)
-            self._writer.join(timeout=5)
+        self._writer.close()
 
 
 class RecorderSink:
