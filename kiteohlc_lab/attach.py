@@ -34,6 +34,7 @@ from .core.events import Bus, CandlesClosed, FormingChanged, StreamError, listen
 from .core.timeframes import Timeframe, parse_timeframe
 from .errors import ConfigError, SymbolError
 from .stores import keys
+from .stores.redis_lua import is_cluster
 
 log = logging.getLogger("kiteohlc_lab.attach")
 
@@ -277,7 +278,7 @@ class AttachedStream:
         if not self._ids:
             self._stop.wait(self.block_ms / 1000)
             return False
-        cluster = type(self.client).__name__ == "RedisCluster"
+        cluster = is_cluster(self.client)
         if cluster:
             # keys of different instruments live in different slots: no multi-key blocking XREAD
             pipe = self.client.pipeline(transaction=False)

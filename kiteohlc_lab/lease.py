@@ -39,7 +39,7 @@ from typing import Any, Callable, Iterable
 
 from .errors import KiteOHLCError
 from .stores import keys
-from .stores.redis_lua import evalsha_pipelined
+from .stores.redis_lua import evalsha_pipelined, is_cluster
 
 log = logging.getLogger("kiteohlc_lab.lease")
 
@@ -398,7 +398,7 @@ class LeaseKeeper:
         return [flat[i * width : (i + 1) * width] for i in range(len(rows))]
 
     def _cluster(self) -> bool:
-        return type(self.client).__name__ == "RedisCluster"
+        return is_cluster(self.client)
 
     # -- background renewal -------------------------------------------------------------------
     def start(self) -> None:

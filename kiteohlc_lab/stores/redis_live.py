@@ -31,7 +31,7 @@ from ..core.candles import Candle, CandleBatch
 from ..core.state import StateColumns
 from ..core.ticks import lookup
 from . import keys
-from .redis_lua import CLOSED_LUA, WRITE_LUA, evalsha_pipelined
+from .redis_lua import CLOSED_LUA, WRITE_LUA, evalsha_pipelined, is_cluster
 
 log = logging.getLogger("kiteohlc_lab.stores")
 
@@ -183,7 +183,7 @@ class RedisLive:
             self._owns = bool(owns_client)  # close() closes a client made for this store
         self.prefix = prefix
         self.publish_forming = publish_forming
-        self._cluster = hasattr(self._r, "get_nodes")  # redis.cluster.RedisCluster
+        self._cluster = is_cluster(self._r)
         self._last_error: str | None = None
         # fencing (kiteohlc_lab.lease): ``fence.fence()`` -> (version, {token: generation})
         self.fence: Any = None

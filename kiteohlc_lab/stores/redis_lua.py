@@ -264,3 +264,11 @@ def evalsha_pipelined(client: Any, calls: list[tuple], scripts: tuple[str, ...])
             for lua in scripts:
                 client.script_load(lua)
     return []
+
+
+def is_cluster(client: Any) -> bool:
+    """Whether ``client`` talks to a Redis Cluster (``redis.cluster.RedisCluster``): the keys of two
+    instruments may live in different slots, so no script or blocking read spans instruments."""
+    from redis.cluster import RedisCluster
+
+    return isinstance(client, RedisCluster)
