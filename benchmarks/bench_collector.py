@@ -14,6 +14,10 @@
   looked up after the window (a lookup per candle inside the window queued each reader's next
   ``candles()`` behind the collector's writes on the Redis server).
 - CPU: ``psutil`` over the measurement window, of the collector process (100% = one core).
+- Two windows of ``--seconds`` each: the machine otherwise idle, then under load: ``--load`` processes
+  (default: one per core) spinning on the CPU as a researcher's heavy notebook would, started between
+  the windows and stopped after (``--load 0``: the idle window only). A candle counts in the window in
+  which its reader's ``candles()`` showed it.
 """
 
 from __future__ import annotations
@@ -45,6 +49,14 @@ def _run_sim(n: int, q, stop) -> None:
     while not stop.wait(0.5):
         q.put(("stats", len(sim._clients), sim.max_seen_connections))
     sim.stop()
+
+
+def _burn(stop) -> None:
+    """A CPU hog for the loaded window: pure Python arithmetic until ``stop`` is set."""
+    x = 0
+    while not stop.is_set():
+        for i in range(200_000):
+            x = (x * 31 + i) & 0xFFFF
 
 
 def _reader(mine: list[int], url: str, prefix: str, data_dir: str, poll: float, go, end, out) -> None:
@@ -93,11 +105,11 @@ def _reader(mine: list[int], url: str, prefix: str, data_dir: str, poll: float, 
             versions[t] = v
             check(t)
         end.wait(poll)
-    lat: list[float] = []
+    lat: list[tuple[float, float]] = []  # (latency ms, when candles() showed it)
     for t, start, seen in seen_at:  # when the collector appended that candle (the entry id's ms)
         for eid, f in rc.xrange(f"{prefix}{{{t}}}:closed:10s"):
             if int(f[b"start"]) == start:
-                lat.append(seen * 1000 - int(eid.decode().split("-")[0]))
+                lat.append((seen * 1000 - int(eid.decode().split("-")[0]), seen))
                 break
     out.put(lat)
     rc.close()
@@ -107,13 +119,15 @@ def _reader(mine: list[int], url: str, prefix: str, data_dir: str, poll: float, 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--instruments", type=int, default=3000)
-    ap.add_argument("--seconds", type=float, default=40.0, help="measurement window")
+    ap.add_argument("--seconds", type=float, default=40.0, help="each measurement window (idle, then loaded)")
     ap.add_argument("--warmup", type=float, default=12.0)
     ap.add_argument("--readers", type=int, default=10)
     ap.add_argument("--per-reader", type=int, default=20, help="instruments each reader follows")
     ap.add_argument("--poll", type=float, default=0.0,
                     help="seconds between a reader's version checks; 0 (default): push (on_candle)")
     ap.add_argument("--redis-url", default="redis://127.0.0.1:6379/0")
+    ap.add_argument("--load", type=int, default=-1,
+                    help="CPU-spinning processes in the second window (default: one per core; 0: no loaded window)")
     args = ap.parse_args(argv)
 
     import psutil
@@ -136,6 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     coll = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     r = redis.Redis.from_url(args.redis_url)
     readers: list = []
+    burn_stop, burners = ctx.Event(), []  # the loaded window's CPU hogs
     try:
         deadline = time.monotonic() + 120
         while not r.exists(f"{prefix}{{{tokens[-1]}}}:state"):
@@ -156,18 +171,27 @@ def main(argv: list[str] | None = None) -> int:
             out.get(timeout=120)  # "ready"
         time.sleep(args.warmup)
         proc = psutil.Process(coll.pid)
-        proc.cpu_percent(None)
-        psutil.cpu_percent(None)
+        n_load = (os.cpu_count() or 1) if args.load < 0 else args.load
+        windows: list[tuple[str, float, float, float, float]] = []  # (name, t0, t1 wall, cpu, machine)
         go.set()
-        t0 = time.monotonic()
-        time.sleep(args.seconds)
-        cpu = proc.cpu_percent(None)
-        machine = psutil.cpu_percent(None)
-        window = time.monotonic() - t0
+        for name in (["idle"] + (["loaded"] if n_load else [])):
+            if name == "loaded":
+                burners = [ctx.Process(target=_burn, args=(burn_stop,), daemon=True) for _ in range(n_load)]
+                for b in burners:
+                    b.start()
+                time.sleep(2.0)  # the hogs running before the window opens
+            proc.cpu_percent(None)
+            psutil.cpu_percent(None)
+            w0 = time.time()
+            time.sleep(args.seconds)
+            windows.append((name, w0, time.time(), proc.cpu_percent(None), psutil.cpu_percent(None)))
+        burn_stop.set()
+        for b in burners:
+            b.join(5)
         end.set()
-        lat: list[float] = []
+        lat: list[tuple[float, float]] = []
         for _ in readers:
-            lat += out.get(timeout=30)
+            lat += out.get(timeout=60)
         for p in readers:
             p.join(10)
         conns = None
@@ -179,19 +203,26 @@ def main(argv: list[str] | None = None) -> int:
 
         entry = next((_json.loads(v) for v in r.mget(list(r.scan_iter(match=f"{prefix}collector:*")))
                       if v), {})
-        a = np.array(lat) if lat else np.array([np.nan])
-        print(f"instruments {args.instruments}, simulator connections now/max {conns}, window {window:.0f} s")
+        print(f"instruments {args.instruments}, simulator connections now/max {conns}, "
+              f"windows of {args.seconds:.0f} s")
         print(f"collector: ticks/s {entry.get('ticks_per_s')}, health {entry.get('health')!r}")
-        print(f"collector CPU {cpu:.1f}% of one core ({cpu / psutil.cpu_count():.1f}% of the machine's "
-              f"{psutil.cpu_count()} cores); whole machine busy {machine:.1f}%")
-        print(f"close -> reader candles() latency over {len(lat)} candles, {args.readers} readers: "
-              f"p50 {np.nanpercentile(a, 50):.1f} ms, p99 {np.nanpercentile(a, 99):.1f} ms, "
-              f"max {np.nanmax(a):.1f} ms")
+        for name, w0, w1, cpu, machine in windows:
+            a = np.array([ms for ms, seen in lat if w0 <= seen < w1] or [np.nan])
+            load = f", {n_load} CPU-spinning processes" if name == "loaded" else ""
+            print(f"[{name}{load}] collector CPU {cpu:.1f}% of one core ({cpu / psutil.cpu_count():.1f}% of "
+                  f"the machine's {psutil.cpu_count()} cores); whole machine busy {machine:.1f}%")
+            print(f"[{name}] close -> reader candles() latency over {int(np.isfinite(a).sum())} candles, "
+                  f"{args.readers} readers: p50 {np.nanpercentile(a, 50):.1f} ms, "
+                  f"p99 {np.nanpercentile(a, 99):.1f} ms, max {np.nanmax(a):.1f} ms")
         return 0
     finally:
         for p in readers:
             if p.is_alive():
                 p.terminate()
+        burn_stop.set()
+        for b in burners:
+            if b.is_alive():
+                b.terminate()
         coll.terminate()
         try:
             rc = coll.wait(10)
