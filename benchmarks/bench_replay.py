@@ -13,14 +13,21 @@ end of its work (interpreter start-up itself is left out, the same for all):
 - pandas: the same with ``read_parquet``/``read_csv`` + ``groupby``.
 Runs alternate (project, polars, pandas, project, ...) so machine noise hits all of them. Tapes
 (50 instruments, one session) are generated once into ``--cache`` (default /tmp/kiteohlc_bench_tapes).
-Peak RSS (the child's ``ru_maxrss``; the redis-server process is not in it) is printed per contender.
+Peak RSS (the child's ``ru_maxrss``; the redis-server process is not in it) is printed per contender;
+tapes are generated in a process of their own (a child forked from a parent that had held a 20M-tick
+tape would report that parent's peak as its own).
+``--readme README.md`` rewrites the README's block between ``<!-- bench_replay:begin`` and
+``<!-- bench_replay:end -->`` with this run's table, date and machine.
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import os
+import platform
+import re
 import statistics
 import subprocess
 import sys
@@ -134,11 +141,18 @@ def parse_size(s: str) -> int:
 
 
 def make_tapes(n: int, cache: Path, formats: list[str]) -> dict[str, Path]:
-    """Tapes of ``n`` ticks (50 instruments, one 09:15-15:30 session), generated once, cached."""
+    """Tapes of ``n`` ticks (50 instruments, one 09:15-15:30 session), generated once (in a process of
+    their own), cached."""
     cache.mkdir(parents=True, exist_ok=True)
     out = {f: cache / f"tape_{n}.{f}" for f in formats}
-    if all(p.is_file() for p in out.values()):
-        return out
+    if not all(p.is_file() for p in out.values()):
+        subprocess.run([sys.executable, __file__, "--generate", str(n), "--cache", str(cache),
+                        "--formats", ",".join(formats)], check=True)
+    return out
+
+
+def generate_tapes(n: int, cache: Path, formats: list[str]) -> None:
+    out = {f: cache / f"tape_{n}.{f}" for f in formats}
     sys.path.insert(0, str(ROOT))
     import numpy as np
     import pyarrow as pa
@@ -177,7 +191,6 @@ def make_tapes(n: int, cache: Path, formats: list[str]) -> dict[str, Path]:
             w.close()
             os.replace(str(out[f]) + ".tmp", out[f])
     print(f"  (generated {n:,}-tick tapes in {time.perf_counter() - t:.0f} s into {cache})", flush=True)
-    return out
 
 
 def run_child(code: str, tape: Path) -> dict:
@@ -185,7 +198,7 @@ def run_child(code: str, tape: Path) -> dict:
     env["KITEOHLC_DATA_DIR"] = tempfile.mkdtemp(prefix="kohlc_bench_")
     env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
     p = subprocess.run([sys.executable, "-c", code, str(tape)], env=env, capture_output=True, text=True,
-                       timeout=3600)
+                       timeout=3600, check=False)
     if p.returncode != 0 or not p.stdout.strip():
         raise RuntimeError(f"child failed ({p.returncode}): {p.stderr[-2000:]}")
     return json.loads(p.stdout.strip().splitlines()[-1])
@@ -198,7 +211,12 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=0, help="runs per contender (default: 3 for <= 5M ticks, else 1)")
     ap.add_argument("--no-pandas", action="store_true", help="skip the pandas baseline")
     ap.add_argument("--cache", default=os.environ.get("KITEOHLC_BENCH_CACHE", "/tmp/kiteohlc_bench_tapes"))
+    ap.add_argument("--readme", help="rewrite the bench_replay block of this README with the run's table")
+    ap.add_argument("--generate", type=int, help=argparse.SUPPRESS)  # make_tapes' own process
     args = ap.parse_args()
+    if args.generate:
+        generate_tapes(args.generate, Path(args.cache), [f for f in args.formats.split(",") if f])
+        return
     sizes = [parse_size(s) for s in args.sizes.split(",") if s.strip()]
     formats = [f.strip() for f in args.formats.split(",") if f.strip()]
     contenders = [("project", PROJECT), ("polars", POLARS)] + ([] if args.no_pandas else [("pandas", PANDAS)])
@@ -220,14 +238,37 @@ def main() -> None:
                           f"{got['polars'][0]['candles']}")
             rows.append((n, fmt, got))
             print_row(n, fmt, got, contenders)
+    table = [
+        "Seconds inside a fresh process, from before the first import to the candles being ready",
+        "(project: in SQLite history + Redis live state, store start-up included). Ratio = project",
+        "speed / baseline speed (> 1: the project is faster). Peak RSS of the child process.",
+        (f"{'tape':>14} {'project s':>16} {'polars s':>16} {'pandas s':>16} {'vs polars':>12} "
+         f"{'vs pandas':>12} {'M ticks/s':>9} {'RSS MB proj/polars':>19}"),
+        *(format_line(n, fmt, got) for n, fmt, got in rows),
+    ]
     print()
-    print("Seconds inside a fresh process, from before the first import to the candles being ready")
-    print("(project: in SQLite history + Redis live state, store start-up included). Ratio = project")
-    print("speed / baseline speed (> 1: the project is faster). Peak RSS of the child process.")
-    print(f"{'tape':>14} {'project s':>16} {'polars s':>16} {'pandas s':>16} {'vs polars':>12} "
-          f"{'vs pandas':>12} {'M ticks/s':>9} {'RSS MB proj/polars':>19}")
-    for n, fmt, got in rows:
-        print_line(n, fmt, got)
+    print("\n".join(table))
+    if args.readme:
+        write_readme(Path(args.readme), table, sys.argv[1:])
+
+
+def write_readme(path: Path, table: list[str], argv: list[str]) -> None:
+    """Replace the README's bench_replay block (markers kept) with ``table``, dated, with the machine."""
+    import polars
+    import pyarrow
+
+    text = path.read_text()
+    m = re.search(r"(<!-- bench_replay:begin[^\n]*-->\n)(.*?)(<!-- bench_replay:end -->)", text, re.DOTALL)
+    if m is None:
+        raise SystemExit(f"{path}: no <!-- bench_replay:begin ... --> / <!-- bench_replay:end --> block")
+    args = " ".join(a for a in argv if not a.startswith("--readme") and a != str(path))
+    head = (f"{datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC, {os.cpu_count()} cores "
+            f"({platform.processor() or platform.machine()}), Python {platform.python_version()}, "
+            f"polars {polars.__version__}, pyarrow {pyarrow.__version__}: "
+            f"`python benchmarks/bench_replay.py {args}`".rstrip())
+    block = head + "\n\n```\n" + "\n".join(table) + "\n```\n"
+    path.write_text(text[:m.start(2)] + block + text[m.end(2):])
+    print(f"(wrote the table into {path})")
 
 
 def _span(vals: list[float]) -> str:
@@ -240,18 +281,18 @@ def print_row(n, fmt, got, contenders) -> None:
     print(f"{n:>11,} {fmt:<8} " + ", ".join(parts), flush=True)
 
 
-def print_line(n, fmt, got) -> None:
+def format_line(n, fmt, got) -> str:
     pt = [r["t"] for r in got["project"]]
     ol = [r["t"] for r in got["polars"]]
     pd_ = [r["t"] for r in got.get("pandas", [])]
     # ratio range: each project run against the polars run next to it
     rp = [b / a for a, b in zip(pt, ol)]
     rd = [b / a for a, b in zip(pt, pd_)] if pd_ else []
-    ratio = lambda r: (f"{min(r):.2f}-{max(r):.2f}x" if len(r) > 1 else f"{r[0]:.2f}x") if r else "-"  # noqa: E731
+    ratio = lambda r: (f"{min(r):.2f}-{max(r):.2f}x" if len(r) > 1 else f"{r[0]:.2f}x") if r else "-"
     rss = f"{max(r['rss_mb'] for r in got['project']):.0f}/{max(r['rss_mb'] for r in got['polars']):.0f}"
     label = f"{n / 1e6:g}M {fmt}"
-    print(f"{label:>14} {_span(pt):>16} {_span(ol):>16} {_span(pd_) if pd_ else '-':>16} {ratio(rp):>12} "
-          f"{ratio(rd):>12} {n / statistics.median(pt) / 1e6:>9.2f} {rss:>19}")
+    return (f"{label:>14} {_span(pt):>16} {_span(ol):>16} {_span(pd_) if pd_ else '-':>16} {ratio(rp):>12} "
+            f"{ratio(rd):>12} {n / statistics.median(pt) / 1e6:>9.2f} {rss:>19}")
 
 
 if __name__ == "__main__":
