@@ -174,3 +174,31 @@ def test_parquet_symbols_are_read_only_where_an_instrument_first_appears(tmp_pat
     ref.flush()
     for tok, sym in syms.items():
         pd.testing.assert_frame_equal(kiteohlc_lab.candles(sym, "1m"), ref.frame(tok, "1m"), check_freq=False)
+
+
+@pytest.mark.parametrize("newline, trailing", [("\n", True), ("\r\n", True), ("\n", False)])
+@pytest.mark.parametrize("block", [40, 1_000, 16_000])
+def test_csv_chunks_give_every_row_once_where_it_lies(tmp_path, monkeypatch, newline, trailing, block):
+    """The CSV is memory-mapped and cut at the last whole line of each chunk: chunks smaller than a
+    line (each then runs to its line's end), CRLF lines and a last line without a newline give every
+    row once, in order, with the values pandas reads from the same file."""
+    monkeypatch.setattr(tapefile, "CSV_BLOCK_BYTES", block)
+    monkeypatch.setattr(tapefile, "CSV_FIRST_BYTES", 200)
+    rng = np.random.default_rng(7)
+    n = 700
+    rows = [f"2026-11-25T09:{15 + i // 60:02d}:{i % 60:02d},{1000 + i % 7},SYM{i % 7},"
+            f"{100 + rng.random() * 50:.2f},{i * 3}" for i in range(n)]
+    text = newline.join(["timestamp,instrument_token,tradingsymbol,last_price,volume_traded", *rows])
+    path = tmp_path / "t.csv"
+    path.write_bytes((text + (newline if trailing else "")).encode())
+    first, took = tapefile._csv_first(path)
+    parts = [first] + [rb for rb, _lazy in tapefile._csv_chunks(path, first.schema, took)]
+    got = {c: np.concatenate([p.column(c).to_numpy() for p in parts])
+           for c in ("instrument_token", "last_price", "volume_traded")}
+    ref = pd.read_csv(path)
+    assert len(got["instrument_token"]) == n
+    np.testing.assert_array_equal(got["instrument_token"], ref["instrument_token"].to_numpy())
+    np.testing.assert_array_equal(got["last_price"], ref["last_price"].to_numpy())
+    np.testing.assert_array_equal(got["volume_traded"], ref["volume_traded"].to_numpy(np.float64))
+    ts = np.concatenate([p.column("timestamp").cast("int64").to_numpy() for p in parts])
+    np.testing.assert_array_equal(ts, pd.to_datetime(ref["timestamp"]).to_numpy("datetime64[s]").astype(np.int64))
