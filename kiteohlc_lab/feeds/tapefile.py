@@ -28,6 +28,7 @@ from ..core.timeframes import IST_OFFSET_NS
 
 REQUIRED = ("timestamp", "instrument_token", "last_price")
 BLOCK_ROWS = 262_144  # Parquet rows per block
+PARQUET_GROUP_ROWS = 4 << 20  # a bigger row group is read in blocks, not whole
 CSV_BLOCK_BYTES = 8 << 20  # CSV bytes per block (~160k ticks)
 CSV_FIRST_BYTES = 1 << 20  # a CSV's first block (what a start needs), parsed before the replay starts
 
@@ -53,17 +54,44 @@ _PARQUET_COLUMNS = ("timestamp", "instrument_token", "last_price", "volume_trade
 def _parquet(path: Path) -> tuple[Iterator[tuple[Any, _ParquetSymbols | None]], int]:
     """(the Parquet file's (record batch, its lazily read tradingsymbol column or None) in order,
     its row count). Only the columns ``convert`` takes are decoded (a 20M-tick tape: 0.94 -> 0.72 s
-    of CPU in pyarrow); the symbols are read for the few blocks where an instrument first appears."""
+    of CPU in pyarrow); the symbols are read for the few blocks where an instrument first appears.
+
+    Row groups are decoded whole (runs of small ones together, up to ``BLOCK_ROWS``) and handed on
+    in blocks of ``BLOCK_ROWS``: pyarrow's ``iter_batches`` took 0.69 s wall / 0.90 s CPU for the
+    20M-tick tape, whole row groups 0.44 / 0.62 s. A row group above ``PARQUET_GROUP_ROWS`` (an
+    old writer's 64M-row default) is streamed in batches instead, so memory stays bounded."""
     import pyarrow.parquet as pq
 
     f = pq.ParquetFile(path)
     names = f.schema_arrow.names
     sym = next((n for n in names if n.strip().lower() == "tradingsymbol"), None)
     cols = [n for n in names if n.strip().lower() in _PARQUET_COLUMNS]
+    sizes = [f.metadata.row_group(g).num_rows for g in range(f.metadata.num_row_groups)]
+
+    def runs() -> Iterator[Any]:
+        """Record batches of at most BLOCK_ROWS rows, in file order."""
+        run: list[int] = []
+        rows = 0
+        for g, n in enumerate([*sizes, -1]):
+            if run and (n < 0 or n > PARQUET_GROUP_ROWS or rows + n > BLOCK_ROWS):
+                tab = f.read_row_groups(run, columns=cols, use_threads=True)
+                if len(run) > 1:
+                    tab = tab.combine_chunks()
+                yield from tab.to_batches(max_chunksize=BLOCK_ROWS)
+                run, rows = [], 0
+            if n < 0:
+                return
+            if n > PARQUET_GROUP_ROWS:
+                yield from f.iter_batches(batch_size=BLOCK_ROWS, row_groups=[g], columns=cols)
+                continue
+            run.append(g)
+            rows += n
 
     def batches() -> Iterator[tuple[Any, _ParquetSymbols | None]]:
         at = 0
-        for rb in f.iter_batches(batch_size=BLOCK_ROWS, columns=cols):
+        for rb in runs():
+            if not rb.num_rows:
+                continue
             yield rb, (_ParquetSymbols(path, sym, at, rb.num_rows) if sym is not None else None)
             at += rb.num_rows
 
