@@ -58,9 +58,18 @@ _HASH_BITS = 20
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 
 
+_GOLDEN_I64 = np.int64(int(_GOLDEN) - (1 << 64))  # the same bits as a signed multiplier
+_HASH_MASK = np.int64((1 << _HASH_BITS) - 1)
+
+
 def _hash(tokens: np.ndarray) -> np.ndarray:
-    """Fibonacci hashing of instrument tokens into _HASH_BITS bits."""
-    return ((tokens.astype(np.uint64) * _GOLDEN) >> np.uint64(64 - _HASH_BITS)).astype(np.intp)
+    """Fibonacci hashing of instrument tokens into _HASH_BITS bits: the top bits of token x golden
+    (mod 2**64), computed in int64 (its product wraps the same; the arithmetic shift's sign bits
+    are masked off) with one array and two in-place steps instead of four conversions."""
+    h = np.asarray(tokens, np.int64) * _GOLDEN_I64
+    h >>= 64 - _HASH_BITS
+    h &= _HASH_MASK
+    return h
 
 
 class Engine:
@@ -111,7 +120,8 @@ class Engine:
         self._flat = FlatFill()  # fill_empty: tf -> token -> (start, close) of the last candle
         # guards the state between the stream thread and readers in other threads (core.stream)
         self.lock = threading.RLock()
-        self._table = np.full(1 << _HASH_BITS, -1, np.int32)  # hash(token) -> slot
+        self._table = np.full(1 << _HASH_BITS, -1, np.int64)  # hash(token) -> slot (-1: none)
+        self._probe = np.full(1, -1, np.int64)  # token of each slot, then -1 (what an empty entry reads)
         self._seq = np.zeros(0, np.int64)  # per slot: batch number of its last change
         self.last_tokens = np.empty(0, np.int64)
         self._batch_no = 0
@@ -147,14 +157,13 @@ class Engine:
         """
         if self._n:
             guess = self._table[_hash(tokens)]
-            safe = np.maximum(guess, 0)
-            hit = (guess >= 0) & (self._slot_tokens[safe] == tokens)
+            # an empty entry (-1) reads _probe's last element, a token no instrument has
+            hit = self._probe[guess] == tokens
             if hit.all():
-                return guess.astype(np.int64)
+                return guess
             miss = ~hit
-            out = guess.astype(np.int64)
-            out[miss] = self._search(tokens[miss])
-            return out
+            guess[miss] = self._search(tokens[miss])
+            return guess
         return self._search(tokens)
 
     def _search(self, tokens: np.ndarray) -> np.ndarray:
@@ -190,6 +199,7 @@ class Engine:
         self._anchor[slots] = anchor_for_tokens(new, self.session_open)
         self._slot_tokens[slots] = new
         self._n = need
+        self._probe = np.append(self._slot_tokens[:need], np.int64(-1))
         h = _hash(new)
         free = self._table[h] < 0
         self._table[h[free]] = slots[free]  # colliding tokens are found by _search instead
