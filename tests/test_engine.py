@@ -236,7 +236,11 @@ def test_in_order_ticks_match_a_pandas_groupby():
 
 
 def test_tokens_whose_hashes_collide_keep_their_own_candles():
-    from kiteohlc_lab.core.engine import _hash
+    from kiteohlc_lab.core.engine import _HASH_BITS
+    from kiteohlc_lab.core.ticks import token_hash
+
+    def _hash(tokens):
+        return token_hash(tokens, _HASH_BITS)
 
     a, b = 514229, 1346269  # same slot in the engine's token hash table
     assert _hash(np.array([a]))[0] == _hash(np.array([b]))[0]
@@ -266,11 +270,14 @@ def test_engine_equals_reference_on_random_tapes(policy, data, grace):
     _equal_to_oracle(rows, cuts, grace=grace, late_policy=policy)
 
 
+@pytest.mark.parametrize("policy", ["drop", "amend"])
 @settings(suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
-@given(data=in_order_tapes(), grace=st.sampled_from([0.0, 5.0]))
-def test_engine_equals_reference_on_in_order_tapes(data, grace):
+@given(data=in_order_tapes(), grace=st.sampled_from([0.0, 5.0]), fill=st.booleans())
+def test_engine_equals_reference_on_in_order_tapes(policy, data, grace, fill):
+    """In-order batches take the engine's shortcut (no tick of them can be late: Engine._prepare),
+    across day changes and near midnight, with either late policy and flat fill."""
     rows, cuts = data
-    _equal_to_oracle(rows, cuts, grace=grace)
+    _equal_to_oracle(rows, cuts, grace=grace, late_policy=policy, fill_empty=fill)
 
 
 # flat fill over day-long gaps builds thousands of candles per example: fewer examples here

@@ -38,9 +38,9 @@ import numpy as np
 from . import state as _state
 from .candles import Candle, CandleBatch
 from .fill import FlatFill
-from .late import amend_late, lateness
+from .late import amend_late, batch_clock, lateness
 from .state import NONE, Series, StateColumns, alloc_volume, grow_columns
-from .ticks import TickBatch, distinct, lookup
+from .ticks import TickBatch, distinct, lookup, token_hash
 from .timeframes import (
     NS,
     Timeframe,
@@ -54,22 +54,7 @@ from .volume import volume_increments
 # the state (NONE, Series, StateColumns: core.state), the volume rule (core.volume), late ticks and
 # amends (core.late) and flat fill (core.fill) live in their modules; NONE and StateColumns are
 # still importable from here
-_HASH_BITS = 20
-_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
-
-
-_GOLDEN_I64 = np.int64(int(_GOLDEN) - (1 << 64))  # the same bits as a signed multiplier
-_HASH_MASK = np.int64((1 << _HASH_BITS) - 1)
-
-
-def _hash(tokens: np.ndarray) -> np.ndarray:
-    """Fibonacci hashing of instrument tokens into _HASH_BITS bits: the top bits of token x golden
-    (mod 2**64), computed in int64 (its product wraps the same; the arithmetic shift's sign bits
-    are masked off) with one array and two in-place steps instead of four conversions."""
-    h = np.asarray(tokens, np.int64) * _GOLDEN_I64
-    h >>= 64 - _HASH_BITS
-    h &= _HASH_MASK
-    return h
+_HASH_BITS = 20  # the token -> slot table's hash (core.ticks.token_hash)
 
 
 class Engine:
@@ -121,7 +106,7 @@ class Engine:
         # guards the state between the stream thread and readers in other threads (core.stream)
         self.lock = threading.RLock()
         self._table = np.full(1 << _HASH_BITS, -1, np.int64)  # hash(token) -> slot (-1: none)
-        self._probe = np.full(1, -1, np.int64)  # token of each slot, then -1 (what an empty entry reads)
+        self._probe = np.full(1, -1, np.int64)  # token of each slot, then -1
         self._seq = np.zeros(0, np.int64)  # per slot: batch number of its last change
         self.last_tokens = np.empty(0, np.int64)
         self._batch_no = 0
@@ -156,9 +141,8 @@ class Engine:
         it cannot answer (new ones, the rare hash collision) go through the sorted-token search.
         """
         if self._n:
-            guess = self._table[_hash(tokens)]
-            # an empty entry (-1) reads _probe's last element, a token no instrument has
-            hit = self._probe[guess] == tokens
+            guess = self._table[token_hash(tokens, _HASH_BITS)]
+            hit = self._probe[guess] == tokens  # an empty entry (-1) reads the probe's -1
             if hit.all():
                 return guess
             miss = ~hit
@@ -200,7 +184,7 @@ class Engine:
         self._slot_tokens[slots] = new
         self._n = need
         self._probe = np.append(self._slot_tokens[:need], np.int64(-1))
-        h = _hash(new)
+        h = token_hash(new, _HASH_BITS)
         free = self._table[h] < 0
         self._table[h[free]] = slots[free]  # colliding tokens are found by _search instead
         allt = np.concatenate([self._tokens, new])
@@ -239,10 +223,8 @@ class Engine:
 
     def _prepare(self, batch: TickBatch) -> tuple:
         slots_arr = self._slots(batch.token)
-        # clock seen by each tick (arrival order), then everything in slot-grouped order
-        clock_arr = np.maximum.accumulate(batch.ts)
-        if self.clock != NONE:
-            np.maximum(clock_arr, self.clock, out=clock_arr)
+        # clock seen by each tick (arrival order; in order: none late), then slot-grouped order
+        clock_arr, in_order = batch_clock(batch.ts, self.clock)
         # stable sort by instrument; a 16-bit key lets numpy use its linear-time radix sort
         key = slots_arr.astype(np.uint16) if self._n < 65_536 else slots_arr
         order = np.argsort(key, kind="stable")
@@ -251,11 +233,13 @@ class Engine:
         gstart[0] = True
         np.not_equal(slot[1:], slot[:-1], out=gstart[1:])
         gid = np.cumsum(gstart) - 1
-        return clock_arr, order, slot, gstart, gid
+        return clock_arr, order, slot, gstart, gid, in_order
 
     def _late_mask(self, batch: TickBatch) -> np.ndarray:
         """Arrival-order mask of ticks late for any timeframe (no state is changed)."""
-        clock_arr, order, slot, gstart, gid = self._prepare(batch)
+        clock_arr, order, slot, gstart, gid, in_order = self._prepare(batch)
+        if in_order:
+            return np.zeros(len(batch), bool)
         ts, clock = batch.ts[order], clock_arr[order]
         late = np.zeros(len(batch), bool)
         anchor, grid = self._anchor[slot], self._grid(ts)
@@ -269,14 +253,14 @@ class Engine:
         n = len(batch)
         self.stats["ticks"] += n
         self.stats["batches"] += 1
-        clock_arr, order, slot, gstart, gid = self._prepare(batch)
+        clock_arr, order, slot, gstart, gid, in_order = self._prepare(batch)
         self._batch_no += 1
         self._seq[slot[gstart]] = self._batch_no
         self.last_tokens = self._slot_tokens[slot[gstart]]  # instruments of this batch (sorted once)
         take = np.take  # a third faster than fancy indexing for these whole-batch gathers
         ts = take(batch.ts, order)
         price = take(batch.price, order)
-        clock = take(clock_arr, order)
+        clock = ts if in_order else take(clock_arr, order)
         oi = take(batch.oi, order)
         inc, glitches = volume_increments(self._v, slot, ts, take(batch.volume, order))
         self.stats["volume_glitches"] += glitches
@@ -284,8 +268,10 @@ class Engine:
         late_any = np.zeros(n, bool)
         anchor, grid = self._anchor[slot], self._grid(ts)  # the same for every timeframe
         for s in self.series.values():
-            late = self._aggregate(s, slot, ts, price, inc, oi, clock, gstart, gid, out, anchor, grid)
-            late_any |= late
+            late = self._aggregate(s, slot, ts, price, inc, oi, clock, gstart, gid, out, anchor, grid,
+                                   in_order)
+            if late is not None:
+                late_any |= late
         self.clock = int(clock_arr[-1])
         out.extend(self._sweep())
         self.stats["late"] += int(late_any.sum())
@@ -305,11 +291,12 @@ class Engine:
         out: list[CandleBatch],
         anchor: np.ndarray,
         grid: tuple | None,
-    ) -> np.ndarray:
+        in_order: bool = False,
+    ) -> np.ndarray | None:
         tf = s.tf
         F = s.f
-        b, late = lateness(s, anchor, slot, ts, clock, gstart, gid, self.grace_ns, grid)
-        any_late = bool(late.any())
+        b, late = lateness(s, anchor, slot, ts, clock, gstart, gid, self.grace_ns, grid, in_order)
+        any_late = late is not None and bool(late.any())
         if any_late:
             ok = np.flatnonzero(~late)
             if len(ok) == 0:

@@ -18,18 +18,16 @@ from .state import NONE, Series
 from .timeframes import DAY_NS, IST_OFFSET_NS, NS, Timeframe, bucket_end, bucket_start, grid_start
 
 
-def lateness(s: Series, anchor: np.ndarray, slot, ts, clock, gstart, gid,
-             grace_ns: int, grid: tuple | None = None) -> tuple[np.ndarray, np.ndarray]:
+def lateness(s: Series, anchor: np.ndarray, slot, ts, clock, gstart, gid, grace_ns: int,
+             grid: tuple | None = None, in_order: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
     """Bucket of each tick, and whether it is late (older than its instrument's newest bucket,
     or its candle already closed by the clock ``grace_ns`` after its end). Ticks grouped by slot;
     ``anchor`` per tick; ``grid``: the batch's ``timeframes.day_grid`` (or None); no state is
-    changed."""
+    changed. ``in_order`` (``batch_clock``'s: none can be late): the buckets, and None."""
     tf = s.tf
-    near_midnight = not tf.is_day and _near_midnight(ts, tf)
-    if grid is not None and not tf.is_day and not near_midnight:
-        b = grid_start(grid, tf)
-    else:
-        b = bucket_start(ts, tf, anchor, cut_free=not near_midnight)
+    b, near_midnight = buckets(tf, anchor, ts, grid)
+    if in_order:
+        return b, None
     late_clock = b + (tf.ns + grace_ns) <= clock
     if near_midnight:
         # a bucket cut at midnight ends before start + size: only those near 00:00 IST can be
@@ -57,6 +55,28 @@ def lateness(s: Series, anchor: np.ndarray, slot, ts, clock, gstart, gid,
     key[gs] = np.maximum(key[gs], gid[gs] * span + (sbs[gs] - lo))
     run = np.maximum.accumulate(key) - gid * span + lo
     return b, (bs < run) | late_clock
+
+def batch_clock(ts: np.ndarray, clock: int) -> tuple[np.ndarray, bool]:
+    """(the clock each tick of a batch sees, arrival order: the running maximum of the stamps from
+    ``clock`` on; whether the batch is in order). A batch whose stamps never go back, from the clock
+    on (a sorted tape's), is its own clock, and no tick of it can be late: each is at or after every
+    earlier tick of its instrument, and inside its own bucket, which its own stamp cannot have
+    closed (``lateness`` need not run)."""
+    if bool(ts[0] >= clock) and bool((ts[1:] >= ts[:-1]).all()):
+        return ts, True
+    out = np.maximum.accumulate(ts)
+    if clock != NONE:
+        np.maximum(out, clock, out=out)
+    return out, False
+
+
+def buckets(tf: Timeframe, anchor: np.ndarray, ts: np.ndarray, grid: tuple | None = None) -> tuple[np.ndarray, bool]:
+    """(the bucket start of each tick, whether any tick lies near 00:00 IST, where buckets are cut)."""
+    near_midnight = not tf.is_day and _near_midnight(ts, tf)
+    if grid is not None and not tf.is_day and not near_midnight:
+        return grid_start(grid, tf), near_midnight
+    return bucket_start(ts, tf, anchor, cut_free=not near_midnight), near_midnight
+
 
 def _near_midnight(ts: np.ndarray, tf: Timeframe) -> bool:
     """Whether any tick lies within ``size`` of 00:00 IST (only then can its bucket be cut there):
