@@ -38,6 +38,7 @@ import numpy as np
 from . import state as _state
 from .candles import Candle, CandleBatch
 from .fill import FlatFill
+from .groups import Groups, in_order_pieces, tick_groups
 from .late import amend_late, batch_clock, lateness
 from .state import NONE, Series, StateColumns, alloc_volume, grow_columns
 from .ticks import TickBatch, distinct, lookup, token_hash
@@ -232,19 +233,18 @@ class Engine:
         gstart = np.empty(len(slot), bool)
         gstart[0] = True
         np.not_equal(slot[1:], slot[:-1], out=gstart[1:])
-        gid = np.cumsum(gstart) - 1
-        return clock_arr, order, slot, gstart, gid, in_order
+        return clock_arr, order, slot, gstart, in_order
 
     def _late_mask(self, batch: TickBatch) -> np.ndarray:
         """Arrival-order mask of ticks late for any timeframe (no state is changed)."""
-        clock_arr, order, slot, gstart, gid, in_order = self._prepare(batch)
+        clock_arr, order, slot, gstart, in_order = self._prepare(batch)
         if in_order:
             return np.zeros(len(batch), bool)
         ts, clock = batch.ts[order], clock_arr[order]
         late = np.zeros(len(batch), bool)
         anchor, grid = self._anchor[slot], self._grid(ts)
         for s in self.series.values():
-            late |= lateness(s, anchor, slot, ts, clock, gstart, gid, self.grace_ns, grid)[1]
+            late |= lateness(s, anchor, slot, ts, clock, gstart, self.grace_ns, grid)[1]
         out = np.empty(len(batch), bool)
         out[order] = late
         return out
@@ -253,7 +253,7 @@ class Engine:
         n = len(batch)
         self.stats["ticks"] += n
         self.stats["batches"] += 1
-        clock_arr, order, slot, gstart, gid, in_order = self._prepare(batch)
+        clock_arr, order, slot, gstart, in_order = self._prepare(batch)
         self._batch_no += 1
         self._seq[slot[gstart]] = self._batch_no
         self.last_tokens = self._slot_tokens[slot[gstart]]  # instruments of this batch (sorted once)
@@ -267,9 +267,11 @@ class Engine:
         out: list[CandleBatch] = []
         late_any = np.zeros(n, bool)
         anchor, grid = self._anchor[slot], self._grid(ts)  # the same for every timeframe
+        pieces = (in_order_pieces([s.tf for s in self.series.values()], slot, ts, price, inc, oi, gstart,
+                                  anchor, grid) if in_order else {})
         for s in self.series.values():
-            late = self._aggregate(s, slot, ts, price, inc, oi, clock, gstart, gid, out, anchor, grid,
-                                   in_order)
+            late = self._aggregate(s, slot, ts, price, inc, oi, clock, gstart, out, anchor, grid,
+                                   pieces.get(s.tf.label))
             if late is not None:
                 late_any |= late
         self.clock = int(clock_arr[-1])
@@ -287,48 +289,31 @@ class Engine:
         oi: np.ndarray,
         clock: np.ndarray,
         gstart: np.ndarray,
-        gid: np.ndarray,
         out: list[CandleBatch],
         anchor: np.ndarray,
         grid: tuple | None,
-        in_order: bool = False,
+        g: Groups | None = None,
     ) -> np.ndarray | None:
+        """One timeframe's candles of a batch (``g``: its pieces, of an in-order batch); returns
+        the late ticks' mask (None: none)."""
         tf = s.tf
         F = s.f
-        b, late = lateness(s, anchor, slot, ts, clock, gstart, gid, self.grace_ns, grid, in_order)
-        any_late = late is not None and bool(late.any())
-        if any_late:
-            ok = np.flatnonzero(~late)
-            if len(ok) == 0:
-                self._late(s, np.flatnonzero(late), slot, b, ts, price, inc, oi, out)
-                return late
-            slot_ok, b_ok, p, inc_ok, ts_ok, o = slot[ok], b[ok], price[ok], inc[ok], ts[ok], oi[ok]
-        else:  # the usual case: no copies
-            slot_ok, b_ok, p, inc_ok, ts_ok, o = slot, b, price, inc, ts, oi
-        m = len(slot_ok)
-        st = np.empty(m, bool)
-        st[0] = True
-        np.not_equal(b_ok[1:], b_ok[:-1], out=st[1:])
-        st[1:] |= gstart[1:] if not any_late else (slot_ok[1:] != slot_ok[:-1])
-        starts = np.flatnonzero(st)
-        ends = np.empty(len(starts), np.int64)
-        ends[:-1] = starts[1:] - 1
-        ends[-1] = m - 1
-        g_slot = slot_ok[starts]
-        g_bucket = b_ok[starts]
-        g_open = p[starts]
-        g_close = p[ends]
-        g_high = np.maximum.reduceat(p, starts)
-        g_low = np.minimum.reduceat(p, starts)
-        g_vol = np.add.reduceat(inc_ok, starts)
-        g_ticks = (ends - starts + 1).astype(np.int64)
-        g_last_ts = ts_ok[ends]
-        if np.isnan(o).all():
-            g_oi = np.full(len(starts), np.nan)
-        else:
-            valid = np.where(np.isnan(o), -1, np.arange(m))
-            lastv = np.maximum.accumulate(valid)[ends]
-            g_oi = np.where(lastv >= starts, o[np.maximum(lastv, 0)], np.nan)
+        late, any_late = None, False
+        if g is None:
+            b, late = lateness(s, anchor, slot, ts, clock, gstart, self.grace_ns, grid)
+            any_late = bool(late.any())
+            if not any_late:  # the usual case: no copies
+                g = tick_groups(slot, b, price, inc, ts, oi, gstart)
+            else:
+                ok = np.flatnonzero(~late)
+                if len(ok) == 0:
+                    self._late(s, np.flatnonzero(late), slot, b, ts, price, inc, oi, out)
+                    return late
+                so = slot[ok]
+                g = tick_groups(so, b[ok], price[ok], inc[ok], ts[ok], oi[ok],
+                                np.concatenate(([True], so[1:] != so[:-1])))
+        g_slot, g_bucket, g_open, g_high, g_low, g_close = g.slot, g.bucket, g.open, g.high, g.low, g.close
+        g_vol, g_ticks, g_last_ts, g_oi, starts = g.vol, g.ticks, g.last_ts, g.oi, g.starts
         # merge the first group of an instrument into its forming candle when the bucket matches
         f_b = F["bucket"][g_slot]
         merge = f_b == g_bucket

@@ -18,16 +18,14 @@ from .state import NONE, Series
 from .timeframes import DAY_NS, IST_OFFSET_NS, NS, Timeframe, bucket_end, bucket_start, grid_start
 
 
-def lateness(s: Series, anchor: np.ndarray, slot, ts, clock, gstart, gid, grace_ns: int,
-             grid: tuple | None = None, in_order: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
+def lateness(s: Series, anchor: np.ndarray, slot, ts, clock, gstart, grace_ns: int,
+             grid: tuple | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Bucket of each tick, and whether it is late (older than its instrument's newest bucket,
     or its candle already closed by the clock ``grace_ns`` after its end). Ticks grouped by slot;
     ``anchor`` per tick; ``grid``: the batch's ``timeframes.day_grid`` (or None); no state is
-    changed. ``in_order`` (``batch_clock``'s: none can be late): the buckets, and None."""
+    changed. An in-order batch (``batch_clock``) has none: its buckets are ``buckets``'."""
     tf = s.tf
     b, near_midnight = buckets(tf, anchor, ts, grid)
-    if in_order:
-        return b, None
     late_clock = b + (tf.ns + grace_ns) <= clock
     if near_midnight:
         # a bucket cut at midnight ends before start + size: only those near 00:00 IST can be
@@ -50,6 +48,7 @@ def lateness(s: Series, anchor: np.ndarray, slot, ts, clock, gstart, gid, grace_
     lo = int(bs.min()) - 1
     sbs = np.where(sb == NONE, lo, sb // NS)
     span = int(max(bs.max(), sbs.max()) - lo + 2)
+    gid = np.cumsum(gstart) - 1  # each tick's instrument group
     key = gid * span + (bs - lo)
     gs = np.flatnonzero(gstart)
     key[gs] = np.maximum(key[gs], gid[gs] * span + (sbs[gs] - lo))
@@ -61,7 +60,7 @@ def batch_clock(ts: np.ndarray, clock: int) -> tuple[np.ndarray, bool]:
     ``clock`` on; whether the batch is in order). A batch whose stamps never go back, from the clock
     on (a sorted tape's), is its own clock, and no tick of it can be late: each is at or after every
     earlier tick of its instrument, and inside its own bucket, which its own stamp cannot have
-    closed (``lateness`` need not run)."""
+    closed (``lateness`` need not run: the engine takes ``buckets`` and core.groups)."""
     if bool(ts[0] >= clock) and bool((ts[1:] >= ts[:-1]).all()):
         return ts, True
     out = np.maximum.accumulate(ts)
