@@ -264,7 +264,7 @@ class Engine:
         price = take(batch.price, order)
         clock = ts if in_order else take(clock_arr, order)
         oi = take(batch.oi, order)
-        inc, glitches = volume_increments(self._v, slot, ts, take(batch.volume, order))
+        inc, glitches = volume_increments(self._v, slot, ts, take(batch.volume, order), gstart)
         self.stats["volume_glitches"] += glitches
         out: list[CandleBatch] = []
         late_any = np.zeros(n, bool)

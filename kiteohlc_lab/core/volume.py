@@ -17,7 +17,8 @@ _VOL_BITS = 42  # cumulative volumes below 2**42 (4.4e12 shares) per instrument 
 
 
 def volume_increments(
-    V: dict[str, np.ndarray], slot: np.ndarray, ts: np.ndarray, vol: np.ndarray
+    V: dict[str, np.ndarray], slot: np.ndarray, ts: np.ndarray, vol: np.ndarray,
+    first: np.ndarray | None = None,
 ) -> tuple[np.ndarray, int]:
     """Each tick's contribution to its candle's volume (README "Candle conventions", rule 4), and
     the number of volume glitches among the ticks; updates the volume state ``V`` of their slots.
@@ -25,7 +26,8 @@ def volume_increments(
     Per instrument, M is the running maximum of the cumulative day volume over the current IST
     day; a tick adds ``max(0, v - M)``. A lower figure is a glitch (adds 0, counted); a later IST
     day starts from M = 0; a tick of an earlier day adds 0 and changes nothing; the first tick
-    ever, or the first after ``resume``, adds 0 and sets the baseline.
+    ever, or the first after ``resume``, adds 0 and sets the baseline. ``first``: True at each
+    instrument's first tick (the engine's mask, taken when every tick has a volume).
     """
     has = ~np.isnan(vol)
     every = bool(has.all())
@@ -37,35 +39,39 @@ def volume_increments(
         idx = np.flatnonzero(has)
         s, t, v = slot[idx], ts[idx], vol[idx]
     lo, hi = int(trading_day(int(t.min()))), int(trading_day(int(t.max())))
-    day = np.full(len(t), lo) if lo == hi else trading_day(t)  # one IST day: no division per tick
+    one_day = lo == hi
     m = len(t)
-    first = np.empty(m, bool)  # first volume tick of its instrument in this batch
-    first[0] = True
-    np.not_equal(s[1:], s[:-1], out=first[1:])
-    fs = s[first]
-    last = np.empty(m, bool)
-    last[-1] = True
-    last[:-1] = first[1:]
-    ls = s[last]
+    if first is None or not every:
+        first = np.empty(m, bool)  # first volume tick of its instrument in this batch
+        first[0] = True
+        np.not_equal(s[1:], s[:-1], out=first[1:])
+    fi = np.flatnonzero(first)  # each instrument's first and last tick, as indices (few)
+    li = np.empty(len(fi), np.int64)
+    li[:-1] = fi[1:] - 1
+    li[-1] = m - 1
+    fs, ls = s[fi], s[li]
+    day = None if one_day else trading_day(t)  # one IST day: no division per tick
     # the usual case, ticks of one day, each figure at least the one before (the first at least
     # the running maximum): each tick adds its increase over the previous one
-    seg_first = V["segmax"][fs]
     prev = np.empty(m)
     prev[1:] = v[:-1]
-    prev[first] = seg_first
+    prev[fi] = V["segmax"][fs]
     if (not np.isnan(V["prev"][fs]).any() and not V["resume"][fs].any()
-            and (day[first] == V["day"][fs]).all() and (lo == hi or (day[1:] == day[:-1]).all())
-            and (v >= prev).all()):
+            and one_day and (V["day"][fs] == lo).all() and (v >= prev).all()):
         if every:
-            inc = v - prev
+            inc = np.subtract(v, prev, out=prev)
         else:
             inc = np.zeros(len(slot))
             inc[idx] = v - prev
-        V["prev"][ls] = V["segmax"][ls] = v[last]
-        V["prev_ts"][ls] = t[last]
-        V["day"][ls] = day[last]
+        V["prev"][ls] = V["segmax"][ls] = v[li]
+        V["prev_ts"][ls] = t[li]
+        V["day"][ls] = lo if one_day else day[li]
         return inc, 0
-    return _volume_slow(V, np.zeros(len(slot)), np.arange(m) if every else idx, s, t, v, day, first, last)
+    last = np.zeros(m, bool)
+    last[li] = True
+    return _volume_slow(V, np.zeros(len(slot)), np.arange(m) if every else idx, s, t, v,
+                        np.full(m, lo) if one_day else day, first, last)
+
 
 def _volume_slow(V, inc, idx, s, t, v, day, first, last) -> tuple[np.ndarray, int]:
     """The general case: several days, stale days, first ticks, resumes, glitches."""
