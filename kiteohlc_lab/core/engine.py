@@ -107,7 +107,7 @@ class Engine:
         # guards the state between the stream thread and readers in other threads (core.stream)
         self.lock = threading.RLock()
         self._table = np.full(1 << _HASH_BITS, -1, np.int64)  # hash(token) -> slot (-1: none)
-        self._probe = np.full(1, -1, np.int64)  # token of each slot, then -1
+        self._probe = np.full(1, NONE, np.int64)  # token of each slot, then NONE (no token)
         self._seq = np.zeros(0, np.int64)  # per slot: batch number of its last change
         self.last_tokens = np.empty(0, np.int64)
         self._batch_no = 0
@@ -143,7 +143,7 @@ class Engine:
         """
         if self._n:
             guess = self._table[token_hash(tokens, _HASH_BITS)]
-            hit = self._probe[guess] == tokens  # an empty entry (-1) reads the probe's -1
+            hit = self._probe[guess] == tokens  # an empty entry (-1) reads the probe's last: NONE
             if hit.all():
                 return guess
             miss = ~hit
@@ -184,7 +184,7 @@ class Engine:
         self._anchor[slots] = anchor_for_tokens(new, self.session_open)
         self._slot_tokens[slots] = new
         self._n = need
-        self._probe = np.append(self._slot_tokens[:need], np.int64(-1))
+        self._probe = np.append(self._slot_tokens[:need], NONE)
         h = token_hash(new, _HASH_BITS)
         free = self._table[h] < 0
         self._table[h[free]] = slots[free]  # colliding tokens are found by _search instead
