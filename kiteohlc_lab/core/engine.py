@@ -373,7 +373,7 @@ class Engine:
             out.extend(self._emit(s, closed))
         if self.fill_empty and not tf.is_day:
             out.extend(self._fill_forward(s, ls))
-        if any_late:
+        if any_late and late is not None:
             self._late(s, np.flatnonzero(late), slot, b, ts, price, inc, oi, out)
         return late
 
