@@ -11,7 +11,11 @@ end of its work (interpreter start-up itself is left out, the same for all):
 - polars: ``import polars``; ``read_parquet``/``read_csv``; the same candles at 1m 5m 15m (09:15-aligned
   buckets, OHLC in arrival order, volume = increase of the cumulative volume per candle), stored nowhere.
 - pandas: the same with ``read_parquet``/``read_csv`` + ``groupby``.
-Runs alternate (project, polars, pandas, project, ...) so machine noise hits all of them. Tapes
+Runs alternate (project, polars, pandas, project, ...) so machine noise hits all of them. The
+package is byte-compiled first (``compileall``, untimed), as pip compiles polars, pandas and every
+other installed wheel at install time: a checkout run in place under ``PYTHONDONTWRITEBYTECODE``
+(this project's machines set it) would otherwise compile all its modules in every fresh process
+(0.04-0.08 s of start-up no installed package pays). Tapes
 (50 instruments, one session) are generated once into ``--cache`` (default /tmp/kiteohlc_bench_tapes).
 Peak RSS (the child's ``ru_maxrss``; the redis-server process is not in it) is printed per contender;
 tapes are generated in a process of their own (a child forked from a parent that had held a 20M-tick
@@ -220,6 +224,7 @@ def main() -> None:
     sizes = [parse_size(s) for s in args.sizes.split(",") if s.strip()]
     formats = [f.strip() for f in args.formats.split(",") if f.strip()]
     contenders = [("project", PROJECT), ("polars", POLARS)] + ([] if args.no_pandas else [("pandas", PANDAS)])
+    subprocess.run([sys.executable, "-m", "compileall", "-q", str(ROOT / "kiteohlc_lab")], check=True)
     rows = []
     for n in sizes:
         tapes = make_tapes(n, Path(args.cache), formats)
