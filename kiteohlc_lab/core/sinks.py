@@ -213,16 +213,6 @@ class LiveSink:
         except Exception as exc:
             self._report(f"live store write failed: {exc}")
 
-    def write(self) -> None:
-        """One pipelined write of everything since the last one, on this thread (the engine's)."""
-        try:
-            job = self._take()
-        except Exception as exc:
-            self._report(f"live store write failed: {exc}")
-            return
-        if job is not None:
-            self._send(job)
-
     def drain(self, timeout: float | None = None) -> bool:
         """Wait until the writes handed to the writer thread are done (True), or ``timeout``."""
         return self._writer.drain(timeout)
