@@ -239,9 +239,9 @@ class Engine:
 
     def _late_mask(self, batch: TickBatch) -> np.ndarray:
         """Arrival-order mask of ticks late for any timeframe (no state is changed)."""
-        clock_arr, order, slot, gstart, in_order = self._prepare(batch)
-        if in_order:
+        if batch_clock(batch.ts, self.clock)[1]:  # in order: none (and no sort for nothing)
             return np.zeros(len(batch), bool)
+        clock_arr, order, slot, gstart, _ = self._prepare(batch)
         ts, clock = batch.ts[order], clock_arr[order]
         late = np.zeros(len(batch), bool)
         anchor, grid = self._anchor[slot], self._grid(ts)

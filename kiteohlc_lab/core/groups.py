@@ -53,7 +53,8 @@ def _last_valid(oi: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> np.ndar
     return np.where(lastv >= starts, oi[np.maximum(lastv, 0)], np.nan)
 
 
-def _runs(first: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def runs(first: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(first, last index) of each run of a mask that is True where a run starts."""
     starts = np.flatnonzero(first)
     ends = np.empty(len(starts), np.int64)
     ends[:-1] = starts[1:] - 1
@@ -69,7 +70,7 @@ def tick_groups(slot: np.ndarray, b: np.ndarray, p: np.ndarray, inc: np.ndarray,
     st[0] = True
     np.not_equal(b[1:], b[:-1], out=st[1:])
     st[1:] |= inst_start[1:]
-    starts, ends = _runs(st)
+    starts, ends = runs(st)
     return Groups(slot[starts], b[starts], p[starts], np.maximum.reduceat(p, starts),
                   np.minimum.reduceat(p, starts), p[ends], np.add.reduceat(inc, starts),
                   (ends - starts + 1).astype(np.int64), ts[ends], _last_valid(oi, starts, ends),
@@ -82,7 +83,7 @@ def coarsen(fine: Groups, bucket: np.ndarray, inc: np.ndarray) -> Groups:
     first = np.empty(len(bucket), bool)
     first[0] = True
     first[1:] = (bucket[1:] != bucket[:-1]) | (fine.slot[1:] != fine.slot[:-1])
-    cs, ce = _runs(first)
+    cs, ce = runs(first)
     starts, ends = fine.starts[cs], fine.ends[ce]
     return Groups(fine.slot[cs], bucket[cs], fine.open[cs], np.maximum.reduceat(fine.high, cs),
                   np.minimum.reduceat(fine.low, cs), fine.close[ce], np.add.reduceat(inc, starts),

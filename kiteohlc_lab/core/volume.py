@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .groups import runs
 from .state import NONE
 from .timeframes import trading_day
 
@@ -45,10 +46,7 @@ def volume_increments(
         first = np.empty(m, bool)  # first volume tick of its instrument in this batch
         first[0] = True
         np.not_equal(s[1:], s[:-1], out=first[1:])
-    fi = np.flatnonzero(first)  # each instrument's first and last tick, as indices (few)
-    li = np.empty(len(fi), np.int64)
-    li[:-1] = fi[1:] - 1
-    li[-1] = m - 1
+    fi, li = runs(first)  # each instrument's first and last tick, as indices (few)
     fs, ls = s[fi], s[li]
     day = None if one_day else trading_day(t)  # one IST day: no division per tick
     # the usual case, ticks of one day, each figure at least the one before (the first at least
@@ -65,7 +63,7 @@ def volume_increments(
             inc[idx] = v - prev
         V["prev"][ls] = V["segmax"][ls] = v[li]
         V["prev_ts"][ls] = t[li]
-        V["day"][ls] = lo if one_day else day[li]
+        V["day"][ls] = lo
         return inc, 0
     last = np.zeros(m, bool)
     last[li] = True
