@@ -23,6 +23,7 @@ import hashlib
 import json
 import logging
 import time
+from itertools import chain
 from typing import Any
 
 import numpy as np
@@ -31,7 +32,7 @@ from ..core.candles import Candle, CandleBatch
 from ..core.state import StateColumns
 from ..core.ticks import lookup
 from . import keys
-from .redis_lua import CLOSED_LUA, WRITE_LUA, evalsha_pipelined, is_cluster
+from .redis_lua import CLOSED_LUA, CLOSED_TEXT, WRITE_LUA, evalsha_pipelined, is_cluster
 
 log = logging.getLogger("kiteohlc_lab.stores")
 
@@ -139,25 +140,50 @@ def _gens(fence: tuple[np.ndarray, np.ndarray] | None, tokens: np.ndarray) -> np
     return np.where(held, gens[at], -1.0)
 
 
-def _pieces(rows: list[tuple[str, np.ndarray]], size: int) -> list[tuple[list[dict], bytes]]:
-    """(timeframe, rows) runs cut into calls of at most ``size`` rows: (header [{tf, m}], blob)."""
-    out: list[tuple[list[dict], bytes]] = []
+def _texts(col: np.ndarray, integer: bool = False) -> list[str]:
+    """Python's text of each value (``repr`` of a float, ``str`` of an int: what a reader's
+    ``float()``/``int()`` read back exactly); a column of one value (a close's start, no oi, no
+    amendment, no fence) is printed once."""
+    n = len(col)
+    if integer:
+        vals = np.asarray(col).astype(np.int64, copy=False)
+        if n and vals.min() == vals.max():
+            return [str(int(vals[0]))] * n
+        return list(map(str, vals.tolist()))
+    if n and np.isnan(col).all():
+        return ["nan"] * n
+    return list(map(repr, np.asarray(col, np.float64).tolist()))
+
+
+def _closed_calls(closed: list[CandleBatch], fence: tuple[np.ndarray, np.ndarray] | None,
+                  size: int) -> list[tuple[list[dict], list[str]]]:
+    """Closed candles cut into calls of at most ``size`` candles: (header [{tf, m}], the candles'
+    CLOSED_TEXT strings in order)."""
+    out: list[tuple[list[dict], list[str]]] = []
     header: list[dict] = []
-    blobs: list[bytes] = []
+    args: list[str] = []
     room = size
-    for tf, r in rows:
+    for b in closed:
+        if not len(b):
+            continue
+        amended = b.amended if b.amended is not None else np.zeros(len(b), bool)
+        flat = list(chain.from_iterable(zip(
+            _texts(b.token, True), _texts(b.start, True), _texts(b.open), _texts(b.high),
+            _texts(b.low), _texts(b.close), _texts(b.volume), _texts(b.oi), _texts(b.ticks, True),
+            _texts(amended, True), _texts(_gens(fence, b.token), True))))
+        width = len(CLOSED_TEXT)
         a = 0
-        while a < len(r):
-            b = min(len(r), a + room)
-            header.append({"tf": tf, "m": b - a})
-            blobs.append(r[a:b].tobytes())
-            room -= b - a
-            a = b
+        while a < len(b):
+            z = min(len(b), a + room)
+            header.append({"tf": b.tf, "m": z - a})
+            args += flat[a * width:z * width]
+            room -= z - a
+            a = z
             if not room:
-                out.append((header, b"".join(blobs)))
-                header, blobs, room = [], [], size
+                out.append((header, args))
+                header, args, room = [], [], size
     if header:
-        out.append((header, b"".join(blobs)))
+        out.append((header, args))
     return out
 
 
@@ -319,18 +345,16 @@ class RedisLive:
         CLOSED_CHUNK a call), so that a reader blocked on their streams is answered as soon as that
         short script ends, then the forming candles and the state (WRITE_LUA, at most SCRIPT_CHUNK
         instruments a call, so the server serves readers between them); with ``close_pause`` the
-        state goes in a second round trip that long after the closed candles. Numbers travel as raw
-        float64 rows (no per-value Python work here: the server formats them); per-token state
-        dicts (a spooled write) as JSON."""
+        state goes in a second round trip that long after the closed candles. Closed candles travel
+        as their text (``repr``: the script only appends them, so a reader woken by the first
+        waits behind as little as can be); the state's numbers as raw float64 rows (no per-value
+        Python work for thousands of instruments: the server formats them); per-token state dicts
+        (a spooled write) as JSON."""
         fence = self._fence_gens()
         calls: list[tuple[Any, list]] = []
-        rows = [(b.tf, _rows(b.token, b.start // NS, b.open, b.high, b.low, b.close, b.volume, b.oi,
-                             b.ticks, b.amended if b.amended is not None else np.zeros(len(b)),
-                             _gens(fence, b.token)))
-                for b in closed if len(b)]
-        for header, blob in _pieces(rows, CLOSED_CHUNK):
+        for header, texts in _closed_calls(closed, fence, CLOSED_CHUNK):
             calls.append((_CLOSED_SHA, [self.prefix, STREAM_MAXLEN,
-                                                json.dumps(header, separators=(",", ":")), blob]))
+                                        json.dumps(header, separators=(",", ":")), *texts]))
         n_closed = len(calls)
         changed: dict[str, list[int]] = {}
         states_calls: list[tuple[dict, list[bytes]]] = []
