@@ -272,3 +272,40 @@ def test_close_pause_sends_the_closed_candles_first_then_the_same_keys(live):
         assert dump(other) == dump(live) and len(dump(live)) > 100
     finally:
         other.delete_all()
+
+
+def test_closed_candles_reach_the_streams_as_the_writer_printed_them(live):
+    """The closed-candle script appends the strings RedisLive made: every value in every column
+    (including -0.0, inf, NaN, whole floats, a constant start and a fenced/unfenced mix) reads
+    back as Python prints it, in more than one call of CLOSED_CHUNK candles, over two timeframes."""
+    from kiteohlc_lab.stores.redis_live import CLOSED_CHUNK, _closed_calls
+
+    vals = np.concatenate([[-0.0, 0.0, np.inf, -np.inf, np.nan, 1e16, 1e15, 123.0, 0.1, 2.675],
+                           _numbers(5, 120)])
+    m = len(vals)
+    toks = np.arange(m, dtype=np.int64) % 37 + 1
+    cols = [np.roll(vals, k) for k in range(6)]
+    amended = np.arange(m) % 3 == 0
+    one_start = CandleBatch("1m", toks, np.full(m, T0, np.int64), *cols, np.arange(m, dtype=np.int64), True,
+                            amended)
+    starts = T0 + np.arange(m, dtype=np.int64) * 5 * MIN
+    many = CandleBatch("5m", toks, starts, *cols[::-1], np.full(m, 7, np.int64), True, ~amended)
+    calls = _closed_calls([one_start, many], None, CLOSED_CHUNK)
+    assert [sum(g["m"] for g in h) for h, _ in calls][:-1] == [CLOSED_CHUNK] * (len(calls) - 1)
+    assert len(calls) >= 2 and sum(len(t) for _, t in calls) == 2 * m * 11
+    live.write([], [one_start, many], {})
+    names = ("open", "high", "low", "close", "volume", "oi")
+    for b, columns in ((one_start, cols), (many, cols[::-1])):
+        got = {}
+        for t in range(1, 38):
+            for _id, f in live.client.xrange(live.key(t, "closed", b.tf)):
+                got.setdefault((t, int(f[b"start"])), []).append({k.decode(): v.decode() for k, v in f.items()})
+        seen: dict = {}
+        for i in range(m):
+            key = (int(toks[i]), int(b.start[i]))
+            f = got[key][seen.get(key, 0)]  # one start: an instrument's candles in order
+            seen[key] = seen.get(key, 0) + 1
+            assert f["start"] == str(int(b.start[i])) and f["ticks"] == str(int(b.ticks[i]))
+            assert f["amended"] == ("1" if b.amended[i] else "0")
+            for name, col in zip(names, columns):
+                assert f[name] == repr(float(col[i])), (b.tf, name, col[i])
