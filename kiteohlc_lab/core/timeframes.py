@@ -9,6 +9,8 @@ dropped for being outside market hours). A day bucket starts 00:00 IST.
 
 from __future__ import annotations
 
+import functools
+
 import re
 from dataclasses import dataclass
 
@@ -96,6 +98,14 @@ def parse_timeframe(text: "str | Timeframe") -> Timeframe:
         return text
     if not isinstance(text, str):
         raise TimeframeError(f"timeframe {text!r} is not accepted; use {ACCEPTED}")
+    return _parse_text(text)
+
+
+@functools.lru_cache(maxsize=256)
+def _parse_text(text: str) -> Timeframe:
+    """``parse_timeframe`` of a string, remembered (a Timeframe is immutable): every ``candles()``
+    call and every stream read names its timeframe as text (a regex match, 5% of a reader's
+    ``candles()``); a refused text raises again each time (errors are not cached)."""
     raw = text.strip().lower()
     raw = _KITE_NAMES.get(raw, raw)
     m = _GRAMMAR.match(raw)
