@@ -10,7 +10,6 @@ dropped for being outside market hours). A day bucket starts 00:00 IST.
 from __future__ import annotations
 
 import functools
-
 import re
 from dataclasses import dataclass
 

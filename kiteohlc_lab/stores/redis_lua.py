@@ -11,10 +11,10 @@ made by ``RedisLive``: the script only appends). The state's numbers travel as l
 float64 rows (``struct.unpack`` reads one row per call) and are re-printed with the shortest of
 15-17 digits that reads back to the same double (as Python's repr does); candle starts travel in
 seconds and other times as (seconds, nanoseconds), so that epoch nanoseconds never pass through a
-Lua double. Fencing: each row carries the writer's lease
-generation of its instrument (-1: not fenced); an instrument whose generation is older than its
-lease's current one (``P{T}:lease:gen``, see kiteohlc_lab.lease) is not written at all (a stale
-writer's late batch); both scripts return the tokens refused.
+Lua double. Fencing: each candle and row carries the writer's lease generation of its instrument
+(-1: not fenced); an instrument whose generation is older than its lease's current one
+(``P{T}:lease:gen``, see kiteohlc_lab.lease) is not written at all (a stale writer's late batch);
+both scripts return the tokens refused.
 """
 
 from __future__ import annotations
@@ -24,9 +24,10 @@ from typing import Any
 from ..core.state import CANDLE_FIELDS, STATE_FIELDS, VOLUME_FIELDS
 from . import keys
 
-# Row layouts (float64 each), shared with redis_live.py
-# a closed candle's strings (CLOSED_LUA): Python's text of each value, the lease generation -1: not fenced
+# A closed candle's strings (CLOSED_LUA), made by redis_live.py: Python's text of each value; the
+# lease generation last (-1: not fenced)
 CLOSED_TEXT = ("token", "start", "open", "high", "low", "close", "volume", "oi", "ticks", "amended", "gen")
+# Row layouts of the state (float64 each), shared with redis_live.py
 INSTRUMENT_ROW = ("token", "prev", "segmax", "day", "prev_ts_s", "prev_ts_ns", "gen")
 FORMING_ROW = ("row", "bucket_s", "open", "high", "low", "close", "vol", "oi", "ticks", "last_ts_s",
                "last_ts_ns")
