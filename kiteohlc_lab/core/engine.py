@@ -41,7 +41,7 @@ from .fill import FlatFill
 from .groups import Groups, in_order_pieces, tick_groups
 from .late import amend_late, batch_clock, lateness
 from .state import NONE, Series, StateColumns, alloc_volume, grow_columns
-from .ticks import TickBatch, distinct, lookup, token_hash
+from .ticks import TickBatch, distinct, lookup, run_starts, token_hash
 from .timeframes import (
     NS,
     Timeframe,
@@ -232,10 +232,7 @@ class Engine:
         key = slots_arr.astype(np.uint8 if n <= 256 else np.uint16) if n <= 65_536 else slots_arr
         order = np.argsort(key, kind="stable")
         slot = np.take(slots_arr, order)
-        gstart = np.empty(len(slot), bool)
-        gstart[0] = True
-        np.not_equal(slot[1:], slot[:-1], out=gstart[1:])
-        return clock_arr, order, slot, gstart, in_order
+        return clock_arr, order, slot, run_starts(slot), in_order
 
     def _late_mask(self, batch: TickBatch) -> np.ndarray:
         """Arrival-order mask of ticks late for any timeframe (no state is changed)."""
@@ -313,7 +310,7 @@ class Engine:
                     return late
                 so = slot[ok]
                 g = tick_groups(so, b[ok], price[ok], inc[ok], ts[ok], oi[ok],
-                                np.concatenate(([True], so[1:] != so[:-1])))
+                                run_starts(so))
         g_slot, g_bucket, g_open, g_high, g_low, g_close = g.slot, g.bucket, g.open, g.high, g.low, g.close
         g_vol, g_ticks, g_last_ts, g_oi, starts = g.vol, g.ticks, g.last_ts, g.oi, g.starts
         # merge the first group of an instrument into its forming candle when the bucket matches
@@ -328,9 +325,7 @@ class Engine:
             g_ticks[merge] += F["ticks"][ms]
             g_oi[merge] = np.where(np.isnan(g_oi[merge]), F["oi"][ms], g_oi[merge])
         # previous forming candles replaced by a later bucket are closed
-        g_first = np.empty(len(starts), bool)
-        g_first[0] = True
-        g_first[1:] = g_slot[1:] != g_slot[:-1]
+        g_first = run_starts(g_slot)
         g_last = np.empty(len(starts), bool)
         g_last[-1] = True
         g_last[:-1] = g_first[1:]

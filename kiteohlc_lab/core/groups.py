@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .late import buckets
+from .ticks import run_starts
 from .timeframes import Timeframe
 
 
@@ -66,9 +67,7 @@ def tick_groups(slot: np.ndarray, b: np.ndarray, p: np.ndarray, inc: np.ndarray,
                 oi: np.ndarray, inst_start: np.ndarray) -> Groups:
     """The pieces of ticks in slot-grouped order: ``b`` each tick's bucket, ``p`` price, ``inc`` its
     volume increment, ``inst_start`` True at each instrument's first tick."""
-    st = np.empty(len(slot), bool)
-    st[0] = True
-    np.not_equal(b[1:], b[:-1], out=st[1:])
+    st = run_starts(b)
     st[1:] |= inst_start[1:]
     starts, ends = runs(st)
     return Groups(slot[starts], b[starts], p[starts], np.maximum.reduceat(p, starts),
@@ -80,9 +79,8 @@ def tick_groups(slot: np.ndarray, b: np.ndarray, p: np.ndarray, inc: np.ndarray,
 def coarsen(fine: Groups, bucket: np.ndarray, inc: np.ndarray) -> Groups:
     """A coarser timeframe's pieces from ``fine``'s (``nests``): ``bucket`` is the coarser bucket of
     each fine piece; ``inc`` the ticks' volume increments."""
-    first = np.empty(len(bucket), bool)
-    first[0] = True
-    first[1:] = (bucket[1:] != bucket[:-1]) | (fine.slot[1:] != fine.slot[:-1])
+    first = run_starts(bucket)
+    first[1:] |= fine.slot[1:] != fine.slot[:-1]
     cs, ce = runs(first)
     starts, ends = fine.starts[cs], fine.ends[ce]
     return Groups(fine.slot[cs], bucket[cs], fine.open[cs], np.maximum.reduceat(fine.high, cs),

@@ -55,6 +55,7 @@ def lateness(s: Series, anchor: np.ndarray, slot, ts, clock, gstart, grace_ns: i
     run = np.maximum.accumulate(key) - gid * span + lo
     return b, (bs < run) | late_clock
 
+
 def batch_clock(ts: np.ndarray, clock: int) -> tuple[np.ndarray, bool]:
     """(the clock each tick of a batch sees, arrival order: the running maximum of the stamps from
     ``clock`` on; whether the batch is in order). A batch whose stamps never go back, from the clock

@@ -12,6 +12,7 @@ import numpy as np
 
 from .groups import runs
 from .state import NONE
+from .ticks import run_starts
 from .timeframes import trading_day
 
 _VOL_BITS = 42  # cumulative volumes below 2**42 (4.4e12 shares) per instrument per day
@@ -43,9 +44,7 @@ def volume_increments(
     one_day = lo == hi
     m = len(t)
     if first is None or not every:
-        first = np.empty(m, bool)  # first volume tick of its instrument in this batch
-        first[0] = True
-        np.not_equal(s[1:], s[:-1], out=first[1:])
+        first = run_starts(s)  # first volume tick of its instrument in this batch
     fi, li = runs(first)  # each instrument's first and last tick, as indices (few)
     fs, ls = s[fi], s[li]
     day = None if one_day else trading_day(t)  # one IST day: no division per tick
@@ -95,9 +94,7 @@ def _volume_slow(V, inc, idx, s, t, v, day, first, last) -> tuple[np.ndarray, in
     sel = np.flatnonzero(ok)
     s2, v2, d2, g2 = s[sel], v[sel], day[sel], g[sel]
     n2 = len(sel)
-    gfirst = np.empty(n2, bool)
-    gfirst[0] = True
-    np.not_equal(g2[1:], g2[:-1], out=gfirst[1:])
+    gfirst = run_starts(g2)
     prev_day = np.empty(n2, np.int64)
     prev_day[1:] = d2[:-1]
     gg = g2[gfirst]

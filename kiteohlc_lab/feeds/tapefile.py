@@ -23,7 +23,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from ..core.ticks import TickBatch, lookup, token_hash
+from ..core.ticks import TickBatch, lookup, run_starts, token_hash
 from ..core.timeframes import IST_OFFSET_NS
 
 REQUIRED = ("timestamp", "instrument_token", "last_price")
@@ -375,9 +375,7 @@ def _first_rows(tok: np.ndarray, slot: np.ndarray, at: np.ndarray) -> tuple[np.n
     t, sl = tok[at], slot[at]
     order = np.argsort(sl.astype(np.uint16), kind="stable")
     ts, ss = t[order], sl[order]
-    start = np.empty(len(ts), bool)
-    start[0] = True
-    np.not_equal(ss[1:], ss[:-1], out=start[1:])
+    start = run_starts(ss)
     if (ts[1:] != ts[:-1])[~start[1:]].any():  # two tokens share a slot
         toks, first = np.unique(t, return_index=True)
         return toks, at[first]
