@@ -46,7 +46,8 @@ def _batches(seed: int) -> list[CandleBatch]:
         oi = np.where(rng.random(n) < 0.3, np.nan, rng.integers(0, 1000, n).astype(float))
         out.append(CandleBatch("1m", tok.astype(np.int64), start.astype(np.int64), p, p + 1, p - 1,
                                p + 0.5, rng.integers(0, 500, n).astype(float), oi,
-                               rng.integers(1, 50, n).astype(np.int64), True, rng.random(n) < 0.2))
+                               rng.integers(1, 50, n).astype(np.int64), True,
+                               None if k % 5 == 0 else rng.random(n) < 0.2))  # None: an own stream's
     return out
 
 
