@@ -179,6 +179,7 @@ def make_tapes(n: int, cache: Path, formats: list[str]) -> dict[str, Path]:
 
 
 def generate_tapes(n: int, cache: Path, formats: list[str]) -> None:
+    cache.mkdir(parents=True, exist_ok=True)
     out = {f: cache / f"tape_{n}.{f}" for f in formats}
     sys.path.insert(0, str(ROOT))
     import numpy as np

@@ -213,3 +213,36 @@ def test_sqlite_read_many_equals_reads(tmp_path):
     for tok in (11, 33):
         pd.testing.assert_frame_equal(got[tok].to_frame(), h.read(tok, "1m"))
     h.close()
+
+
+def test_sqlite_write_many_in_time_order_equals_writes_one_by_one(tmp_path):
+    """A replay's writer hands several timeframes' batches at once, each closed time by time
+    (instrument after instrument, not in the table's key order), a candle and its amendment among
+    them: one transaction for all of them stores what one write per batch stores, the later
+    version winning."""
+    from kiteohlc_lab.stores.sqlite import SQLiteHistory
+
+    def time_ordered(b: CandleBatch) -> CandleBatch:
+        return b.select(np.lexsort((b.token, b.start)))
+
+    toks = (11, 22, 33, 44)
+    one = time_ordered(make_batch("1m", toks, n=30, base=100.0, oi=True))
+    five = time_ordered(make_batch("5m", toks, n=6, step=5 * MIN, base=200.0))
+    amended = time_ordered(make_batch("1m", toks[:2], n=30, base=400.0, oi=True)).select(slice(10, 20))
+    batches = [CandleBatch.concat([one, amended]), five]
+    a, b = SQLiteHistory(str(tmp_path / "a.sqlite3")), SQLiteHistory(str(tmp_path / "b.sqlite3"))
+    a.write_many(batches)
+    for x in batches:
+        b.write(x)
+    assert a.count() == b.count() == len(one) + len(five)
+    for tok in toks:
+        for tf in ("1m", "5m"):
+            pd.testing.assert_frame_equal(a.read(tok, tf), b.read(tok, tf))
+    # the later version of the amended candles won
+    got = a.read(11, "1m")
+    want = amended.select(amended.token == 11).to_frame()
+    pd.testing.assert_frame_equal(got.loc[want.index], want)
+    # a statement's journal stays in memory, not a file under /var/tmp per statement
+    assert a._conn().execute("PRAGMA temp_store").fetchone()[0] == 2
+    a.close()
+    b.close()

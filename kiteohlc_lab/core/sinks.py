@@ -119,6 +119,13 @@ class HistorySink:
     def _write(self, closed: list[CandleBatch]) -> None:
         if self.store is None:
             return
+        many = getattr(self.store, "write_many", None)  # one transaction for them all (SQLite)
+        if many is not None and len(closed) > 1:
+            try:
+                many(closed)
+                return
+            except Exception:  # noqa: BLE001 - rolled back whole: each on its own, to say which fails
+                pass
         for c in closed:
             try:
                 self.store.write(c)
