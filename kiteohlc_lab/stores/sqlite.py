@@ -131,7 +131,7 @@ class SQLiteHistory:
     def write_many(self, batches: list[CandleBatch]) -> None:
         """Upsert several batches (timeframes) in one transaction: a commit writes every page it
         changed to the WAL again, and a replay's writer takes a batch per timeframe at each wake
-        (107 -> 40 commits in a 20M-tick replay)."""
+        (107 -> 43 commits in a 20M-tick replay)."""
         work = [b for b in batches if len(b)]
         if not work:
             return
