@@ -82,3 +82,53 @@ def test_a_stalled_live_store_holds_at_most_two_writes_and_the_final_drain_waits
     final.join(10)
     assert not final.is_alive() and [name for name, _ in log] == ["live"] * 3
     bus.emit(StreamDone("t", "done"))
+
+
+def test_history_writes_a_wake_s_timeframes_together_and_says_which_fails(tmp_path):
+    """The history writer hands a store that can (SQLite) every timeframe's batch of a wake in one
+    transaction; when that transaction fails it is rolled back whole and the batches go one by
+    one, so the good ones are stored and the failing one is reported, once."""
+    from kiteohlc_lab.core.candles import CandleBatch
+    from kiteohlc_lab.stores.sqlite import SQLiteHistory
+
+    class PickyHistory(SQLiteHistory):
+        """Refuses any batch of the 5m timeframe (a store error for one of them)."""
+        calls: list = []
+
+        def write_many(self, batches):
+            self.calls.append([b.tf for b in batches])
+            super().write_many(batches)
+
+        def write(self, batch):
+            if batch.tf == "5m":
+                raise RuntimeError("disk says no")
+            super().write(batch)
+
+    def one(tf, start):
+        return CandleBatch(tf, np.array([7], np.int64), np.array([start], np.int64), np.ones(1),
+                           np.ones(1), np.ones(1), np.ones(1), np.ones(1), np.full(1, np.nan),
+                           np.ones(1, np.int64))
+
+    store = PickyHistory(str(tmp_path / "h.sqlite3"))
+    reports: list[str] = []
+    bus = Bus()
+    sink = HistorySink(bus, store, reports.append, "t")
+    bus.emit(CandlesClosed("t", [one("1m", T0), one("15m", T0)]))
+    assert sink.drain(10)
+    assert store.calls == [["1m", "15m"]] and store.count() == 2 and reports == []
+
+    # a failing write inside the transaction: nothing of it stays, then each batch on its own
+    def failing_many(batches):
+        store.calls.append([b.tf for b in batches])
+        with store._conn():  # the same transaction shape: rows written, then an error
+            store._conn().execute("INSERT INTO candles (token, tf, start) VALUES (7, '1m', 1)")
+            raise RuntimeError("disk says no")
+
+    store.write_many = failing_many
+    bus.emit(CandlesClosed("t", [one("1m", T0 + 60 * 10**9), one("5m", T0)]))
+    assert sink.drain(10)
+    assert store.calls[-1] == ["1m", "5m"]
+    assert store.count() == 3  # the new 1m candle; the rolled-back row and the 5m one are not
+    assert reports == ["history store write failed: disk says no"]
+    sink.close()
+    store.close()

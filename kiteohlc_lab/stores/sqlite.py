@@ -126,12 +126,15 @@ class SQLiteHistory:
 
     def write(self, batch: CandleBatch) -> None:
         """Upsert the batch's candles (one transaction, multi-row statements)."""
-        self.write_many([batch])
+        self._upsert([batch])
 
     def write_many(self, batches: list[CandleBatch]) -> None:
         """Upsert several batches (timeframes) in one transaction: a commit writes every page it
         changed to the WAL again, and a replay's writer takes a batch per timeframe at each wake
         (107 -> 43 commits in a 20M-tick replay)."""
+        self._upsert(batches)
+
+    def _upsert(self, batches: list[CandleBatch]) -> None:
         work = [b for b in batches if len(b)]
         if not work:
             return
