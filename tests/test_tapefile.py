@@ -177,6 +177,26 @@ def test_parquet_symbols_are_read_only_where_an_instrument_first_appears(tmp_pat
         pd.testing.assert_frame_equal(kiteohlc_lab.candles(sym, "1m"), ref.frame(tok, "1m"), check_freq=False)
 
 
+@pytest.mark.parametrize("start, n", [(0, 300), (300, 300), (600, 300), (900, 100), (0, 1000),
+                                      (1000, 300), (800, 400), (150, 300)])
+def test_parquet_symbols_of_a_block_are_its_rows(tmp_path, start, n):
+    """The tradingsymbol column of rows start .. start + n: a block read in batches out of a big
+    row group (its first, a later one, the short last one), a whole group, and a block that
+    straddles two groups or is not on a batch boundary, each the rows pyarrow reads from the file."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rows = 1300
+    syms = [f"S{(i * 7919) % 53}" for i in range(rows)]
+    tab = pa.table({"timestamp": pa.array(np.arange(rows, dtype="int64")), "tradingsymbol": syms})
+    path = tmp_path / "sym.parquet"
+    pq.write_table(tab, path, row_group_size=1000)  # groups of 1000 and 300 rows
+    got = tapefile._ParquetSymbols(path, "tradingsymbol", start, n).column()
+    assert len(got) == n
+    values = got.dictionary.take(got.indices).to_pylist() if pa.types.is_dictionary(got.type) else got.to_pylist()
+    assert values == pq.read_table(path).column("tradingsymbol").to_pylist()[start:start + n]
+
+
 @pytest.mark.parametrize("newline, trailing", [("\n", True), ("\r\n", True), ("\n", False)])
 @pytest.mark.parametrize("block", [40, 1_000, 16_000])
 def test_csv_chunks_give_every_row_once_where_it_lies(tmp_path, monkeypatch, newline, trailing, block):

@@ -120,6 +120,15 @@ class _ParquetSymbols:
                 first = at if not groups else first
                 groups.append(g)
             at += rows
+        skip, left = divmod(self.start - first, self.n)
+        if len(groups) == 1 and not left:  # a block of a group read in batches (its first, mostly)
+            # batches up to this one only, not the whole group (a replay's first block: the first
+            # 262k of a 1M-row group, 4-25 -> 1.6-2 ms on its start)
+            for k, rb in enumerate(f.iter_batches(batch_size=self.n, row_groups=groups, columns=[self.name])):
+                if k == skip:
+                    if rb.num_rows == self.n:
+                        return rb.column(0)
+                    break
         col = f.read_row_groups(groups, columns=[self.name]).column(0)
         return col.slice(self.start - first, self.n).combine_chunks()
 

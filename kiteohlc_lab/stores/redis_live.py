@@ -94,7 +94,9 @@ def redis_client(url: str, **kw: Any):
                                              "socket_connect_timeout": opts["socket_connect_timeout"]})
         return sentinel.master_for(path[0], db=db, **cred, **opts)
     opts.setdefault("health_check_interval", 30)
-    return redis.Redis.from_url(url, **opts)
+    from .embedded import driver_options
+
+    return redis.Redis.from_url(url, **{**driver_options(), **opts})
 
 
 def _json_cols(b: CandleBatch) -> dict:
