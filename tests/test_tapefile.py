@@ -112,6 +112,41 @@ def test_read_ahead_is_bounded(tmp_path, monkeypatch):
     assert sink.done and max(seen) <= 3
 
 
+@pytest.mark.parametrize("suffix", [".csv", ".parquet"])
+def test_blocks_read_ahead_before_the_replay_starts_are_its_blocks(tmp_path, monkeypatch, suffix):
+    """``read_ahead`` starts decoding the next blocks before a replay (while its stores open): the
+    replay then takes those, every tick once and in order; a second replay of the same cached tape
+    reads it again from the start; a replay that cannot start (its store is not accepted) ends the
+    reading it started (the autouse fixture fails a test that leaves a kiteohlc-* thread)."""
+    import threading
+
+    from kiteohlc_lab.errors import ConfigError
+
+    monkeypatch.setattr(tapefile, "BLOCK_ROWS", 500)
+    monkeypatch.setattr(tapefile, "CSV_BLOCK_BYTES", 16_000)
+    path, ticks, syms = late_joiner_tape(tmp_path, suffix)
+    tape = tapefile.open_tape(path)
+    tape.read_ahead()
+    reader = [t for t in threading.enumerate() if t.name == "kiteohlc-tape-read"]
+    assert reader, "read_ahead started no reader"
+    got = [b for b, _n, _sym in tape.blocks()]
+    assert sum(len(b) for b in got) == len(ticks)
+    np.testing.assert_array_equal(np.concatenate([b.ts for b in got]), ticks.ts)
+    np.testing.assert_array_equal(np.concatenate([b.price for b in got]), ticks.price)
+    again = [b for b, _n, _sym in tape.blocks()]  # no reader left: from the start
+    np.testing.assert_array_equal(np.concatenate([b.token for b in again]), ticks.token)
+    for t in reader:
+        t.join(5)
+        assert not t.is_alive()
+
+    monkeypatch.setenv("KITEOHLC_MONGO_URI", "bogus://nowhere")
+    with pytest.raises(ConfigError, match="not accepted"):
+        kiteohlc_lab.stream("ALL", "1m", source="replay", tape=str(path))
+    for t in [t for t in threading.enumerate() if t.name == "kiteohlc-tape-read"]:
+        t.join(5)
+        assert not t.is_alive(), "a replay that did not start left its tape reader running"
+
+
 def test_csv_whose_first_block_has_whole_rupee_prices(tmp_path, monkeypatch):
     """Column types come from the first block; a first block of whole-rupee prices (and volumes
     written as integers) must not make last_price an integer column that a later 2280.05 breaks."""

@@ -427,6 +427,7 @@ class TapeStream:
     first_symbols: Any = field(default=None, repr=False)
     rest: Iterator[Any] | None = field(default=None, repr=False)
     first_bytes: int = 0
+    _ahead: Any = field(default=None, repr=False)  # (``_Ahead``, first block decoded) from read_ahead
     _tokens: set[int] = field(default_factory=set)
     _sorted: np.ndarray = field(default_factory=lambda: np.empty(0, np.int64))
     _table: np.ndarray = field(default_factory=lambda: np.full(1 << _SLOT_BITS, -1, np.int64))
@@ -472,6 +473,29 @@ class TapeStream:
         for ticks, _, sym in self.blocks():
             self.learn(ticks, sym)
 
+    def _reader(self) -> tuple[_Ahead, bool]:
+        """(the blocks after the first, read on their own thread from now on; whether the first
+        block is the one decoded already, else the reader starts at the file's start)."""
+        path = Path(self.path)
+        reader, self.rest = self.rest, None
+        if not _is_parquet(path):
+            return _prefetch(_csv_chunks(path, self.schema, self.first_bytes)), True
+        if reader is not None:  # the Parquet reader where open_tape left it
+            return _prefetch(reader), True
+        return _prefetch(_parquet(path)[0]), False  # it went with an earlier replay: from the start
+
+    def read_ahead(self) -> None:
+        """Start reading the next blocks now, for a replay about to start: Arrow decodes them (off
+        the GIL) while the stores open. ``blocks()`` takes them over; ``close_ahead()`` ends the
+        reading when no replay comes."""
+        if self._ahead is None:
+            self._ahead = self._reader()
+
+    def close_ahead(self) -> None:
+        ahead, self._ahead = self._ahead, None
+        if ahead is not None:
+            ahead[0].close()
+
     def blocks(self) -> Iterator[tuple[TickBatch, int, Any]]:
         """(ticks, rows consumed so far, tradingsymbol column) per block, from the file's start. A
         malformed block: the checking path's ticks from that row on, its error in ``self.error``."""
@@ -480,15 +504,9 @@ class TapeStream:
         consumed = 0
         ahead: _Ahead | None = None
         try:
-            path = Path(self.path)
-            reader, self.rest = self.rest, None
-            decoded = True  # the first block is decoded already; the next one reads meanwhile
-            if not _is_parquet(path):
-                ahead = _prefetch(_csv_chunks(path, self.schema, self.first_bytes))
-            elif reader is not None:  # the Parquet reader where open_tape left it
-                ahead = _prefetch(reader)
-            else:  # the reader went with an earlier replay: from the start
-                ahead, decoded = _prefetch(_parquet(path)[0]), False
+            started, self._ahead = self._ahead, None
+            # the first block is decoded already (open_tape); the next ones read meanwhile
+            ahead, decoded = started if started is not None else self._reader()
             if decoded:
                 consumed = len(self.first)
                 yield self.first, consumed, self.first_symbols

@@ -131,10 +131,11 @@ def start_replay(m: Any, syms, tfs, tape_path, speed, record) -> StreamInfo:
                 f"{', '.join(sorted(tape.symbols) or map(str, sorted(present)))[:200]}"
             )
     tokens = [t for _, t in pairs]
-    src = ReplaySource(tape, None if every and streamed else tokens, speed=speed)
+    joining = every and streamed
+    src = ReplaySource(tape, None if joining else tokens, speed=speed)
     name = m.new_stream_name(f"replay:{Path(tape.path).name}")
     first_ts = tape.first_ts
-    if every and streamed:  # instruments the first block did not have join as their ticks come
+    if joining:  # instruments the first block did not have join as their ticks come
         def joined(new: list[tuple[str, int]]) -> None:
             stream = m.streams.get(name)
             if stream is not None:
@@ -142,7 +143,14 @@ def start_replay(m: Any, syms, tfs, tape_path, speed, record) -> StreamInfo:
                 stream.subscribe([t for _, t in new], {t: s for s, t in new})
 
         src.on_new_tokens = joined
-    info = launch(m, name, src, pairs, tfs, record, first_ts=first_ts)
+    if streamed:  # the blocks after the first decode while launch() waits for the stores
+        tape.read_ahead()
+    try:
+        info = launch(m, name, src, pairs, tfs, record, first_ts=first_ts)
+    except BaseException:
+        if streamed:
+            tape.close_ahead()  # no replay: the reading ends
+        raise
     info.message = (
         f"Replaying {', '.join(s for s, _ in pairs)} {' '.join(t.label for t in tfs)} from "
         f"{Path(tape.path).name} at speed {speed:g}{' (as fast as possible)' if speed == 0 else 'x'}; "
