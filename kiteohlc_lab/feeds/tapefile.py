@@ -5,7 +5,7 @@ a ``TapeStream``: what a replay needs to start (its first tick's time, the instr
 seen so far) plus ``blocks()``, which yields that block and goes on through the file one block at a
 time, converting each with Arrow straight to a ``TickBatch``; a CSV after its first block is parsed
 4 to 32 MB of lines at a time by Arrow's multi-threaded reader, with the first block's column types.
-The next blocks are read on a thread of their own while this one is aggregated (``_prefetch``, up
+The next blocks are read on a thread of their own while this one is aggregated (``prefetch``, up
 to three ahead). Instruments are discovered as blocks arrive (``learn``), so a replay of every
 instrument starts without a pass over the file.
 
@@ -24,6 +24,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from ..core.ticks import TickBatch, lookup, run_starts, token_hash
+from .readahead import Ahead, prefetch, tune_malloc
 from ..core.timeframes import IST_OFFSET_NS
 
 REQUIRED = ("timestamp", "instrument_token", "last_price")
@@ -249,62 +250,6 @@ def _release(view: memoryview) -> None:
         pass
 
 
-class _Ahead:
-    """What ``_prefetch`` returns: iterate it for the items; ``close()`` ends the producer (also
-    when it was never iterated)."""
-
-    def __init__(self, items: Iterator[Any], quit_: Any) -> None:
-        self._items, self._quit = items, quit_
-
-    def __iter__(self) -> Iterator[Any]:
-        return self._items
-
-    def close(self) -> None:
-        self._quit.set()
-
-
-def _prefetch(items: Iterator[Any], depth: int = 3) -> _Ahead:
-    """``items`` produced on a thread of their own, started now, up to ``depth`` ahead of the
-    consumer (Arrow parses the next chunks while this one is aggregated; one ahead left the
-    aggregation waiting on every slower block: a 20M-tick replay 1.70 -> 1.07 s with three); the
-    producer's exception is raised to the consumer."""
-    import queue
-    import threading
-
-    q: queue.Queue = queue.Queue(depth)
-    end, quit_ = object(), threading.Event()
-
-    def produce() -> None:
-        try:
-            for item in items:
-                while not quit_.is_set():
-                    try:
-                        q.put((item, None), timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
-                if quit_.is_set():
-                    return
-            q.put((end, None))
-        except BaseException as exc:  # noqa: BLE001 - handed to the consumer
-            q.put((end, exc))
-
-    def consume() -> Iterator[Any]:
-        try:
-            while True:
-                item, exc = q.get()
-                if exc is not None:
-                    raise exc
-                if item is end:
-                    return
-                yield item
-        finally:
-            quit_.set()
-
-    threading.Thread(target=produce, name="kiteohlc-tape-read", daemon=True).start()
-    return _Ahead(consume(), quit_)
-
-
 _NP = {"int8": "i1", "int16": "i2", "int32": "i4", "int64": "i8", "uint8": "u1", "uint16": "u2",
        "uint32": "u4", "uint64": "u8", "float": "f4", "double": "f8"}
 _UNIT_NS = {"s": 1_000_000_000, "ms": 1_000_000, "us": 1_000, "ns": 1}
@@ -427,7 +372,7 @@ class TapeStream:
     first_symbols: Any = field(default=None, repr=False)
     rest: Iterator[Any] | None = field(default=None, repr=False)
     first_bytes: int = 0
-    _ahead: Any = field(default=None, repr=False)  # (``_Ahead``, first block decoded) from read_ahead
+    _ahead: Any = field(default=None, repr=False)  # (``Ahead``, first block decoded) from read_ahead
     _tokens: set[int] = field(default_factory=set)
     _sorted: np.ndarray = field(default_factory=lambda: np.empty(0, np.int64))
     _table: np.ndarray = field(default_factory=lambda: np.full(1 << _SLOT_BITS, -1, np.int64))
@@ -473,16 +418,16 @@ class TapeStream:
         for ticks, _, sym in self.blocks():
             self.learn(ticks, sym)
 
-    def _reader(self) -> tuple[_Ahead, bool]:
+    def _reader(self) -> tuple[Ahead, bool]:
         """(the blocks after the first, read on their own thread from now on; whether the first
         block is the one decoded already, else the reader starts at the file's start)."""
         path = Path(self.path)
         reader, self.rest = self.rest, None
         if not _is_parquet(path):
-            return _prefetch(_csv_chunks(path, self.schema, self.first_bytes)), True
+            return prefetch(_csv_chunks(path, self.schema, self.first_bytes)), True
         if reader is not None:  # the Parquet reader where open_tape left it
-            return _prefetch(reader), True
-        return _prefetch(_parquet(path)[0]), False  # it went with an earlier replay: from the start
+            return prefetch(reader), True
+        return prefetch(_parquet(path)[0]), False  # it went with an earlier replay: from the start
 
     def read_ahead(self) -> None:
         """Start reading the next blocks now, for a replay about to start: Arrow decodes them (off
@@ -502,7 +447,7 @@ class TapeStream:
         from .taperead import read_tape
 
         consumed = 0
-        ahead: _Ahead | None = None
+        ahead: Ahead | None = None
         try:
             started, self._ahead = self._ahead, None
             # the first block is decoded already (open_tape); the next ones read meanwhile
@@ -526,29 +471,6 @@ class TapeStream:
         self.error = whole.error
         rest = whole.ticks.take(slice(consumed, None))
         yield rest, consumed + len(rest), None
-
-
-_MALLOC_TUNED = False
-
-
-def tune_malloc() -> None:
-    """Keep glibc from handing every freed numpy temporary (a 65k-tick chunk's arrays are ~0.5 MB,
-    above its mmap threshold) back to the kernel and faulting it in again: a replay spent a fifth of
-    its time in page faults. Once per process; elsewhere than glibc, nothing."""
-    global _MALLOC_TUNED
-    if _MALLOC_TUNED:
-        return
-    _MALLOC_TUNED = True
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL("libc.so.6")
-        m_trim_threshold, m_top_pad, m_mmap_threshold = -1, -2, -3
-        libc.mallopt(m_mmap_threshold, 32 << 20)  # arrays under 32 MB from the heap
-        libc.mallopt(m_trim_threshold, 128 << 20)  # free memory kept up to 128 MB, not trimmed
-        libc.mallopt(m_top_pad, 16 << 20)
-    except (OSError, AttributeError):
-        pass
 
 
 def open_tape(path: str | Path) -> Any:
