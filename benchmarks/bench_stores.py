@@ -205,7 +205,7 @@ def bench_replay_batches(tmp: str, repeat: int = 5) -> None:
     o, b, p = statistics.median(ours), statistics.median(base), statistics.median(prev)
     print(f"History, SQLite: a replay's batches ({rows:,} candles of 50 instruments, 1m 5m 15m, "
           f"{len(batches)} time-ordered batches), median of {repeat}")
-    print(f"  ours (256-row statements, key order) {o / rows * 1e6:.2f} us a row   "
+    print(f"  ours (1024-row statements, key order) {o / rows * 1e6:.2f} us a row   "
           f"3,000-row statements in arrival order, journals on disk {b / rows * 1e6:.2f} x{b / o:.2f}   "
           f"the same in key order, journal in memory {p / rows * 1e6:.2f} x{p / o:.2f}")
 

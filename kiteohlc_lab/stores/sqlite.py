@@ -39,10 +39,12 @@ ON CONFLICT (token, tf, start) DO UPDATE SET
 """
 # Rows per statement: SQLite compiles every row of a VALUES list into the statement's program, so
 # preparing one of 3000 rows took ~14 ms, and each batch's odd-sized last statement was prepared
-# afresh. Statements of 256 rows, the rest of a batch in 128, 64, ... 1 (``_pieces``): nine shapes,
-# each prepared once per connection and then taken from sqlite3's statement cache (a replay's
-# 23,750 candles in two batches: 42 -> 26 ms; in 40 batches: 577 -> 465 ms; /tmp probes, median of 5).
-_ROWS_PER_STATEMENT = 256
+# afresh. Statements of 1024 rows, the rest of a batch in 512, 256, ... 1 (``_pieces``): eleven
+# shapes, each prepared once per connection, then taken from sqlite3's statement cache. Fewer rows
+# a statement are quicker alone (256: 1.85 us a row in benchmarks/bench_stores.py), but each
+# statement's end waits for the GIL back from the stream thread: in a 1M-tick replay 1024 rows
+# ended 0.311 -> 0.286 s (median of 12, alternating; 2048 the same as 1024).
+_ROWS_PER_STATEMENT = 1024
 # SQLite stores NaN as NULL; 9e999 reads back as +inf, which no real price/volume/oi is, so a NULL
 # becomes inf in the structured array and is turned back into NaN in one vectorised step.
 _READ = (
