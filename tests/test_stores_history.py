@@ -246,3 +246,27 @@ def test_sqlite_write_many_in_time_order_equals_writes_one_by_one(tmp_path):
     assert a._conn().execute("PRAGMA temp_store").fetchone()[0] == 2
     a.close()
     b.close()
+
+
+@pytest.mark.parametrize("rows", [1, 5, 1023, 1024, 1025, 3 * 1024 + 777])
+def test_sqlite_batches_of_any_size_go_in_whole_in_few_statement_shapes(tmp_path, rows):
+    """A batch is written in statements of up to 1024 rows, the rest in powers of two: every
+    candle of a batch of any size is stored once with its values (read back against the batch
+    itself, as pandas holds it), and a run of batches of many sizes needs few statement shapes."""
+    from kiteohlc_lab.stores.sqlite import SQLiteHistory, _pieces
+
+    per_token = -(-rows // 3)
+    b = make_batch("1m", (7, 8, 9), n=per_token, base=123.0, oi=True).select(slice(0, rows))
+    h = SQLiteHistory(str(tmp_path / "h.sqlite3"))
+    h.write(b)
+    assert h.count() == rows
+    for tok in (7, 8, 9):
+        want = b.select(b.token == tok).to_frame()
+        pd.testing.assert_frame_equal(h.read(tok, "1m"), want)
+    h.close()
+    shapes = {k for n in range(1, 5000, 37) for _, k in _pieces(n, 1024)}
+    assert shapes <= {1024 >> i for i in range(11)}
+    for n in (0, 1, rows, 4097):
+        parts = _pieces(n, 1024)
+        assert [a for a, _ in parts] == list(np.cumsum([0] + [k for _, k in parts])[:-1])
+        assert sum(k for _, k in parts) == n
