@@ -24,8 +24,8 @@ from typing import Any, Iterator
 import numpy as np
 
 from ..core.ticks import TickBatch, lookup, run_starts, token_hash
-from .readahead import Ahead, prefetch, tune_malloc
 from ..core.timeframes import IST_OFFSET_NS
+from .readahead import Ahead, prefetch, tune_malloc
 
 REQUIRED = ("timestamp", "instrument_token", "last_price")
 BLOCK_ROWS = 262_144  # Parquet rows per block
