@@ -271,3 +271,63 @@ def test_real_unload_leaves_no_threads(small_tape):
             [t.name for t in set(threading.enumerate()) - before]
     finally:
         use_manager(previous)
+
+
+LOAD_EXT = r"""
+import sys, threading
+from IPython.core.interactiveshell import InteractiveShell
+HEAVY = ("pandas", "ipywidgets", "matplotlib", "pyarrow", "redis", "twisted", "pymongo")
+where = {}
+
+class Watch:  # which thread first imports each heavy library
+    def find_spec(self, name, path=None, target=None):
+        if name in HEAVY and name not in where:
+            where[name] = threading.current_thread().name
+        return None
+
+sys.meta_path.insert(0, Watch())
+shell = InteractiveShell.instance()
+shell.run_line_magic("load_ext", "kiteohlc_lab")
+on_load = dict(where)
+magics = shell.magics_manager.magics["line"]
+print(all(m in magics for m in ("ohlc_stream", "ohlc_reconcile", "ohlc_status")))
+[warm] = [t for t in threading.enumerate() if t.name == "kiteohlc-prewarm"]
+warm.join(60)
+print(sorted(n for n, t in on_load.items() if t != "kiteohlc-prewarm"))
+print(sorted(n for n, t in where.items() if t == "kiteohlc-prewarm"), "kiteohlc_lab.api" in sys.modules)
+"""
+
+
+def test_load_ext_registers_the_magics_and_leaves_the_heavy_imports_to_a_thread():
+    """``%load_ext kiteohlc_lab`` in a fresh kernel registers every magic without importing pandas,
+    ipywidgets, matplotlib, pyarrow, redis, twisted or pymongo itself (pandas came with
+    %ohlc_reconcile's module: 0.3-0.6 s of a first %load_ext); what a first %ohlc_stream needs
+    (pandas, pyarrow, redis, the package's API) loads on a thread of its own meanwhile."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    out = subprocess.run([sys.executable, "-c", LOAD_EXT], env=env, capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr
+    registered, by_load_ext, by_thread = out.stdout.strip().splitlines()
+    assert registered == "True"
+    assert by_load_ext == "[]"
+    assert by_thread == "['pandas', 'pyarrow', 'redis'] True"
+
+
+def test_real_replay_of_every_instrument_shows_the_first_one(real_shell, small_tape, capsys):
+    """``%ohlc_stream ALL 5m --source replay`` streams every instrument of the tape and returns (and
+    shows, without an error) the live candles of the first of them; "ALL" is no symbol to look up."""
+    import kiteohlc_lab
+
+    live = real_shell.run_line_magic("ohlc_stream", f"ALL 5m --source replay --tape {small_tape}")
+    out = capsys.readouterr().out
+    assert "Replaying INFY, RELIANCE 5m" in out or "Replaying RELIANCE, INFY 5m" in out
+    assert kiteohlc_lab.wait(timeout=30)
+    assert isinstance(live, LiveCandles) and live.symbol in ("RELIANCE", "INFY")
+    html = live._repr_html_()
+    assert live.symbol in html and len(live) >= 70
+    pd.testing.assert_frame_equal(live.df, kiteohlc_lab.candles(live.symbol, "5m"))

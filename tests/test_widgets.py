@@ -109,3 +109,39 @@ def test_slow_renders_back_off(series, fake_manager, widget_comm):
         assert view.next_wait(rendered=True) == 0.5
     finally:
         view.close()
+
+
+def test_replay_progress_bar_shows_ticks_per_second_and_eta_then_completes(tmp_path, monkeypatch):
+    """A replay's bar in the cell (``%ohlc_stream --source replay``): while the tape plays, its label
+    says how far (percent, ticks of the total), how fast (ticks/s) and how long is left (ETA);
+    when the tape is done the bar is full and green. A tape below MIN_TICKS gets no bar."""
+    import kiteohlc_lab
+    from kiteohlc_lab import api
+    from kiteohlc_lab.feeds.synthetic import make_ticks, write_tape
+    from kiteohlc_lab.notebook import progress
+
+    ticks, syms = make_ticks(20_000, seed=5)  # 22,498 s of tape
+    path = write_tape(tmp_path / "day.parquet", ticks, syms)
+    small = kiteohlc_lab.stream("ALL", "1m", source="replay", tape=str(path), speed=0)
+    assert kiteohlc_lab.wait(60)
+    assert progress.show_replay_progress(api.manager().streams[small.name]) is None  # 20k < MIN_TICKS
+
+    monkeypatch.setattr(progress, "MIN_TICKS", 1)
+    info = kiteohlc_lab.stream("ALL", "1m", source="replay", tape=str(path), speed=30_000)  # ~0.75 s
+    stream = api.manager().streams[info.name]
+    before = set(threading.enumerate())
+    box = progress.show_replay_progress(stream, interval=0.05)
+    assert box is not None
+    [updater] = [t for t in set(threading.enumerate()) - before if t.name == "kiteohlc-replay-progress"]
+    bar, label = box.children
+    seen: list[str] = []
+    label.observe(lambda change: seen.append(change["new"]), "value")
+    assert stream.done.wait(60)
+    updater.join(5)
+    assert not updater.is_alive()
+    assert bar.value == 1.0 and bar.bar_style == "success"
+    running = [s for s in seen if "ETA" in s]
+    assert running, seen  # at least one update while it played
+    assert all("ticks/s" in s and f"of {len(ticks):,} ticks" in s for s in running)
+    assert not any("0.0M ticks/s" in s for s in seen[1:])  # thousands a second, said so
+    assert seen[-1].startswith("replay day.parquet: 100%")

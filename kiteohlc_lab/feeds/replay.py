@@ -107,7 +107,7 @@ class ReplaySource:
                     self._sent += len(ticks)
                     self._last_tick_wall = time.monotonic()
                 else:
-                    self._paced(ticks, sink)
+                    self._paced(ticks, sink, self._consumed, consumed)
                 self._consumed = consumed
             if self._stop.is_set():
                 return
@@ -119,8 +119,10 @@ class ReplaySource:
             self._state = "failed"
             sink.on_error(f"replay failed: {type(exc).__name__}: {exc}", True)
 
-    def _paced(self, ticks: TickBatch, sink: Sink) -> None:
-        """Release ticks when the scaled tape clock reaches them, in slices of ~50 ms wall time."""
+    def _paced(self, ticks: TickBatch, sink: Sink, rows_before: int = 0, rows_after: int = 0) -> None:
+        """Release ticks when the scaled tape clock reaches them, in slices of ~50 ms wall time;
+        the progress moves with them (rows ``rows_before`` .. ``rows_after`` of the tape: a chunk of
+        a slow replay can last minutes)."""
         n = len(ticks)
         if n == 0:
             return
@@ -139,6 +141,8 @@ class ReplaySource:
                 self._sent += j - i
                 self._last_tick_wall = time.monotonic()
                 i = j
+                if rows_after > rows_before:
+                    self._consumed = rows_before + (rows_after - rows_before) * j // n
                 continue
             wait = ((due[i] - t0_tape) / self.speed - (time.monotonic_ns() - t0_ns)) / NS
             self._stop.wait(min(max(wait, 0.001), 0.05))
@@ -172,8 +176,11 @@ class ReplaySource:
         p = self.progress()
         about = "~" if p["estimated"] else ""
         eta = "" if p["eta_s"] is None else f", ETA {p['eta_s']:.0f} s"
+        rate = p["ticks_per_s"]
+        speed = (f"{rate / 1e6:.1f}M" if rate >= 1e6 else f"{rate / 1e3:.0f}k" if rate >= 1e4
+                 else f"{rate:,.0f}")  # a paced replay: thousands a second, not "0.0M"
         return (f"replay {Path(self.tape.path).name}: {p['fraction']:.0%} ({p['rows']:,} of {about}"
-                f"{p['total']:,} ticks), {p['ticks_per_s'] / 1e6:.1f}M ticks/s{eta}")
+                f"{p['total']:,} ticks), {speed} ticks/s{eta}")
 
     def status(self) -> dict:
         total = getattr(self.tape, "total", None)

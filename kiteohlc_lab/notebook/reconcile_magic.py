@@ -11,9 +11,8 @@ from __future__ import annotations
 import argparse
 import base64
 import html
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pandas as pd
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, line_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
@@ -21,6 +20,9 @@ from IPython.core.magic_arguments import argument, magic_arguments, parse_argstr
 from .args import friendly
 from .args import one_line as _one_line
 from .args import when as _when
+
+if TYPE_CHECKING:  # pandas loads when a report is shown: %load_ext registers this magic
+    import pandas as pd
 
 # columns of the mismatches table, in reading order
 _SHOWN = ("mismatched", "open_live", "open_kite", "high_live", "high_kite", "low_live", "low_kite",
@@ -97,6 +99,8 @@ class ReconcileReport:
     def __repr__(self) -> str:
         if not len(self.mismatches):
             return self.summary
+        import pandas as pd
+
         with pd.option_context("display.width", 160, "display.max_columns", 20):
             return f"{self.summary}\n{self.mismatches.to_string(float_format=lambda x: f'{x:,.2f}')}"
 
