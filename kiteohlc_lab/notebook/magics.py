@@ -233,8 +233,10 @@ class KiteOHLCMagics(Magics):
 # -- extension entry points
 _STATE: dict[str, Any] = {}
 # what a first %ohlc_stream and the frame it shows would import: loaded on a thread of its own at
-# %load_ext, while the user types the next cell (~0.3 s of pandas, ~0.2 s of the rest)
-PREWARM = ("pandas", "pyarrow.parquet", "pyarrow.csv", "redis", "kiteohlc_lab.api")
+# %load_ext, while the user types the next cell (~0.3 s of pandas, ~0.2 s of the rest), in the
+# order the stream imports them (a thread importing in another order could meet this one's
+# module locks the other way round)
+PREWARM = ("kiteohlc_lab.api", "pyarrow.parquet", "pyarrow.csv", "redis", "pandas")
 
 
 def _prewarm() -> None:
