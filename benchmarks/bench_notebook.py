@@ -171,41 +171,16 @@ shutdown_embedded(os.environ["KITEOHLC_DATA_DIR"])
 os._exit(0)
 """
 
-PANDAS_CELL = r"""
-import json, os, sys, time
-import numpy as np
-import pandas as pd
-time.sleep(1.0)
-t0 = time.perf_counter()
-NS = 1_000_000_000
-ANCHOR = (9 * 3600 + 15 * 60) * NS
-DAY = 86_400 * NS
-d = pd.read_csv(sys.argv[1], usecols=["timestamp", "instrument_token", "last_price", "volume_traded"],
-                engine="pyarrow")
-local = pd.to_datetime(d["timestamp"], format="ISO8601").to_numpy("datetime64[ns]").astype("int64")
-day = local - local % DAY
-for sec in (60, 300, 900):
-    size = sec * NS
-    b = day + ANCHOR + ((local - day - ANCHOR) // size) * size
-    g = pd.DataFrame({"token": d["instrument_token"].to_numpy(), "b": b, "p": d["last_price"].to_numpy(),
-                      "v": d["volume_traded"].to_numpy()}).groupby(["token", "b"], sort=True)
-    c = g.agg(open=("p", "first"), high=("p", "max"), low=("p", "min"), close=("p", "last"),
-              v0=("v", "first"), v1=("v", "last"))
-    prev = c.groupby(level=0)["v1"].shift(1)
-    c["volume"] = (c["v1"] - prev.fillna(c["v0"])).clip(lower=0)
-print(json.dumps({"t": time.perf_counter() - t0}))
-sys.stdout.flush()
-os._exit(0)
-"""
-
-
 def bench_replay_magic(ticks: int = 1_000_000, repeat: int = 3) -> dict[str, list[float]]:
     """Seconds of the timed cell, each run in a fresh kernel (process), alternating."""
     import json
     import subprocess
 
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-    from bench_replay import make_tapes
+    from bench_replay import PANDAS, make_tapes
+
+    # bench_replay's pandas contender, with its imports made a cell before the timed one
+    pandas_cell = "import time, numpy, pandas\ntime.sleep(1.0)  # the user types the next cell\n" + PANDAS
 
     tape = make_tapes(ticks, Path(tempfile.gettempdir()) / "kiteohlc_bench_tapes", ["csv"])["csv"]
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -213,7 +188,7 @@ def bench_replay_magic(ticks: int = 1_000_000, repeat: int = 3) -> dict[str, lis
                    check=True, capture_output=True)
     out: dict[str, list[float]] = {"magic": [], "pandas": []}
     for _ in range(repeat):
-        for name, code in (("magic", MAGIC), ("pandas", PANDAS_CELL)):
+        for name, code in (("magic", MAGIC), ("pandas", pandas_cell)):
             with tempfile.TemporaryDirectory() as data:
                 env = dict(os.environ, KITEOHLC_DATA_DIR=data,
                            PYTHONPATH=os.pathsep.join([root, os.environ.get("PYTHONPATH", "")]))
