@@ -119,7 +119,7 @@ class ReplaySource:
             self._state = "failed"
             sink.on_error(f"replay failed: {type(exc).__name__}: {exc}", True)
 
-    def _paced(self, ticks: TickBatch, sink: Sink, rows_before: int = 0, rows_after: int = 0) -> None:
+    def _paced(self, ticks: TickBatch, sink: Sink, rows_before: int, rows_after: int) -> None:
         """Release ticks when the scaled tape clock reaches them, in slices of ~50 ms wall time;
         the progress moves with them (rows ``rows_before`` .. ``rows_after`` of the tape: a chunk of
         a slow replay can last minutes)."""

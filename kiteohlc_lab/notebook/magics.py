@@ -273,16 +273,12 @@ def shutdown(forget: bool = False) -> None:
     ``%unload_ext`` forgets (the next ``%load_ext`` starts clean, history comes back from the store);
     interpreter exit only shuts down.
     """
-    if "kiteohlc_lab.notebook.widgets" in sys.modules:  # no views were made without it
-        try:
-            sys.modules["kiteohlc_lab.notebook.widgets"].close_all()
-        except Exception:
-            pass
-    if "kiteohlc_lab.notebook.chart" in sys.modules:
-        try:
-            sys.modules["kiteohlc_lab.notebook.chart"].close_all()
-        except Exception:
-            pass
+    for views in ("kiteohlc_lab.notebook.widgets", "kiteohlc_lab.notebook.chart"):
+        if views in sys.modules:  # not imported: no view of that kind was made
+            try:
+                sys.modules[views].close_all()
+            except Exception:
+                pass
     from . import _override
 
     if _override is None and "kiteohlc_lab.api" not in sys.modules:

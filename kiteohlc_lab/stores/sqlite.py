@@ -68,7 +68,8 @@ _I64_MAX = 2**63 - 1
 
 def _pieces(n: int, per: int) -> list[tuple[int, int]]:
     """(first row, rows) of each statement for ``n`` rows: ``per`` at a time, then the rest in
-    powers of two below ``per`` (a few statement shapes, all cached, for any ``n``)."""
+    ``per // 2``, ``per // 4``, ... 1 (powers of two for the usual 1024; a few statement shapes,
+    all cached, for any ``n``)."""
     out = [(i, per) for i in range(0, n - n % per, per)]
     at, size = n - n % per, per
     while at < n:
