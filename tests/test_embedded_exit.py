@@ -126,6 +126,37 @@ def test_embedded_start_defers_psutil_and_names_the_client_library(tmp_path):
     assert not _serving(sock_file.read_text().strip())
 
 
+METADATA = r"""
+import sys, importlib, importlib.util
+from kiteohlc_lab.stores.embedded import embedded_redis, shutdown_embedded
+c = embedded_redis(sys.argv[1])
+c.ping()
+import redis
+print(type(sys.modules["importlib.metadata"]).__name__, type(importlib.metadata).__name__)
+spec = importlib.util.find_spec("importlib.metadata")  # answers while deferred
+print(spec.name, spec.origin.endswith("metadata/__init__.py"))
+from importlib.metadata import version  # the first use: the real module, everywhere
+print(version("redis") == redis.__version__, type(sys.modules["importlib.metadata"]).__name__,
+      importlib.metadata is sys.modules["importlib.metadata"], hasattr(importlib.metadata, "entry_points"))
+shutdown_embedded(sys.argv[1])
+"""
+
+
+def test_redis_client_starts_without_importlib_metadata_which_loads_whole_on_first_use(tmp_path):
+    """redis-py imports ``importlib.metadata`` (with the ``email`` package: 20-30 ms of a replay's
+    start) only to look up its own version, which its clients are given: the module is a
+    stand-in until something uses it, then the real one for everybody (``from ... import``, the
+    package's attribute, ``find_spec`` meanwhile)."""
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    out = subprocess.run([sys.executable, "-c", METADATA, str(tmp_path / "d")], env=env,
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    deferred, spec, used = out.stdout.strip().splitlines()[-3:]
+    assert deferred == "_OnFirstUse _OnFirstUse"
+    assert spec == "importlib.metadata True"
+    assert used == "True module True True"
+
+
 CONCURRENT = r"""
 import sys, threading
 from kiteohlc_lab.stores.embedded import _defer_import

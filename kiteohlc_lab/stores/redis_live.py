@@ -56,6 +56,9 @@ def redis_client(url: str, **kw: Any):
     One quick retry and short timeouts: a down server must fail fast so ``Resilient`` can spool
     (redis-py's default retry backs off for seconds).
     """
+    from .embedded import defer_redis_imports
+
+    defer_redis_imports()
     import redis
     from redis.backoff import NoBackoff
     from redis.retry import Retry
