@@ -1,9 +1,10 @@
 """Notebook-layer figures: stream start to first candle, ``live.df`` cost, live widget refresh cost.
 
-Run: ``python benchmarks/bench_notebook.py`` (about 20 s; uses a temporary data dir, no credentials).
+Run: ``python benchmarks/bench_notebook.py`` (about 40 s; uses a temporary data dir, no credentials).
 
-0. A 1M-tick CSV replay from the notebook cell that starts it (``%load_ext`` a cell before), in a
-   fresh kernel, against pandas ``read_csv`` + ``groupby`` (``import pandas`` a cell before).
+0. A 1M-tick replay (CSV, then Parquet) from the notebook cell that starts it (``%load_ext`` a
+   cell before), in a fresh kernel, against bench_replay's polars and pandas contenders (read +
+   the same candles; ``import polars`` / ``import pandas`` a cell before).
 1. ``%ohlc_stream NIFTY 5m`` on the built-in simulator (in-process IPython shell) until
    ``kiteohlc_lab.candles("NIFTY", "5m")`` has a row (the forming candle), ``%load_ext`` just before.
 2. ``live.df`` on a series of 100k candles: cold (the series changed: a new DataFrame) and cached
@@ -148,10 +149,10 @@ def bench_widget(n: int = 100_000, seconds: float = 6.0) -> dict[str, float]:
 
 
 # A replay as a notebook user runs it, in a fresh kernel: one cell loads the tool (``%load_ext``;
-# ``import pandas`` for the baseline), the user takes a second to type the next, and that cell is
-# timed: ``%ohlc_stream ALL 1m 5m 15m --source replay --tape X --speed 0``, the candles it shows,
-# and ``wait()`` (embedded Redis + SQLite, store start-up included), against pandas' ``read_csv``
-# + the same candles with ``groupby``.
+# ``import polars`` / ``import pandas`` for the baselines), the user takes a second to type the
+# next, and that cell is timed: ``%ohlc_stream ALL 1m 5m 15m --source replay --tape X --speed 0``,
+# the candles it shows, and ``wait()`` (embedded Redis + SQLite, store start-up included), against
+# polars' and pandas' read of the tape + the same candles.
 MAGIC = r"""
 import json, os, sys, time
 from IPython.core.interactiveshell import InteractiveShell
@@ -171,43 +172,52 @@ shutdown_embedded(os.environ["KITEOHLC_DATA_DIR"])
 os._exit(0)
 """
 
-def bench_replay_magic(ticks: int = 1_000_000, repeat: int = 3) -> dict[str, list[float]]:
-    """Seconds of the timed cell, each run in a fresh kernel (process), alternating."""
+def bench_replay_magic(ticks: int = 1_000_000, repeat: int = 3,
+                       formats: tuple[str, ...] = ("csv", "parquet")) -> dict[str, dict[str, list[float]]]:
+    """Seconds of the timed cell per tape format and contender, each run in a fresh kernel
+    (process), alternating: the magic, polars and pandas (bench_replay's contenders, their imports
+    made a cell before the timed one). polars is left out where it is not installed."""
+    import importlib.util
     import json
     import subprocess
 
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-    from bench_replay import PANDAS, make_tapes
+    from bench_replay import PANDAS, POLARS, make_tapes
 
-    # bench_replay's pandas contender, with its imports made a cell before the timed one
-    pandas_cell = "import time, numpy, pandas\ntime.sleep(1.0)  # the user types the next cell\n" + PANDAS
-
-    tape = make_tapes(ticks, Path(tempfile.gettempdir()) / "kiteohlc_bench_tapes", ["csv"])["csv"]
+    typed = "time.sleep(1.0)  # the user types the next cell\n"
+    cells = [("magic", MAGIC)]
+    if importlib.util.find_spec("polars") is not None:
+        cells.append(("polars", "import time, polars\n" + typed + POLARS))
+    cells.append(("pandas", "import time, numpy, pandas\n" + typed + PANDAS))
+    tapes = make_tapes(ticks, Path(tempfile.gettempdir()) / "kiteohlc_bench_tapes", list(formats))
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     subprocess.run([sys.executable, "-m", "compileall", "-q", os.path.join(root, "kiteohlc_lab")],
                    check=True, capture_output=True)
-    out: dict[str, list[float]] = {"magic": [], "pandas": []}
-    for _ in range(repeat):
-        for name, code in (("magic", MAGIC), ("pandas", pandas_cell)):
-            with tempfile.TemporaryDirectory() as data:
-                env = dict(os.environ, KITEOHLC_DATA_DIR=data,
-                           PYTHONPATH=os.pathsep.join([root, os.environ.get("PYTHONPATH", "")]))
-                res = subprocess.run([sys.executable, "-c", code, str(tape)], env=env, capture_output=True,
-                                     text=True, timeout=600)
-                if res.returncode != 0:
-                    raise RuntimeError(f"{name} run failed: {res.stderr.strip().splitlines()[-1:]}")
-                line = next(x for x in res.stdout.splitlines() if x.startswith("{"))
-                out[name].append(json.loads(line)["t"])
+    out: dict[str, dict[str, list[float]]] = {f: {name: [] for name, _ in cells} for f in formats}
+    for fmt in formats:
+        for _ in range(repeat):
+            for name, code in cells:
+                with tempfile.TemporaryDirectory() as data:
+                    env = dict(os.environ, KITEOHLC_DATA_DIR=data,
+                               PYTHONPATH=os.pathsep.join([root, os.environ.get("PYTHONPATH", "")]))
+                    res = subprocess.run([sys.executable, "-c", code, str(tapes[fmt])], env=env,
+                                         capture_output=True, text=True, timeout=600)
+                    if res.returncode != 0:
+                        raise RuntimeError(f"{name} run failed: {res.stderr.strip().splitlines()[-1:]}")
+                    line = next(x for x in res.stdout.splitlines() if x.startswith("{"))
+                    out[fmt][name].append(json.loads(line)["t"])
     return out
 
 
 def main() -> int:
-    r = bench_replay_magic()
-    m, p = statistics.median(r["magic"]), statistics.median(r["pandas"])
-    print(f"1M-tick CSV replay from the cell, fresh kernel, %load_ext a cell before: "
-          f"%ohlc_stream ALL 1m 5m 15m --source replay --speed 0 + shown + wait() "
-          f"{min(r['magic']):.2f}-{max(r['magic']):.2f} s; pandas read_csv + groupby (imported a cell "
-          f"before) {min(r['pandas']):.2f}-{max(r['pandas']):.2f} s; x{p / m:.2f} (medians of {len(r['magic'])})")
+    for fmt, r in bench_replay_magic().items():
+        m = statistics.median(r["magic"])
+        span = lambda v: f"{min(v):.2f}-{max(v):.2f} s"  # noqa: E731
+        others = "; ".join(f"{name} (imported a cell before) {span(v)}, x{statistics.median(v) / m:.2f}"
+                           for name, v in r.items() if name != "magic")
+        print(f"1M-tick {fmt} replay from the cell, fresh kernel, %load_ext a cell before: "
+              f"%ohlc_stream ALL 1m 5m 15m --source replay --speed 0 + shown + wait() {span(r['magic'])}; "
+              f"{others} (x > 1: the magic is faster; medians of {len(r['magic'])})")
     with tempfile.TemporaryDirectory() as tmp:
         os.environ["KITEOHLC_DATA_DIR"] = os.path.join(tmp, "data")
         for k in [k for k in os.environ if k.startswith("KITE_")]:
