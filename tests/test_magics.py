@@ -276,7 +276,8 @@ def test_real_unload_leaves_no_threads(small_tape):
 LOAD_EXT = r"""
 import sys, threading
 from IPython.core.interactiveshell import InteractiveShell
-HEAVY = ("pandas", "ipywidgets", "matplotlib", "pyarrow", "redis", "twisted", "pymongo")
+HEAVY = ("pandas", "ipywidgets", "matplotlib", "pyarrow", "redis", "twisted", "autobahn", "requests",
+         "pymongo")
 where = {}
 
 class Watch:  # which thread first imports each heavy library
@@ -295,6 +296,7 @@ print(all(m in magics for m in ("ohlc_stream", "ohlc_reconcile", "ohlc_status"))
 warm.join(60)
 print(sorted(n for n, t in on_load.items() if t != "kiteohlc-prewarm"))
 print(sorted(n for n, t in where.items() if t == "kiteohlc-prewarm"), "kiteohlc_lab.api" in sys.modules)
+print("twisted.internet.reactor" in sys.modules, "kiteconnect" in sys.modules)  # no reactor installed
 """
 
 
@@ -302,7 +304,8 @@ def test_load_ext_registers_the_magics_and_leaves_the_heavy_imports_to_a_thread(
     """``%load_ext kiteohlc_lab`` in a fresh kernel registers every magic without importing pandas,
     ipywidgets, matplotlib, pyarrow, redis, twisted or pymongo itself (pandas came with
     %ohlc_reconcile's module: 0.3-0.6 s of a first %load_ext); what a first %ohlc_stream needs
-    (pandas, pyarrow, redis, the package's API) loads on a thread of its own meanwhile."""
+    (pandas, pyarrow, redis, the package's API; a live feed's requests, autobahn and Twisted
+    modules) loads on a thread of its own meanwhile, without installing Twisted's reactor."""
     import os
     import subprocess
     import sys
@@ -312,10 +315,11 @@ def test_load_ext_registers_the_magics_and_leaves_the_heavy_imports_to_a_thread(
     out = subprocess.run([sys.executable, "-c", LOAD_EXT], env=env, capture_output=True, text=True,
                          timeout=120)
     assert out.returncode == 0, out.stderr
-    registered, by_load_ext, by_thread = out.stdout.strip().splitlines()
+    registered, by_load_ext, by_thread, reactor = out.stdout.strip().splitlines()
     assert registered == "True"
     assert by_load_ext == "[]"
-    assert by_thread == "['pandas', 'pyarrow', 'redis'] True"
+    assert by_thread == "['autobahn', 'pandas', 'pyarrow', 'redis', 'requests', 'twisted'] True"
+    assert reactor == "False False"
 
 
 def test_real_replay_of_every_instrument_shows_the_first_one(real_shell, small_tape, capsys):

@@ -56,10 +56,13 @@ def one_line(exc: BaseException) -> str:
 
 
 def friendly(fn: Callable) -> Callable:
-    """Turn the project's errors into a one-line ``UsageError``."""
+    """Turn the project's errors into a one-line ``UsageError`` (after ``prewarm.wait``)."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from .prewarm import wait
+
+        wait()  # %load_ext's imports of pandas and the rest, not beside this magic's own
         try:
             return fn(*args, **kwargs)
         except KiteOHLCError as exc:

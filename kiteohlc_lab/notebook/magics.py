@@ -19,7 +19,7 @@ from IPython.core.magic import Magics, line_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
 
 from ..config import KiteOHLC
-from . import get_manager
+from . import get_manager, prewarm
 
 from .args import MODES, SOURCES, friendly
 from .args import one_line as _one_line
@@ -83,6 +83,9 @@ class KiteOHLCMagics(Magics):
         warm = m.cfg.warm_start
         if args.no_warm_start:  # for this start only (decided while it runs)
             m.cfg.warm_start = "off"
+        live = not (args.tape or args.source in ("replay", "redis") or wants_store(args.source, args.tape, start, end))
+        if live:  # a Kite or simulator feed: kiteconnect's imports, which %load_ext's thread makes
+            prewarm.wait(None)
         try:
             if wants_store(args.source, args.tape, start, end):  # a range of the tick store
                 info = start_from_store(m, symbols, list(args.timeframes), start, end, args.speed)
@@ -232,25 +235,6 @@ class KiteOHLCMagics(Magics):
 
 # -- extension entry points
 _STATE: dict[str, Any] = {}
-# what a first %ohlc_stream and the frame it shows would import: loaded on a thread of its own at
-# %load_ext, while the user types the next cell (~0.3 s of pandas, ~0.2 s of the rest), in the
-# order the stream imports them (a thread importing in another order could meet this one's
-# module locks the other way round)
-PREWARM = ("kiteohlc_lab.api", "pyarrow.parquet", "pyarrow.csv", "redis", "pandas")
-
-
-def _prewarm() -> None:
-    import importlib
-    import threading
-
-    def run() -> None:
-        for name in PREWARM:
-            try:
-                importlib.import_module(name)
-            except Exception:  # noqa: BLE001 - the real import says why, where it is needed
-                pass
-
-    threading.Thread(target=run, name="kiteohlc-prewarm", daemon=True).start()
 
 
 def _register_figure_png(ip: Any) -> None:
@@ -310,7 +294,7 @@ def load_ipython_extension(ip: Any) -> None:
     ip.register_magics(ReconcileMagics(ip, magics))
     ip.events.register("post_run_cell", magics.check_errors)
     _register_figure_png(ip)
-    _prewarm()
+    prewarm.start()
     if not _STATE.get("atexit"):
         atexit.register(shutdown)
         _STATE["atexit"] = True
