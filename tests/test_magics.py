@@ -335,3 +335,40 @@ def test_real_replay_of_every_instrument_shows_the_first_one(real_shell, small_t
     html = live._repr_html_()
     assert live.symbol in html and len(live) >= 70
     pd.testing.assert_frame_equal(live.df, kiteohlc_lab.candles(live.symbol, "5m"))
+
+
+def test_prewarm_wait_returns_once_the_thread_passed_the_module_asked_for(tmp_path, monkeypatch):
+    """``Prewarm.wait(name)`` returns when the thread has imported ``name`` (not before), whatever
+    comes after it; ``wait(None)`` when it imported everything; an import that fails counts as done
+    (the magic's own import says why)."""
+    import sys
+    import threading
+
+    from kiteohlc_lab.notebook.prewarm import Prewarm
+
+    gate = type(sys)("kohlc_gate")
+    gate.started = {k: threading.Event() for k in "ab"}
+    gate.release = {k: threading.Event() for k in "ab"}
+    monkeypatch.setitem(sys.modules, "kohlc_gate", gate)
+    for k in "ab":
+        (tmp_path / f"kohlc_warm_{k}.py").write_text(
+            f"import kohlc_gate\nkohlc_gate.started[{k!r}].set()\nkohlc_gate.release[{k!r}].wait(30)\n")
+    (tmp_path / "kohlc_warm_bad.py").write_text("raise ImportError('not here')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    p = Prewarm(("kohlc_warm_a", "kohlc_warm_bad", "kohlc_warm_b"))
+    try:
+        assert gate.started["a"].wait(10)
+        assert not p.wait("kohlc_warm_a", timeout=0.05)  # still importing it
+        gate.release["a"].set()
+        assert p.wait("kohlc_warm_a", timeout=10)
+        assert p.wait("kohlc_warm_bad", timeout=10)  # failed: done all the same
+        assert gate.started["b"].wait(10)
+        assert not p.wait(None, timeout=0.05)
+    finally:
+        gate.release["a"].set()
+        gate.release["b"].set()
+    assert p.wait(None, timeout=10)
+    p.thread.join(10)
+    assert "kohlc_warm_b" in sys.modules
+    for k in ("kohlc_warm_a", "kohlc_warm_b"):
+        sys.modules.pop(k, None)
