@@ -372,3 +372,30 @@ def test_prewarm_wait_returns_once_the_thread_passed_the_module_asked_for(tmp_pa
     assert "kohlc_warm_b" in sys.modules
     for k in ("kohlc_warm_a", "kohlc_warm_b"):
         sys.modules.pop(k, None)
+
+
+def test_magics_wait_for_the_import_thread_a_live_stream_for_all_of_it(real_shell, small_tape, monkeypatch):
+    """Every magic first waits for %load_ext's import thread up to pandas; a live stream (Kite or
+    the simulator) for the whole of it (kiteconnect's modules), a replay not."""
+    import kiteohlc_lab
+    from kiteohlc_lab.notebook import prewarm
+
+    asked = []
+
+    class Recorder:
+        thread = None
+
+        def wait(self, upto=None, timeout=120.0):
+            asked.append(upto)
+            return True
+
+    monkeypatch.setattr(prewarm, "_CURRENT", Recorder())
+    real_shell.run_line_magic("ohlc_stream", f"ALL 5m --source replay --tape {small_tape}")
+    assert kiteohlc_lab.wait(timeout=30)
+    assert asked == ["pandas"]
+    asked.clear()
+    monkeypatch.delenv("KITE_API_KEY", raising=False)
+    monkeypatch.delenv("KITE_ACCESS_TOKEN", raising=False)
+    with pytest.raises(UsageError, match="no Kite credentials"):  # before the feed would start
+        real_shell.run_line_magic("ohlc_stream", "NIFTY 5m --source kite")
+    assert asked == ["pandas", None]
