@@ -339,8 +339,8 @@ def test_real_replay_of_every_instrument_shows_the_first_one(real_shell, small_t
 
 def test_prewarm_wait_returns_once_the_thread_passed_the_module_asked_for(tmp_path, monkeypatch):
     """``Prewarm.wait(name)`` returns when the thread has imported ``name`` (not before), whatever
-    comes after it; ``wait(None)`` when it imported everything; an import that fails counts as done
-    (the magic's own import says why)."""
+    comes after it; ``wait(None)`` when it imported everything and ran the full garbage collection
+    its imports made due; an import that fails counts as done (the magic's own import says why)."""
     import sys
     import threading
 
@@ -355,6 +355,12 @@ def test_prewarm_wait_returns_once_the_thread_passed_the_module_asked_for(tmp_pa
             f"import kohlc_gate\nkohlc_gate.started[{k!r}].set()\nkohlc_gate.release[{k!r}].wait(30)\n")
     (tmp_path / "kohlc_warm_bad.py").write_text("raise ImportError('not here')\n")
     monkeypatch.syspath_prepend(str(tmp_path))
+    import gc
+
+    full = []  # the full collection it ends with, on its own thread (not in the user's next cell)
+    record = lambda phase, info: phase == "stop" and info["generation"] == 2 and full.append(  # noqa: E731
+        threading.current_thread().name)
+    gc.callbacks.append(record)
     p = Prewarm(("kohlc_warm_a", "kohlc_warm_bad", "kohlc_warm_b"))
     try:
         assert gate.started["a"].wait(10)
@@ -369,6 +375,8 @@ def test_prewarm_wait_returns_once_the_thread_passed_the_module_asked_for(tmp_pa
         gate.release["b"].set()
     assert p.wait(None, timeout=10)
     p.thread.join(10)
+    gc.callbacks.remove(record)
+    assert "kiteohlc-prewarm" in full
     assert "kohlc_warm_b" in sys.modules
     for k in ("kohlc_warm_a", "kohlc_warm_b"):
         sys.modules.pop(k, None)
