@@ -109,15 +109,20 @@ print(shutdown_embedded(sys.argv[1]) or type(sys.modules["psutil"]).__name__)
 """
 
 
+def _last_lines(code: str, data_dir: Path, n: int) -> list[str]:
+    """The last ``n`` lines a fresh interpreter running ``code`` with ``data_dir`` printed."""
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    out = subprocess.run([sys.executable, "-c", code, str(data_dir)], env=env,
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    return out.stdout.strip().splitlines()[-n:]
+
+
 def test_embedded_start_defers_psutil_and_names_the_client_library(tmp_path):
     """The embedded server starts without loading psutil (loaded, and working, when the server is
     stopped) and its client carries redis-py's real version, given rather than found by redis-py's
     search of the installed packages' metadata."""
-    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
-    out = subprocess.run([sys.executable, "-c", LIGHT, str(tmp_path / "d")], env=env,
-                         capture_output=True, text=True, timeout=60)
-    assert out.returncode == 0, out.stderr
-    deferred, versions, after = out.stdout.strip().splitlines()[-3:]
+    deferred, versions, after = _last_lines(LIGHT, tmp_path / "d", 3)
     assert deferred == "_OnFirstUse"
     told, real = versions.split()
     assert told == real
@@ -147,11 +152,7 @@ def test_redis_client_starts_without_importlib_metadata_which_loads_whole_on_fir
     start) only to look up its own version, which its clients are given: the module is a
     stand-in until something uses it, then the real one for everybody (``from ... import``, the
     package's attribute, ``find_spec`` meanwhile)."""
-    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
-    out = subprocess.run([sys.executable, "-c", METADATA, str(tmp_path / "d")], env=env,
-                         capture_output=True, text=True, timeout=60)
-    assert out.returncode == 0, out.stderr
-    deferred, spec, used = out.stdout.strip().splitlines()[-3:]
+    deferred, spec, used = _last_lines(METADATA, tmp_path / "d", 3)
     assert deferred == "_OnFirstUse _OnFirstUse"
     assert spec == "importlib.metadata True"
     assert used == "True module True True"
