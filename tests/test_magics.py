@@ -339,8 +339,9 @@ def test_real_replay_of_every_instrument_shows_the_first_one(real_shell, small_t
 
 def test_prewarm_wait_returns_once_the_thread_passed_the_module_asked_for(tmp_path, monkeypatch):
     """``Prewarm.wait(name)`` returns when the thread has imported ``name`` (not before), whatever
-    comes after it; ``wait(None)`` when it imported everything and ran the full garbage collection
-    its imports made due; an import that fails counts as done (the magic's own import says why)."""
+    comes after it; ``wait(None)`` when it imported everything; an import that fails counts as done
+    (the magic's own import says why); the thread then runs the full garbage collection its imports
+    made due."""
     import sys
     import threading
 
@@ -407,3 +408,15 @@ def test_magics_wait_for_the_import_thread_a_live_stream_for_all_of_it(real_shel
     with pytest.raises(UsageError, match="no Kite credentials"):  # before the feed would start
         real_shell.run_line_magic("ohlc_stream", "NIFTY 5m --source kite")
     assert asked == ["pandas", None]
+
+
+def test_a_refused_stream_leaves_warm_start_as_configured(real_shell):
+    """``--no-warm-start`` is for the start it is given with: a start refused for its arguments
+    (``--from`` without ``--source replay``) leaves ``KiteOHLC.warm_start`` as it was."""
+    from kiteohlc_lab import api
+
+    before = api.manager().cfg.warm_start
+    assert before != "off"
+    with pytest.raises(UsageError, match="--from/--to replay a range of the tick store"):
+        real_shell.run_line_magic("ohlc_stream", "NIFTY 5m --from 2026-11-25 --no-warm-start")
+    assert api.manager().cfg.warm_start == before

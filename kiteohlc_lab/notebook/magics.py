@@ -80,14 +80,14 @@ class KiteOHLCMagics(Magics):
         from ..runtime.tickreplay import start_from_store, wants_store
 
         start, end = (None if v is None else v.strip("\"'") for v in (args.start, args.end))  # quoted
+        store = wants_store(args.source, args.tape, start, end)  # a range of the tick store
+        if not (store or args.tape or args.source in ("replay", "redis")):
+            prewarm.wait(None)  # a Kite or simulator feed: kiteconnect's imports, made by %load_ext's thread
         warm = m.cfg.warm_start
         if args.no_warm_start:  # for this start only (decided while it runs)
             m.cfg.warm_start = "off"
-        live = not (args.tape or args.source in ("replay", "redis") or wants_store(args.source, args.tape, start, end))
-        if live:  # a Kite or simulator feed: kiteconnect's imports, which %load_ext's thread makes
-            prewarm.wait(None)
         try:
-            if wants_store(args.source, args.tape, start, end):  # a range of the tick store
+            if store:
                 info = start_from_store(m, symbols, list(args.timeframes), start, end, args.speed)
             else:
                 info = m.start(symbols, list(args.timeframes), source=args.source, tape=args.tape,
