@@ -392,8 +392,6 @@ def test_magics_wait_for_the_import_thread_a_live_stream_for_all_of_it(real_shel
     asked = []
 
     class Recorder:
-        thread = None
-
         def wait(self, upto=None, timeout=120.0):
             asked.append(upto)
             return True

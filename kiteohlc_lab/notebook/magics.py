@@ -81,7 +81,7 @@ class KiteOHLCMagics(Magics):
 
         start, end = (None if v is None else v.strip("\"'") for v in (args.start, args.end))  # quoted
         store = wants_store(args.source, args.tape, start, end)  # a range of the tick store
-        if not (store or args.tape or args.source in ("replay", "redis")):
+        if not args.tape and args.source not in ("replay", "redis"):
             prewarm.wait(None)  # a Kite or simulator feed: kiteconnect's imports, made by %load_ext's thread
         warm = m.cfg.warm_start
         if args.no_warm_start:  # for this start only (decided while it runs)

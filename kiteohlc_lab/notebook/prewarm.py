@@ -70,5 +70,5 @@ def start() -> Prewarm:
 
 def wait(upto: str | None = REPLAY[-1]) -> None:
     """What a magic calls first: the thread's imports up to ``upto`` done (nothing without one)."""
-    if _CURRENT is not None and threading.current_thread() is not _CURRENT.thread:
+    if _CURRENT is not None:
         _CURRENT.wait(upto)
