@@ -203,6 +203,9 @@ class Collector:
         # in Redis; candles replaced only with reconcile_replace)
         self.reconcile, self.reconcile_replace = reconcile, reconcile_replace
         self.reconciler: Any = None
+        # the streams' symbol lists, sorted, as JSON: a beat at thousands of instruments re-sorts
+        # and re-prints them only when a stream's list changed
+        self._streaming: tuple[list[list[str]], list[str], str] = ([], [], "[]")
 
     # -- heartbeat ----------------------------------------------------------------------------
     def entry(self) -> dict:
@@ -223,7 +226,11 @@ class Collector:
         health = "ok" if not problems else "degraded: " + "; ".join(problems)
         if waiting:
             health += f" (standby for {', '.join(waiting)}: leased by another writer)"
-        streaming = sorted({sym for s in streams for sym in s.get("symbols", [])})
+        lists = [s.get("symbols", []) for s in streams]
+        if lists != self._streaming[0]:
+            names = sorted({sym for syms in lists for sym in syms})
+            self._streaming = (lists, names, json.dumps(names, separators=(",", ":")))
+        streaming = list(self._streaming[1])
         return {
             "id": self.id, "host": socket.gethostname(), "pid": os.getpid(),
             "source": self.source, "symbols": streaming, "waiting": waiting,
@@ -236,7 +243,8 @@ class Collector:
 
     def publish(self) -> dict:
         e = self.entry()
-        text = json.dumps(e, separators=(",", ":"))
+        rest = json.dumps({k: v for k, v in e.items() if k != "symbols"}, separators=(",", ":"))
+        text = '{"symbols":' + self._streaming[2] + "," + rest[1:]  # the symbols printed once
         path = _file_for(self.cfg.data_dir, self.id)
         try:
             path.parent.mkdir(parents=True, exist_ok=True)

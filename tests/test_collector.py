@@ -545,3 +545,34 @@ def test_collector_reconcile_option_runs_the_background_check(tmp_path):
     runner.join(10)
     assert not runner.is_alive()
     assert not col.reconciler._thread.is_alive()
+
+
+def test_heartbeat_names_every_streamed_symbol_and_follows_a_new_stream(tmp_path):
+    """The registry entry (file and Redis) is whole JSON naming the symbols streamed, sorted; when
+    the streams change (here a second stream in the same process), the next beat names the new
+    ones too: the symbols' text is printed once and reused only while no stream's list changed."""
+    from kiteohlc_lab.collector import Collector, list_collectors
+    from kiteohlc_lab.config import from_sources
+
+    cfg = from_sources(env={}, dotenv={}, flags={"data_dir": str(tmp_path / "d")})
+    col = Collector(cfg, "RELIANCE,NIFTY", ["1m"], source="sim", heartbeat=0.1)
+    runner = threading.Thread(target=col.run, kwargs={"install_signals": False}, daemon=True)
+    runner.start()
+    try:
+        def beat(symbols):
+            found = [e for e in list_collectors(cfg) if e["pid"] == os.getpid()]
+            return found if found and found[0]["symbols"] == symbols else None
+
+        first = wait_for(lambda: beat(["NIFTY", "RELIANCE"]), 30, "the first heartbeat")[0]
+        assert first["tfs"] == ["1m"] and first["source"] == "sim" and "expires" in first
+        published = json.loads((tmp_path / "d" / "collectors").glob("*.json").__next__().read_text())
+        assert set(published) == set(col.entry()) and published["symbols"] == ["NIFTY", "RELIANCE"]
+        col.manager.start("INFY", ["1m"], source="sim")
+        wait_for(lambda: beat(["INFY", "NIFTY", "RELIANCE"]), 10, "a beat naming the new stream's symbol")
+        e = col.entry()
+        e["symbols"].append("MUTATED")  # a caller's copy: the next beat is not changed by it
+        assert col.entry()["symbols"] == ["INFY", "NIFTY", "RELIANCE"]
+    finally:
+        col.stop_event.set()
+        runner.join(15)
+    assert not runner.is_alive()
