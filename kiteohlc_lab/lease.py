@@ -315,8 +315,10 @@ class LeaseKeeper:
         the tokens lost (``on_lost`` was called with them)."""
         with self._lock:
             if self.wanted is not None:
-                want = {int(t) for t in self.wanted()}
-                drop = [t for t in self.tokens if t not in want]
+                want = self.wanted()  # a set of ints (written_tokens) is taken as it is
+                if not isinstance(want, (set, frozenset)):
+                    want = {int(t) for t in want}
+                drop = list(self.tokens - want)
                 if drop:
                     self.release(drop)
                 if self.pending - want:
@@ -445,7 +447,7 @@ def written_tokens(manager: Any) -> set[int]:
     out: set[int] = set()
     for s in list(manager.streams.values()):
         if s.alive:
-            out.update(int(t) for t in s.written_tokens())
+            out.update(map(int, s.written_tokens()))
     return out
 
 

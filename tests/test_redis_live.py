@@ -124,6 +124,32 @@ def test_one_round_trip_per_write(live):
     assert CountingConnection.sends == before
 
 
+@pytest.mark.parametrize("live", ["server"], indirect=True)  # sends are counted on the TCP client
+def test_a_close_of_thousands_goes_a_script_a_round_trip_then_the_state(live):
+    """More than CLOSED_PIPELINED closed-candle scripts are sent one a round trip (the server runs a
+    pipeline's scripts back to back: a reader woken by the first would wait behind them all), the
+    state after them in one more (after the close pause, when one is set); every candle arrives."""
+    from kiteohlc_lab.stores.redis_live import CLOSED_CHUNK, CLOSED_PIPELINED, RedisLive
+
+    n = CLOSED_CHUNK * (CLOSED_PIPELINED + 1) // 3 + 1  # instruments, three closed candles each
+    forming, closed, states = _engine_batch(tokens=tuple(range(1, n + 1)), tfs=("1m",))
+    calls = -(-sum(len(b) for b in closed) // CLOSED_CHUNK)
+    assert calls > CLOSED_PIPELINED
+    live.write(forming, closed, states)  # warm the connection (and load the scripts)
+    for pause in (0.0, 0.05):
+        store = RedisLive(live.client, prefix=f"{live.prefix}p{pause}:")
+        store.set_close_pause(pause)
+        before, t = CountingConnection.sends, time.perf_counter()
+        store.write(forming, closed, states)
+        assert CountingConnection.sends - before == calls + 1
+        assert time.perf_counter() - t >= pause
+        assert all(store.client.xlen(store.key(tok, "closed", "1m")) == 3 for tok in range(1, n + 1))
+        before = CountingConnection.sends
+        store.write([], closed, {})  # closed candles only: no round trip for a state
+        assert CountingConnection.sends - before == calls
+        store.delete_all()
+
+
 def test_forming_updates_are_published(live):
     ps = live.client.pubsub()
     ps.subscribe(live.forming_channel)
@@ -290,10 +316,16 @@ def test_closed_candles_reach_the_streams_as_the_writer_printed_them(live):
                             amended)
     starts = T0 + np.arange(m, dtype=np.int64) * 5 * MIN
     many = CandleBatch("5m", toks, starts, *cols[::-1], np.full(m, 7, np.int64), True, ~amended)
-    calls = _closed_calls([one_start, many], None, CLOSED_CHUNK)
+    calls = _closed_calls([many, one_start], None, CLOSED_CHUNK)
     assert [sum(g["m"] for g in h) for h, _ in calls][:-1] == [CLOSED_CHUNK] * (len(calls) - 1)
-    assert len(calls) >= 2 and sum(len(t) for _, t in calls) == 2 * m * 11
-    live.write([], [one_start, many], {})
+    assert len(calls) >= 2 and all(len(cols) == 11 for _, cols in calls)
+    # a column that every candle of a call shares travels once ("=" and its text), the others as
+    # the candles' texts joined by spaces; the last call holds only the one-start batch's tail
+    for header, sent in calls:
+        n = sum(g["m"] for g in header)
+        assert all(c.startswith("=") or len(c.split(" ")) == n for c in sent) and sent[10] == "=-1"
+    assert calls[0][1][1].count(" ") and calls[-1][1][1] == f"={T0}" and len(calls[-1][0]) == 1
+    live.write([], [many, one_start], {})
     names = ("open", "high", "low", "close", "volume", "oi")
     for b, columns in ((one_start, cols), (many, cols[::-1])):
         got = {}
