@@ -18,6 +18,9 @@
   (default: one per core) spinning on the CPU as a researcher's heavy notebook would, started between
   the windows and stopped after (``--load 0``: the idle window only). A candle counts in the window in
   which its reader's ``candles()`` showed it.
+- Baseline (the ratio to print): once the collector has stopped, the same simulator streams to the
+  stock ``KiteTicker`` of kiteconnect (its own parser, three connections) feeding a dict aggregator of
+  10s and 1m candles that stores nothing, for one idle window (``--no-baseline``: skip it).
 """
 
 from __future__ import annotations
@@ -49,6 +52,45 @@ def _run_sim(n: int, q, stop) -> None:
     while not stop.wait(0.5):
         q.put(("stats", len(sim._clients), sim.max_seen_connections))
     sim.stop()
+
+
+def _stock(ticker_url: str, tokens: list[int], counter, stop) -> None:
+    """The baseline: kiteconnect's stock ``KiteTicker`` (its own parser: a dict per tick), one per
+    3000 instruments in full mode on one Twisted reactor, and the aggregator a researcher writes in a
+    few lines: each tick updates its instrument's forming 10s and 1m candle in a dict (OHLC, volume
+    from the cumulative volume). It stores nothing and serves no reader: all it does is a part of
+    what the collector does."""
+    import threading
+
+    from kiteconnect import KiteTicker
+    from twisted.internet import reactor
+
+    forming: dict[tuple[int, int], list] = {}
+
+    def on_ticks(ws, ticks) -> None:
+        for t in ticks:
+            tok, px, vol = t["instrument_token"], t["last_price"], t.get("volume_traded", 0)
+            stamp = t.get("exchange_timestamp")
+            sec = stamp.timestamp() if stamp is not None else time.time()
+            for tf in (10, 60):
+                start = sec - sec % tf
+                c = forming.get((tok, tf))
+                if c is None or c[0] != start:
+                    forming[(tok, tf)] = [start, px, px, px, px, vol, vol]
+                else:
+                    c[2], c[3], c[4], c[6] = max(c[2], px), min(c[3], px), px, vol
+        with counter.get_lock():
+            counter.value += len(ticks)
+
+    threading.Thread(target=reactor.run, kwargs={"installSignalHandlers": False}, daemon=True).start()
+    for i in range(0, len(tokens), 3000):
+        chunk = tokens[i:i + 3000]
+        kt = KiteTicker("bench", "bench-token-secret", root=ticker_url)
+        kt.on_ticks = on_ticks
+        kt.on_connect = lambda ws, resp, chunk=chunk: (ws.subscribe(chunk), ws.set_mode(ws.MODE_FULL, chunk))
+        reactor.callFromThread(kt.connect)  # on the reactor's thread: connect() does not run it again
+    stop.wait()
+    reactor.callFromThread(reactor.stop)
 
 
 def _burn(stop) -> None:
@@ -126,6 +168,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--poll", type=float, default=0.0,
                     help="seconds between a reader's version checks; 0 (default): push (on_candle)")
     ap.add_argument("--redis-url", default="redis://127.0.0.1:6379/0")
+    ap.add_argument("--no-baseline", dest="baseline", action="store_false",
+                    help="skip the stock KiteTicker + dict aggregator window after the collector's")
     ap.add_argument("--load", type=int, default=-1,
                     help="CPU-spinning processes in the second window (default: one per core; 0: no loaded window)")
     args = ap.parse_args(argv)
@@ -203,6 +247,27 @@ def main(argv: list[str] | None = None) -> int:
 
         entry = next((_json.loads(v) for v in r.mget(list(r.scan_iter(match=f"{prefix}collector:*")))
                       if v), {})
+        coll.terminate()  # the baseline gets the simulator (and the machine) to itself
+        coll.wait(10)
+        stock = None
+        if args.baseline:
+            counter, stock_stop = ctx.Value("q", 0), ctx.Event()
+            sp = ctx.Process(target=_stock, args=(ticker_url, [int(t) for t in tokens], counter, stock_stop),
+                             daemon=True)
+            sp.start()
+            deadline = time.monotonic() + 60
+            while counter.value < 3 * len(tokens) and time.monotonic() < deadline:
+                time.sleep(0.2)
+            time.sleep(min(args.warmup, 3.0))
+            sproc = psutil.Process(sp.pid)
+            sproc.cpu_percent(None)
+            n0, t0 = counter.value, time.monotonic()
+            time.sleep(args.seconds)
+            stock = (sproc.cpu_percent(None), (counter.value - n0) / (time.monotonic() - t0))
+            stock_stop.set()
+            sp.join(10)
+            if sp.is_alive():
+                sp.terminate()
         print(f"instruments {args.instruments}, simulator connections now/max {conns}, "
               f"windows of {args.seconds:.0f} s")
         print(f"collector: ticks/s {entry.get('ticks_per_s')}, health {entry.get('health')!r}")
@@ -214,6 +279,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"[{name}] close -> reader candles() latency over {int(np.isfinite(a).sum())} candles, "
                   f"{args.readers} readers: p50 {np.nanpercentile(a, 50):.1f} ms, "
                   f"p99 {np.nanpercentile(a, 99):.1f} ms, max {np.nanmax(a):.1f} ms")
+        if stock is not None:
+            idle_cpu = windows[0][3]
+            print(f"[baseline, idle] stock KiteTicker + dict aggregator (stores nothing): CPU {stock[0]:.1f}% "
+                  f"of one core at {stock[1]:,.0f} ticks/s; the collector uses x{idle_cpu / stock[0]:.2f} of it "
+                  f"(and stores every candle in Redis and SQLite, serving {args.readers} readers)")
         return 0
     finally:
         for p in readers:
@@ -223,7 +293,8 @@ def main(argv: list[str] | None = None) -> int:
         for b in burners:
             if b.is_alive():
                 b.terminate()
-        coll.terminate()
+        if coll.poll() is None:
+            coll.terminate()
         try:
             rc = coll.wait(10)
             print(f"collector exit code on SIGTERM: {rc}")

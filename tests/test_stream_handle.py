@@ -69,3 +69,22 @@ def test_own_and_attached_streams_implement_the_whole_protocol():
     assert att.call(lambda: 7) == 7 and own.call(lambda: 8) == 8  # not started: inline
     att.unsubscribe([1])
     assert att.tokens == []
+
+
+def test_status_names_the_symbols_of_the_instruments_followed_now():
+    """A stream's status lists its instruments' symbols (token order); after subscribe and
+    unsubscribe the next status names exactly the instruments then followed (the list is kept
+    between calls, so a change must be seen), and a caller's copy does not change the next one."""
+    own = Stream("own", Src(), Engine(["1m"]), [1, 2], listener=Quiet(), symbols={1: "NIFTY", 2: "INFY"})
+    assert own.status()["symbols"] == ["NIFTY", "INFY"]
+    own.status()["symbols"].append("MUTATED")
+    assert own.status()["symbols"] == ["NIFTY", "INFY"]
+    own.subscribe([3], {3: "TCS"})  # not started: inline
+    assert own.status()["symbols"] == ["NIFTY", "INFY", "TCS"]
+    own.unsubscribe([1])
+    assert own.status()["symbols"] == ["INFY", "TCS"]
+    own.unsubscribe([2])
+    own.subscribe([4], {4: "SBIN"})  # as many instruments as before, other ones
+    assert own.status()["symbols"] == ["TCS", "SBIN"]
+    own.subscribe([3], {3: "TCS-EQ"})  # followed already, named anew: the same count
+    assert own.status()["symbols"] == ["TCS-EQ", "SBIN"]

@@ -70,6 +70,7 @@ class Stream:
         self.engine = engine
         self.tokens = list(tokens)
         self.symbols = dict(symbols or {})
+        self._names: list[str] | None = None  # the tokens' symbols (status), until they change
         self.listener = listener
         self.state = "starting"
         self.error: str | None = None
@@ -227,6 +228,7 @@ class Stream:
         new = [t for t in tokens if t not in self.tokens]
         self.tokens.extend(new)
         self.symbols.update(symbols or {})
+        self._names = None
         if new:
             self.source.subscribe(new)
 
@@ -237,6 +239,7 @@ class Stream:
     def _unsubscribe(self, tokens: list[int]) -> None:
         drop = {int(t) for t in tokens}
         self.tokens = [t for t in self.tokens if t not in drop]
+        self._names = None
         unsub = getattr(self.source, "unsubscribe", None)
         if unsub is not None:
             unsub(sorted(drop))
@@ -433,6 +436,14 @@ class Stream:
         self.state = "failed"
         self._record_error(message)
 
+    def symbol_names(self) -> list[str]:
+        """The instruments' symbols in token order (made again only after a (un)subscribe: a
+        collector's status at thousands of instruments, every second)."""
+        names = self._names
+        if names is None or len(names) != len(self.tokens):
+            names = self._names = [self.symbols.get(t, str(t)) for t in self.tokens]
+        return names
+
     def status(self) -> dict:
         src: dict[str, Any] = {}
         try:
@@ -451,7 +462,7 @@ class Stream:
             "stream": self.name,
             "source": self.source_name,
             "state": state,
-            "symbols": [self.symbols.get(t, str(t)) for t in self.tokens],
+            "symbols": list(self.symbol_names()),
             "timeframes": [t.label for t in self.engine.timeframes],
             "ticks": self.stats.ticks,
             "ticks_per_s": round(self.stats.current_rate(), 1),
