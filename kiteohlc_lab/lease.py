@@ -216,6 +216,9 @@ class LeaseKeeper:
         # what renew() sends, remade when ``version`` changes: (version, tokens, generations, packed)
         self._renewal: tuple[int, list[int], list[int], list[str]] = (-1, [], [], [])
         self._lock = threading.RLock()
+        # held by a renewal from its snapshot of the leases to its script's answer, and by a
+        # release: a renewal in flight would otherwise set again a lease just given back
+        self._io = threading.RLock()
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
@@ -313,6 +316,28 @@ class LeaseKeeper:
     def renew(self) -> list[int]:
         """Renew every lease held (releasing the unwanted ones), retry the pending ones; returns
         the tokens lost (``on_lost`` was called with them)."""
+        with self._io:
+            lost = self._renew_held()
+        if self.pending:
+            try:
+                self._retry_pending()
+            except Exception as exc:  # noqa: BLE001 - Redis still down: retried next period
+                log.debug("pending leases not acquired yet: %s", exc)
+        with self._lock:
+            lost += [t for t in self._lost_queue if t not in lost]
+            self._lost_queue = []
+        if lost:
+            text = ", ".join(map(str, lost[:10]))
+            if self.on_lost is not None:
+                log.debug("lost the lease of %d instrument(s) to another writer: %s", len(lost), text)
+                self.on_lost(lost)
+            else:
+                log.warning("lost the lease of %d instrument(s) to another writer: %s", len(lost), text)
+        return lost
+
+    def _renew_held(self) -> list[int]:
+        """The renewal's script over the leases held (the unwanted released first); the tokens
+        found lost."""
         with self._lock:
             if self.wanted is not None:
                 want = self.wanted()  # a set of ints (written_tokens) is taken as it is
@@ -349,25 +374,14 @@ class LeaseKeeper:
                 with self._lock:
                     self.tokens.difference_update(lost)
                     self.version += 1
-        if self.pending:
-            try:
-                self._retry_pending()
-            except Exception as exc:  # noqa: BLE001 - Redis still down: retried next period
-                log.debug("pending leases not acquired yet: %s", exc)
-        with self._lock:
-            lost += [t for t in self._lost_queue if t not in lost]
-            self._lost_queue = []
-        if lost:
-            text = ", ".join(map(str, lost[:10]))
-            if self.on_lost is not None:
-                log.debug("lost the lease of %d instrument(s) to another writer: %s", len(lost), text)
-                self.on_lost(lost)
-            else:
-                log.warning("lost the lease of %d instrument(s) to another writer: %s", len(lost), text)
         return lost
 
     def release(self, tokens: Iterable[int] | None = None) -> None:
         """Give leases back now (only where we still own them)."""
+        with self._io:
+            self._release(tokens)
+
+    def _release(self, tokens: Iterable[int] | None) -> None:
         with self._lock:
             toks = sorted(self.tokens if tokens is None else {int(t) for t in tokens} & self.tokens)
             self.tokens.difference_update(toks)

@@ -91,6 +91,48 @@ def test_lease_acquire_held_renew_release(client, prefix):
     assert a.holders([1, 3]) == {1: None, 3: None}
 
 
+def test_a_lease_given_back_stays_free_while_renewals_run(prefix):
+    """release() waits for a renewal in flight: a renewal that had read the leases before the
+    release would otherwise set the lease again (for a TTL) right after it was given back. The
+    renewal is held between its reading of the leases and its script by the client it sends with
+    (a real client: its pipeline() waits at a gate on the renewing thread)."""
+    import threading
+
+    import redis
+
+    at_gate, gate = threading.Event(), threading.Event()
+
+    class Gated(redis.Redis):
+        def pipeline(self, *args, **kwargs):
+            if threading.current_thread().name == "renewing":
+                at_gate.set()
+                gate.wait(10)
+            return super().pipeline(*args, **kwargs)
+
+    r = Gated(host="127.0.0.1", port=6379)
+    a, other = LeaseKeeper(r, prefix, ttl=5.0), LeaseKeeper(r, prefix, ttl=5.0)
+    try:
+        assert a.acquire([1, 2]) == ([1, 2], {})
+        renewing = threading.Thread(target=a.renew, name="renewing", daemon=True)
+        renewing.start()
+        assert at_gate.wait(10)  # the renewal has its list of leases (1 and 2) and waits to send
+        releasing = threading.Thread(target=a.release, args=([2],), daemon=True)
+        releasing.start()
+        releasing.join(0.5)
+        waited = releasing.is_alive()  # the release waits for the renewal in flight
+        gate.set()
+        renewing.join(10)
+        releasing.join(10)
+        assert a.holders([2]) == {2: None} and a.holders([1]) == {1: a.owner}
+        assert waited
+        assert other.acquire([2]) == ([2], {})  # free for another writer at once
+    finally:
+        gate.set()
+        a.stop()
+        other.stop()
+        r.close()
+
+
 def test_lease_expires_when_holder_stops_renewing(client, prefix):
     a = LeaseKeeper(client, prefix, ttl=0.3)
     b = LeaseKeeper(client, prefix, ttl=0.3)

@@ -304,7 +304,8 @@ def test_closed_candles_reach_the_streams_as_the_writer_printed_them(live):
     """The closed-candle script appends the strings RedisLive made: every value in every column
     (including -0.0, inf, NaN, whole floats, a constant start and a fenced/unfenced mix) reads
     back as Python prints it, in more than one call of CLOSED_CHUNK candles, over two timeframes."""
-    from kiteohlc_lab.stores.redis_live import CLOSED_CHUNK, _closed_calls
+    from kiteohlc_lab.stores.redis_live import CLOSED_CHUNK
+    from kiteohlc_lab.stores.redis_lua import closed_calls
 
     vals = np.concatenate([[-0.0, 0.0, np.inf, -np.inf, np.nan, 1e16, 1e15, 123.0, 0.1, 2.675],
                            _numbers(5, 120)])
@@ -316,7 +317,7 @@ def test_closed_candles_reach_the_streams_as_the_writer_printed_them(live):
                             amended)
     starts = T0 + np.arange(m, dtype=np.int64) * 5 * MIN
     many = CandleBatch("5m", toks, starts, *cols[::-1], np.full(m, 7, np.int64), True, ~amended)
-    calls = _closed_calls([many, one_start], None, CLOSED_CHUNK)
+    calls = closed_calls([many, one_start], None, CLOSED_CHUNK)
     assert [sum(g["m"] for g in h) for h, _ in calls][:-1] == [CLOSED_CHUNK] * (len(calls) - 1)
     assert len(calls) >= 2 and all(len(cols) == 11 for _, cols in calls)
     # a column that every candle of a call shares travels once ("=" and its text), the others as

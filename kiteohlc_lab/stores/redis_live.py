@@ -23,16 +23,14 @@ import hashlib
 import json
 import logging
 import time
-from itertools import chain
 from typing import Any
 
 import numpy as np
 
 from ..core.candles import Candle, CandleBatch
 from ..core.state import StateColumns
-from ..core.ticks import lookup
 from . import keys
-from .redis_lua import CLOSED_LUA, CLOSED_TEXT, WRITE_LUA, evalsha_pipelined, is_cluster
+from .redis_lua import CLOSED_LUA, WRITE_LUA, closed_calls, evalsha_pipelined, generations, is_cluster
 
 log = logging.getLogger("kiteohlc_lab.stores")
 
@@ -136,70 +134,6 @@ def _rows(*cols: Any) -> np.ndarray:
     out = np.empty((len(cols[0]), len(cols)), "<f8")
     for j, c in enumerate(cols):
         out[:, j] = c
-    return out
-
-
-def _gens(fence: tuple[np.ndarray, np.ndarray] | None, tokens: np.ndarray) -> np.ndarray:
-    """The writer's lease generation of each token (-1: not fenced: no fence, or not in it)."""
-    if fence is None or not len(fence[0]):
-        return np.full(len(tokens), -1.0)
-    toks, gens = fence
-    at, held = lookup(toks, tokens)
-    return np.where(held, gens[at], -1.0)
-
-
-def _texts(col: np.ndarray, integer: bool = False) -> list[str]:
-    """Python's text of each value (``repr`` of a float, ``str`` of an int: what a reader's
-    ``float()``/``int()`` read back exactly); a column of one value (a close's start, no oi, no
-    amendment, no fence) is printed once."""
-    n = len(col)
-    if integer:
-        vals = np.asarray(col).astype(np.int64, copy=False)
-        if n and vals.min() == vals.max():
-            return [str(int(vals[0]))] * n
-        return list(map(str, vals.tolist()))
-    if n and np.isnan(col).all():
-        return ["nan"] * n
-    return list(map(repr, np.asarray(col, np.float64).tolist()))
-
-
-def _closed_calls(closed: list[CandleBatch], fence: tuple[np.ndarray, np.ndarray] | None,
-                  size: int) -> list[tuple[list[dict], list[str]]]:
-    """Closed candles cut into calls of at most ``size`` candles: (header [{tf, m}], CLOSED_TEXT's
-    columns: each the call's texts of that value joined by spaces, or "=" and the one text all its
-    candles share)."""
-    out: list[tuple[list[dict], list[str]]] = []
-    header: list[dict] = []
-    parts: list[list[list[str]]] = []  # per batch slice of the call: its eleven columns
-    room = size
-
-    def flush() -> None:
-        columns = []
-        for j in range(len(CLOSED_TEXT)):
-            texts = parts[0][j] if len(parts) == 1 else list(chain.from_iterable(p[j] for p in parts))
-            first = texts[0]
-            columns.append("=" + first if texts.count(first) == len(texts) else " ".join(texts))
-        out.append((header, columns))
-
-    for b in closed:
-        if not len(b):
-            continue
-        amended = b.amended if b.amended is not None else np.zeros(len(b), bool)
-        cols = (_texts(b.token, True), _texts(b.start, True), _texts(b.open), _texts(b.high),
-                _texts(b.low), _texts(b.close), _texts(b.volume), _texts(b.oi), _texts(b.ticks, True),
-                _texts(amended, True), _texts(_gens(fence, b.token), True))
-        a = 0
-        while a < len(b):
-            z = min(len(b), a + room)
-            header.append({"tf": b.tf, "m": z - a})
-            parts.append([c[a:z] for c in cols])
-            room -= z - a
-            a = z
-            if not room:
-                flush()
-                header, parts, room = [], [], size
-    if header:
-        flush()
     return out
 
 
@@ -374,7 +308,7 @@ class RedisLive:
         formats them); per-token state dicts (a spooled write) as JSON."""
         fence = self._fence_gens()
         calls: list[tuple[Any, list]] = []
-        for header, columns in _closed_calls(closed, fence, CLOSED_CHUNK):
+        for header, columns in closed_calls(closed, fence, CLOSED_CHUNK):
             calls.append((_CLOSED_SHA, [self.prefix, STREAM_MAXLEN,
                                         json.dumps(header, separators=(",", ":")), *columns]))
         n_closed = len(calls)
@@ -383,7 +317,7 @@ class RedisLive:
         if isinstance(states, StateColumns):  # the engine's columns (core.state)
             n = len(states.tokens)
             inst = _rows(states.tokens, states.prev, states.segmax, states.day, *_split_ns(states.prev_ts),
-                         _gens(fence, states.tokens))
+                         generations(fence, states.tokens))
             forms = {}
             for tf, f in states.forming.items():
                 if len(f["index"]):

@@ -1,8 +1,8 @@
 """The live store's write scripts (Lua, run by ``RedisLive.write`` on a single server).
 
-``CLOSED_LUA`` appends closed candles to their streams; ``WRITE_LUA`` writes the forming hashes, the
-last-price hashes and the engine state blobs of many instruments. ``RedisLive.write`` sends the
-closed candles first, in the same pipeline: a reader blocked on a stream is answered when that
+``CLOSED_LUA`` appends closed candles to their streams (``closed_calls`` makes its arguments);
+``WRITE_LUA`` writes the forming hashes, the last-price hashes and the engine state blobs of many
+instruments. ``RedisLive.write`` sends the closed candles first: a reader blocked on a stream is answered when that
 short script ends, not after the state of thousands of instruments. The state blob's JSON is made
 from ``core.state``'s field names (below), the keys follow ``stores/keys.py``.
 
@@ -19,9 +19,14 @@ both scripts return the tokens refused.
 
 from __future__ import annotations
 
+from itertools import chain
 from typing import Any
 
+import numpy as np
+
+from ..core.candles import CandleBatch
 from ..core.state import CANDLE_FIELDS, STATE_FIELDS, VOLUME_FIELDS
+from ..core.ticks import lookup
 from . import keys
 
 # A closed candle's strings (CLOSED_LUA), made by redis_live.py: Python's text of each value; the
@@ -262,6 +267,71 @@ def _fill(lua: str) -> str:
 
 WRITE_LUA = _fill(_WRITE_LUA)
 CLOSED_LUA = _fill(_CLOSED_LUA)
+
+
+# -- what the scripts are given (made by RedisLive) -----------------------------------------
+def generations(fence: tuple[np.ndarray, np.ndarray] | None, tokens: np.ndarray) -> np.ndarray:
+    """The writer's lease generation of each token (-1: not fenced: no fence, or not in it)."""
+    if fence is None or not len(fence[0]):
+        return np.full(len(tokens), -1.0)
+    toks, gens = fence
+    at, held = lookup(toks, tokens)
+    return np.where(held, gens[at], -1.0)
+
+
+def texts(col: np.ndarray, integer: bool = False) -> list[str]:
+    """Python's text of each value (``repr`` of a float, ``str`` of an int: what a reader's
+    ``float()``/``int()`` read back exactly); a column of one value (a close's start, no oi, no
+    amendment, no fence) is printed once."""
+    n = len(col)
+    if integer:
+        vals = np.asarray(col).astype(np.int64, copy=False)
+        if n and vals.min() == vals.max():
+            return [str(int(vals[0]))] * n
+        return list(map(str, vals.tolist()))
+    if n and np.isnan(col).all():
+        return ["nan"] * n
+    return list(map(repr, np.asarray(col, np.float64).tolist()))
+
+
+def closed_calls(closed: list[CandleBatch], fence: tuple[np.ndarray, np.ndarray] | None,
+                  size: int) -> list[tuple[list[dict], list[str]]]:
+    """Closed candles cut into calls of at most ``size`` candles: (header [{tf, m}], CLOSED_TEXT's
+    columns: each the call's texts of that value joined by spaces, or "=" and the one text all its
+    candles share)."""
+    out: list[tuple[list[dict], list[str]]] = []
+    header: list[dict] = []
+    parts: list[list[list[str]]] = []  # per batch slice of the call: its eleven columns
+    room = size
+
+    def flush() -> None:
+        columns = []
+        for j in range(len(CLOSED_TEXT)):
+            vals = parts[0][j] if len(parts) == 1 else list(chain.from_iterable(p[j] for p in parts))
+            first = vals[0]
+            columns.append("=" + first if vals.count(first) == len(vals) else " ".join(vals))
+        out.append((header, columns))
+
+    for b in closed:
+        if not len(b):
+            continue
+        amended = b.amended if b.amended is not None else np.zeros(len(b), bool)
+        cols = (texts(b.token, True), texts(b.start, True), texts(b.open), texts(b.high),
+                texts(b.low), texts(b.close), texts(b.volume), texts(b.oi), texts(b.ticks, True),
+                texts(amended, True), texts(generations(fence, b.token), True))
+        a = 0
+        while a < len(b):
+            z = min(len(b), a + room)
+            header.append({"tf": b.tf, "m": z - a})
+            parts.append([c[a:z] for c in cols])
+            room -= z - a
+            a = z
+            if not room:
+                flush()
+                header, parts, room = [], [], size
+    if header:
+        flush()
+    return out
 
 
 def evalsha_pipelined(client: Any, calls: list[tuple], scripts: tuple[str, ...]) -> list:
