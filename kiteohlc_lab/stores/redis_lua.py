@@ -2,16 +2,16 @@
 
 ``CLOSED_LUA`` appends closed candles to their streams (``closed_calls`` makes its arguments);
 ``WRITE_LUA`` writes the forming hashes, the last-price hashes and the engine state blobs of many
-instruments. ``RedisLive.write`` sends the closed candles first: a reader blocked on a stream is answered when that
-short script ends, not after the state of thousands of instruments. The state blob's JSON is made
-from ``core.state``'s field names (below), the keys follow ``stores/keys.py``.
+instruments. ``RedisLive.write`` sends the closed candles first: a reader blocked on a stream is
+answered when that short script ends, not after the state of thousands of instruments. The state
+blob's JSON is made from ``core.state``'s field names (below), the keys follow ``stores/keys.py``.
 
 Closed candles travel as the text their stream entries hold (Python's ``repr`` of each number,
-made by ``RedisLive``, one space-joined column a field: the script only splits and appends). The state's numbers travel as little-endian
-float64 rows (``struct.unpack`` reads one row per call) and are re-printed with the shortest of
-15-17 digits that reads back to the same double (as Python's repr does); candle starts travel in
-seconds and other times as (seconds, nanoseconds), so that epoch nanoseconds never pass through a
-Lua double. Fencing: each candle and row carries the writer's lease generation of its instrument
+made by ``closed_calls``, a column a field joined by spaces: the script only splits and appends).
+The state's numbers travel as little-endian float64 rows (``struct.unpack`` reads one row per
+call) and are re-printed with the shortest of 15-17 digits that reads back to the same double (as
+Python's repr does); candle starts travel in seconds and other times as (seconds, nanoseconds), so
+that epoch nanoseconds never pass through a Lua double. Fencing: each candle and row carries the writer's lease generation of its instrument
 (-1: not fenced); an instrument whose generation is older than its lease's current one
 (``P{T}:lease:gen``, see kiteohlc_lab.lease) is not written at all (a stale writer's late batch);
 both scripts return the tokens refused.
@@ -29,7 +29,7 @@ from ..core.state import CANDLE_FIELDS, STATE_FIELDS, VOLUME_FIELDS
 from ..core.ticks import lookup
 from . import keys
 
-# A closed candle's strings (CLOSED_LUA), made by redis_live.py: Python's text of each value; the
+# A closed candle's strings (CLOSED_LUA), made by closed_calls: Python's text of each value; the
 # lease generation last (-1: not fenced)
 CLOSED_TEXT = ("token", "start", "open", "high", "low", "close", "volume", "oi", "ticks", "amended", "gen")
 # Row layouts of the state (float64 each), shared with redis_live.py
