@@ -439,10 +439,9 @@ class Stream:
     def symbol_names(self) -> list[str]:
         """The instruments' symbols in token order (made again only after a (un)subscribe: a
         collector's status at thousands of instruments, every second)."""
-        names = self._names
-        if names is None or len(names) != len(self.tokens):
-            names = self._names = [self.symbols.get(t, str(t)) for t in self.tokens]
-        return names
+        if self._names is None:
+            self._names = [self.symbols.get(t, str(t)) for t in self.tokens]
+        return self._names
 
     def status(self) -> dict:
         src: dict[str, Any] = {}

@@ -303,15 +303,6 @@ def closed_calls(closed: list[CandleBatch], fence: tuple[np.ndarray, np.ndarray]
     header: list[dict] = []
     parts: list[list[list[str]]] = []  # per batch slice of the call: its eleven columns
     room = size
-
-    def flush() -> None:
-        columns = []
-        for j in range(len(CLOSED_TEXT)):
-            vals = parts[0][j] if len(parts) == 1 else list(chain.from_iterable(p[j] for p in parts))
-            first = vals[0]
-            columns.append("=" + first if vals.count(first) == len(vals) else " ".join(vals))
-        out.append((header, columns))
-
     for b in closed:
         if not len(b):
             continue
@@ -327,11 +318,22 @@ def closed_calls(closed: list[CandleBatch], fence: tuple[np.ndarray, np.ndarray]
             room -= z - a
             a = z
             if not room:
-                flush()
+                out.append((header, _columns(parts)))
                 header, parts, room = [], [], size
     if header:
-        flush()
+        out.append((header, _columns(parts)))
     return out
+
+
+def _columns(parts: list[list[list[str]]]) -> list[str]:
+    """A call's CLOSED_TEXT columns from its batch slices' texts: each joined by spaces, or "="
+    and the one text all its candles share."""
+    columns = []
+    for j in range(len(CLOSED_TEXT)):
+        vals = parts[0][j] if len(parts) == 1 else list(chain.from_iterable(p[j] for p in parts))
+        first = vals[0]
+        columns.append("=" + first if vals.count(first) == len(vals) else " ".join(vals))
+    return columns
 
 
 def evalsha_pipelined(client: Any, calls: list[tuple], scripts: tuple[str, ...]) -> list:
