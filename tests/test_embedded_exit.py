@@ -158,6 +158,40 @@ def test_redis_client_starts_without_importlib_metadata_which_loads_whole_on_fir
     assert used == "True module True True"
 
 
+ASYNCIO = r"""
+import sys, asyncio
+from kiteohlc_lab.stores.embedded import embedded_redis, shutdown_embedded
+c = embedded_redis(sys.argv[1])
+c.ping()
+import redis
+print(type(sys.modules["redis.asyncio"]).__name__, redis.asyncio is sys.modules["redis.asyncio"],
+      "redis.asyncio.client" in sys.modules)
+print(type(redis.asyncio.observability).__name__)  # imported for real under the stand-in
+from redis.asyncio import Redis  # the first use: the real package, everywhere
+async def ping():
+    r = Redis(unix_socket_path=c.socket_file)
+    try:
+        return await r.ping()
+    finally:
+        await r.aclose()
+print(asyncio.run(ping()), type(sys.modules["redis.asyncio"]).__name__,
+      redis.asyncio is sys.modules["redis.asyncio"],
+      redis.asyncio.observability is sys.modules["redis.asyncio.observability"])
+shutdown_embedded(sys.argv[1])
+"""
+
+
+def test_redis_client_starts_without_its_asyncio_client_which_loads_whole_on_first_use(tmp_path):
+    """redis-py's ``import redis`` loads its asyncio client too (a third of the import), which a
+    synchronous client never uses: the package is a stand-in until used, its submodules that the
+    sync client imports load for real beneath it, and the first use gives the real package
+    everywhere, whose async client then talks to the embedded server."""
+    deferred, sub, used = _last_lines(ASYNCIO, tmp_path / "d", 3)
+    assert deferred == "_OnFirstUse True False"
+    assert sub == "module"
+    assert used == "True module True True"
+
+
 CONCURRENT = r"""
 import sys, threading
 from kiteohlc_lab.stores.embedded import _defer_import
