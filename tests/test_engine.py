@@ -131,6 +131,31 @@ def test_index_volume_is_zero_and_oi_is_last_seen():
     assert fut.oi == 5100 and fut.volume == 15
 
 
+def test_a_batch_without_oi_shares_a_read_only_nan_column_and_candles_keep_the_last_oi_seen():
+    """A source without open interest (most tapes) gives its batches one shared read-only NaN
+    column, which the engine takes as all NaN without looking (no gather, no scan); a column of
+    the source's own, NaN in places, is looked at: the last oi seen in a candle is kept across
+    batches with and without it."""
+    from kiteohlc_lab.core.ticks import is_nan_column
+
+    none = TickBatch([FUT, FUT], [ist("2026-11-25 09:15:30"), ist("2026-11-25 09:15:40")],
+                     [24105.0, 24106.0], [20.0, 22.0], None)
+    assert is_nan_column(none.oi) and is_nan_column(none.take(slice(1, 2)).oi)
+    assert not none.oi.flags.writeable and np.isnan(none.oi).all()
+    own = batch([(FUT, "09:15:01", 24100, 10, 5000), (FUT, "09:15:20", 24102, 15)])
+    assert not is_nan_column(own.oi) and not is_nan_column(batch([(FUT, "09:15:01", 1.0)]).oi)
+    e = Engine(["1m", "5m"])
+    out = e.process(own) + e.process(none)
+    out += e.process(TickBatch([FUT], [ist("2026-11-25 09:16:05")], [24107.0], [30.0], None))
+    out += e.process(batch([(FUT, "09:16:10", 24108, 31), (FUT, "09:16:20", 24109, 32, 5300),
+                            (FUT, "09:16:30", 24110, 33)]))
+    out += e.flush()
+    m1 = closed(out, tf="1m", token=FUT)
+    assert [(hhmm(c), c.oi, c.volume) for c in m1] == [("09:15", 5000, 12), ("09:16", 5300, 11)]
+    [m5] = closed(out, tf="5m", token=FUT)
+    assert m5.oi == 5300 and m5.volume == 23
+
+
 def test_all_timeframes_of_an_instrument_update_in_one_pass():
     e = Engine(["1m", "5m", "1h"])
     t0 = ist("2026-11-25 09:15:00")

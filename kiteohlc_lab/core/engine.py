@@ -41,7 +41,7 @@ from .fill import FlatFill
 from .groups import Groups, in_order_pieces, tick_groups
 from .late import amend_late, batch_clock, lateness
 from .state import NONE, Series, StateColumns, alloc_volume, grow_columns
-from .ticks import TickBatch, distinct, lookup, run_starts, token_hash
+from .ticks import TickBatch, distinct, is_nan_column, lookup, nan_column, run_starts, token_hash
 from .timeframes import (
     NS,
     Timeframe,
@@ -260,7 +260,7 @@ class Engine:
         ts = take(batch.ts, order)
         price = take(batch.price, order)
         clock = ts if in_order else take(clock_arr, order)
-        oi = take(batch.oi, order)
+        oi = nan_column(n) if is_nan_column(batch.oi) else take(batch.oi, order)
         inc, glitches = volume_increments(self._v, slot, ts, take(batch.volume, order), gstart)
         self.stats["volume_glitches"] += glitches
         out: list[CandleBatch] = []

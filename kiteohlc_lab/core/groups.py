@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .late import buckets
-from .ticks import run_starts
+from .ticks import is_nan_column, run_starts
 from .timeframes import Timeframe
 
 
@@ -47,7 +47,7 @@ def nests(fine: Timeframe, coarse: Timeframe) -> bool:
 
 def _last_valid(oi: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
     """The last non-NaN value of ``oi`` in each run ``starts..ends`` (NaN where there is none)."""
-    if np.isnan(oi).all():
+    if is_nan_column(oi) or np.isnan(oi).all():
         return np.full(len(starts), np.nan)
     valid = np.where(np.isnan(oi), -1, np.arange(len(oi)))
     lastv = np.maximum.accumulate(valid)[ends]

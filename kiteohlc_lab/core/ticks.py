@@ -65,6 +65,31 @@ def member(a: np.ndarray, values: Any) -> np.ndarray:
     return lookup(distinct(np.asarray(values, dtype=np.int64)), a)[1]
 
 
+_NAN_BUFFERS: list[np.ndarray] = []  # read-only NaN columns that batches share (nan_column)
+_NAN_SHARED_MAX = 1 << 20  # longer columns get their own array (a whole tape read at once)
+
+
+def nan_column(n: int) -> np.ndarray:
+    """``n`` NaN as a read-only view of a buffer that batches share: the column a source does not
+    have (open interest on most tapes) costs no allocation, and the engine knows it for one
+    without looking at its values (``is_nan_column``): no gather of it by instrument, no scan of
+    it for values (a 20M-tick replay gathered 20M NaN, the coldest of its columns)."""
+    if n > _NAN_SHARED_MAX:
+        return np.full(n, np.nan)
+    bufs = _NAN_BUFFERS
+    if not bufs or len(bufs[-1]) < n:
+        buf = np.full(max(n, 1 << 18), np.nan)
+        buf.flags.writeable = False
+        bufs.append(buf)  # views of an earlier, shorter one stay known
+    return bufs[-1][:n]
+
+
+def is_nan_column(a: np.ndarray) -> bool:
+    """True when ``a`` is a ``nan_column`` (or a slice of one): all NaN, known without a look."""
+    base = a.base
+    return base is not None and any(base is b for b in _NAN_BUFFERS)
+
+
 CORE = ("token", "ts", "price", "volume", "oi")  # always present
 BOOK = ("bid", "ask", "bid_qty", "ask_qty")  # optional: None when no tick of the batch has a book
 
@@ -104,7 +129,7 @@ class TickBatch:
         self.volume = (
             np.full(n, np.nan) if self.volume is None else np.asarray(self.volume, dtype=np.float64)
         )
-        self.oi = np.full(n, np.nan) if self.oi is None else np.asarray(self.oi, dtype=np.float64)
+        self.oi = nan_column(n) if self.oi is None else np.asarray(self.oi, dtype=np.float64)
         if self.bid is not None or self.ask is not None or self.bid_qty is not None \
                 or self.ask_qty is not None:  # one present: all four, NaN where not given
             for f in BOOK:
