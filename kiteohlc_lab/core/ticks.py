@@ -76,12 +76,12 @@ def nan_column(n: int) -> np.ndarray:
     it for values (a 20M-tick replay gathered 20M NaN, the coldest of its columns)."""
     if n > _NAN_SHARED_MAX:
         return np.full(n, np.nan)
-    bufs = _NAN_BUFFERS
-    if not bufs or len(bufs[-1]) < n:
+    buf = _NAN_BUFFERS[-1] if _NAN_BUFFERS else None
+    if buf is None or len(buf) < n:  # (this one: another thread may add a shorter one meanwhile)
         buf = np.full(max(n, 1 << 18), np.nan)
         buf.flags.writeable = False
-        bufs.append(buf)  # views of an earlier, shorter one stay known
-    return bufs[-1][:n]
+        _NAN_BUFFERS.append(buf)  # views of an earlier, shorter one stay known
+    return buf[:n]
 
 
 def is_nan_column(a: np.ndarray) -> bool:
