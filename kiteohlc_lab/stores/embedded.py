@@ -135,8 +135,8 @@ def defer_redis_imports() -> None:
     """What redis-py imports but a synchronous client given its version (``driver_options``)
     never uses, deferred to first use: ``importlib.metadata``, where redis-py reads its own
     version unless told (20-30 ms with the ``email`` package it loads), and its asyncio client,
-    ``redis.asyncio`` (a third of ``import redis``: 1M-tick replay 0.447 -> 0.400 s, median of 8
-    alternating). Call before the first ``import redis``."""
+    ``redis.asyncio`` (a third of ``import redis``: bench_replay's 1M-tick Parquet child 0.500 ->
+    0.476 s, median of 10 alternating pairs). Call before the first ``import redis``."""
     if "redis" not in sys.modules:
         _defer_import("importlib.metadata")
         _defer_import("redis.asyncio")
