@@ -34,6 +34,27 @@ def test_spool_is_fifo_bounded_and_persistent(tmp_path):
     sp2.close()
 
 
+def test_spool_file_is_made_by_the_first_push_and_an_old_one_is_read_at_once(tmp_path):
+    """A store that never goes down leaves no spool file (none is opened for nothing at every
+    start); one an earlier process left is opened when the spool is made, so its entries replay."""
+    path = tmp_path / "spool" / "q.sqlite3"
+    sp = Spool(path)
+    assert not path.parent.exists() and len(sp) == 0 and sp.peek() == [] and sp.dropped == 0
+    sp.remove(10)  # nothing to remove: no file made for it
+    assert not path.exists()
+    sp.push("h", {"i": 1})
+    assert path.exists() and len(sp) == 1
+    sp.close()
+    with pytest.raises(StoreError, match="closed"):
+        sp.push("h", {"i": 2})
+    left = Spool(path)
+    assert len(left) == 1 and [p for _, _, p in left.peek()] == [{"i": 1}]
+    left.close()
+    never = Spool(tmp_path / "never.sqlite3")
+    never.close()  # closing one that never opened a file
+    assert not (tmp_path / "never.sqlite3").exists()
+
+
 def test_spool_byte_bound(tmp_path):
     sp = Spool(tmp_path / "q.sqlite3", max_bytes=100)
     for i in range(10):

@@ -177,8 +177,9 @@ def test_csv_whose_first_block_has_whole_rupee_prices(tmp_path, monkeypatch):
 
 def test_parquet_symbols_are_read_only_where_an_instrument_first_appears(tmp_path, monkeypatch):
     """A Parquet tape decodes only the columns the engine takes; the tradingsymbol column is read for
-    the blocks that bring a new instrument (the first one, the late joiner's), also where a block
-    spans two row groups, and every instrument keeps its symbol."""
+    the blocks that bring a new instrument (the late joiner's), also where a block spans two row
+    groups, and every instrument keeps its symbol. The first row group's symbols come with its
+    decode (every instrument a replay starts with is named from them): no read of its own."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -204,7 +205,8 @@ def test_parquet_symbols_are_read_only_where_an_instrument_first_appears(tmp_pat
     [st] = kiteohlc_lab.status()
     assert st["error"] is None and st["ticks"] == len(ticks)
     n_blocks = -(-len(ticks) // 500)
-    assert 2 <= len(reads) <= 3 < n_blocks, reads  # the first block, the late joiner's (maybe split)
+    # the late joiner's block (maybe split over two groups), not the first group's
+    assert 1 <= len(reads) <= 2 < n_blocks and all(start >= 700 for start, _ in reads), reads
     ref = Oracle(["1m"])
     ref.feed(ticks)
     ref.flush()
@@ -278,3 +280,44 @@ def test_first_rows_of_new_instruments_equal_numpy_unique_even_with_hash_collisi
         ref, first = np.unique(tok[at], return_index=True)
         np.testing.assert_array_equal(toks, ref)
         np.testing.assert_array_equal(rows, at[first])
+
+
+def test_learn_finds_instruments_first_seen_anywhere_in_a_long_batch():
+    """``learn`` probes a batch in growing spans: an instrument whose first tick lies in any span
+    (the first row, the span edges, the last row), one sharing a hash slot with a known one, and one
+    only in a later batch are each reported once, in token order, named from their first row;
+    reference: a dict of first occurrences in plain Python."""
+    import pyarrow as pa
+
+    rng = np.random.default_rng(7)
+    cand = rng.integers(1, 10**8, size=400_000)
+    slots = tapefile._slot(cand)
+    base = [int(t) for t in rng.integers(1, 10**7, size=40)]
+    twin = int(cand[(slots == tapefile._slot(np.array(base[:1]))[0]) & (cand != base[0])][0])
+    n = 300_000
+    tok = rng.choice(np.array(base[:30], np.int64), size=n)
+    late = {0: base[30], 4095: base[31], 4096: base[32], 4096 + 32767: base[33], 36_864: base[34],
+            200_000: twin, n - 1: base[35]}
+    for row, t in late.items():
+        tok[row] = t
+    names = np.array([f"S{t}" for t in tok.tolist()], dtype=object)
+    names[200_000] = "twin"  # the twin's only tick: its symbol
+    batch = TickBatch(tok, np.arange(n, dtype=np.int64), np.ones(n), None, None)
+    tape = tapefile.TapeStream("x.parquet", batch)
+
+    def reference(tokens, symbols, seen):
+        first: dict[int, str] = {}
+        for t, s in zip(tokens, symbols):
+            if t not in seen and t not in first:
+                first[t] = s.upper()
+        return sorted(first.items())
+
+    got = tape.learn(batch, pa.array(names.tolist()))
+    want = reference(tok.tolist(), names.tolist(), set())
+    assert [(t, s) for s, t in got] == [(t, s) for t, s in want]
+    assert len(got) == len(set(tok.tolist())) == 37
+    assert tape.learn(batch, pa.array(names.tolist())) == []  # nothing new a second time
+    more = np.concatenate([tok[:1000], np.array(base[36:], np.int64), tok[:1000]])
+    got2 = tape.learn(TickBatch(more, np.arange(len(more), dtype=np.int64), np.ones(len(more)), None, None), None)
+    assert got2 == [(str(t), t) for t in sorted(base[36:])]
+    assert tape.tokens() == set(tok.tolist()) | set(base[36:])

@@ -25,7 +25,9 @@ _COLS = ("start", "open", "high", "low", "close", "volume", "oi")
 class SeriesBuffer:
     """Sorted, de-duplicated candles of one (token, tf) plus its forming candle."""
 
-    def __init__(self, token: int, tf: str, capacity: int = 1024) -> None:
+    def __init__(self, token: int, tf: str, capacity: int = 0) -> None:
+        # no room until the first candles come (then what they need, doubling from 64): a replay of
+        # 50 instruments at three timeframes made 1050 arrays of 1024 up front, 5 ms of its start
         self.token = token
         self.tf = tf
         self._lock = threading.Lock()
@@ -139,7 +141,7 @@ class SeriesBuffer:
         m = len(new["start"])
         need = self._n + m
         if need > len(self._cols["start"]):
-            cap = max(need, 2 * len(self._cols["start"]))
+            cap = max(need, 2 * len(self._cols["start"]), 64)
             for k in _COLS:
                 arr = np.empty(cap, self._cols[k].dtype)
                 arr[: self._n] = self._cols[k][: self._n]

@@ -51,25 +51,41 @@ class Spool:
 
     When ``max_entries`` or ``max_bytes`` would be exceeded the OLDEST entries are dropped and
     counted in ``dropped`` (persisted in the file).
+
+    The file is made by the first ``push``: a store that never goes down has none (opening it at
+    every start, for nothing, was 3-18 ms of a replay's store start-up); one left by an earlier
+    process is opened at once, so what it holds is replayed.
     """
 
     def __init__(self, path: str | os.PathLike, max_entries: int = 200_000,
                  max_bytes: int = 512 * 1024 * 1024) -> None:
         self.path = str(path)
-        os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
         self.max_entries, self.max_bytes = int(max_entries), int(max_bytes)
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(self.path, timeout=30.0, check_same_thread=False,
-                                   isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.execute("CREATE TABLE IF NOT EXISTS q (id INTEGER PRIMARY KEY AUTOINCREMENT, "
-                         "kind TEXT NOT NULL, payload TEXT NOT NULL, size INTEGER NOT NULL)")
-        self._db.execute("CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v INTEGER)")
-        n, size = self._db.execute("SELECT count(*), ifnull(sum(size), 0) FROM q").fetchone()
+        self._db: sqlite3.Connection | None = None
+        self._n = self._bytes = self.dropped = 0
+        self._closed = False
+        if os.path.exists(self.path):
+            self._open()
+
+    def _open(self) -> sqlite3.Connection:
+        if self._closed:
+            raise StoreError(f"spool {self.path!r} is closed")
+        if self._db is not None:
+            return self._db
+        os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
+        db = self._db = sqlite3.connect(self.path, timeout=30.0, check_same_thread=False,
+                                        isolation_level=None)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=NORMAL")
+        db.execute("CREATE TABLE IF NOT EXISTS q (id INTEGER PRIMARY KEY AUTOINCREMENT, "
+                   "kind TEXT NOT NULL, payload TEXT NOT NULL, size INTEGER NOT NULL)")
+        db.execute("CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v INTEGER)")
+        n, size = db.execute("SELECT count(*), ifnull(sum(size), 0) FROM q").fetchone()
         self._n, self._bytes = int(n), int(size)
-        row = self._db.execute("SELECT v FROM meta WHERE k = 'dropped'").fetchone()
+        row = db.execute("SELECT v FROM meta WHERE k = 'dropped'").fetchone()
         self.dropped = int(row[0]) if row else 0
+        return db
 
     def __len__(self) -> int:
         return self._n
@@ -83,27 +99,28 @@ class Spool:
         text = json.dumps(payload, separators=(",", ":"))
         size = len(text)
         with self._lock:
+            db = self._open()
             dropped = 0
-            self._db.execute("BEGIN IMMEDIATE")
+            db.execute("BEGIN IMMEDIATE")
             try:
                 while self._n and (self._n + 1 > self.max_entries
                                    or self._bytes + size > self.max_bytes):
                     k = max(1, min(self._n, self._n + 1 - self.max_entries))
-                    rows = self._db.execute(
+                    rows = db.execute(
                         "SELECT id, size FROM q ORDER BY id LIMIT ?", (k,)).fetchall()
-                    self._db.execute("DELETE FROM q WHERE id <= ?", (rows[-1][0],))
+                    db.execute("DELETE FROM q WHERE id <= ?", (rows[-1][0],))
                     self._n -= len(rows)
                     self._bytes -= sum(r[1] for r in rows)
                     dropped += len(rows)
-                self._db.execute("INSERT INTO q (kind, payload, size) VALUES (?, ?, ?)",
-                                 (kind, text, size))
+                db.execute("INSERT INTO q (kind, payload, size) VALUES (?, ?, ?)",
+                           (kind, text, size))
                 if dropped:
                     self.dropped += dropped
-                    self._db.execute("INSERT INTO meta (k, v) VALUES ('dropped', ?) "
-                                     "ON CONFLICT (k) DO UPDATE SET v = excluded.v", (self.dropped,))
-                self._db.execute("COMMIT")
+                    db.execute("INSERT INTO meta (k, v) VALUES ('dropped', ?) "
+                               "ON CONFLICT (k) DO UPDATE SET v = excluded.v", (self.dropped,))
+                db.execute("COMMIT")
             except BaseException:
-                self._db.execute("ROLLBACK")
+                db.execute("ROLLBACK")
                 raise
             self._n += 1
             self._bytes += size
@@ -112,22 +129,30 @@ class Spool:
     def peek(self, n: int = 100) -> list[tuple[int, str, Any]]:
         """The oldest ``n`` entries as ``(id, kind, payload)``, oldest first."""
         with self._lock:
-            rows = self._db.execute(
+            db = self._db
+            if db is None:
+                return []
+            rows = db.execute(
                 "SELECT id, kind, payload FROM q ORDER BY id LIMIT ?", (int(n),)).fetchall()
         return [(i, k, json.loads(p)) for i, k, p in rows]
 
     def remove(self, entry_id: int) -> None:
         """Remove every entry up to and including ``entry_id``."""
         with self._lock:
-            n, size = self._db.execute(
+            db = self._db
+            if db is None:
+                return
+            n, size = db.execute(
                 "SELECT count(*), ifnull(sum(size), 0) FROM q WHERE id <= ?", (entry_id,)).fetchone()
-            self._db.execute("DELETE FROM q WHERE id <= ?", (entry_id,))
+            db.execute("DELETE FROM q WHERE id <= ?", (entry_id,))
             self._n -= int(n)
             self._bytes -= int(size)
 
     def close(self) -> None:
         with self._lock:
-            self._db.close()
+            self._closed = True
+            if self._db is not None:
+                self._db.close()
 
 
 # -- the wrapper ----------------------------------------------------------------------------------
