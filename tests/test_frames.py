@@ -264,3 +264,37 @@ def test_zero_exchange_timestamp_is_kept_for_the_filter_to_reject():
     assert batch.ts.tolist() == [0, TS * 10**9]
     quote, _ = decode_frame(encode_packets([RELIANCE], [1.0], "quote"), RECV)
     assert quote.ts.tolist() == [RECV]
+
+
+def test_a_few_packets_decode_to_the_bit_as_the_large_frame_path_does():
+    """Frames of up to ``SMALL`` packets are finished in Python, longer ones in numpy: the same
+    packets give the same columns to the bit either way (prices, receive times, cash open interest,
+    empty book sides), mixed and one-mode frames alike."""
+    from kiteohlc_lab.feeds import frames as F
+
+    rng = np.random.default_rng(5)
+    toks = [RELIANCE, NIFTY, USDINR, NIFTYFUT, 779521, 260105, 128083204]  # 128083204: BSE cash
+    for trial in range(60):
+        n = F.SMALL + 1
+        tokens = rng.choice(toks, n)
+        modes = "full" if trial % 5 == 0 else list(rng.choice(["ltp", "quote", "full"], n))
+        div = np.where(tokens & 0xFF == 3, 1e7, 100.0)
+        frame = encode_packets(
+            tokens, rng.integers(1, 4 * 10**8, n) / div, modes, volume=rng.integers(0, 2**32, n),
+            oi=rng.integers(0, 2**32, n), timestamp=np.where(rng.random(n) < 0.2, 0, TS),
+            bid=np.where(rng.random(n) < 0.3, np.nan, 100.05), ask=np.where(rng.random(n) < 0.3, np.nan, 100.1),
+            bid_qty=rng.integers(0, 1000, n), ask_qty=rng.integers(0, 1000, n))
+        large, _ = decode_frame(frame, RECV)
+        cut = int(rng.integers(1, F.SMALL + 1))  # the first ``cut`` packets as a frame of their own
+        j = 2
+        for _ in range(cut):
+            j += 2 + int.from_bytes(frame[j:j + 2], "big")
+        small, info = decode_frame(cut.to_bytes(2, "big") + frame[2:j], RECV)
+        assert info.packets == cut and info.malformed == 0
+        want = large.take(slice(0, cut))
+        for col in ("token", "ts", "price", "volume", "oi"):
+            np.testing.assert_array_equal(getattr(small, col), getattr(want, col), err_msg=col)
+            assert getattr(small, col).dtype == getattr(want, col).dtype
+        assert small.has_book == bool(want.has_book and not np.isnan(want.bid_qty).all())
+        for a, b in zip(small.book(), want.book()):
+            np.testing.assert_array_equal(a, b)
