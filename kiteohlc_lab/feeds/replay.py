@@ -75,11 +75,8 @@ class ReplaySource:
     def _blocks(self):
         """(ticks, rows consumed) in tape order, in chunks of at most ``chunk`` ticks."""
         if getattr(self.tape, "streamed", False):
-            first = getattr(self.tape, "first", None)
             for block, consumed, sym in self.tape.blocks():
-                # the first block was learned when the tape opened (4 ms of the GIL at a 1M-tick
-                # replay's start, for nothing new)
-                new = [] if block is first else self.tape.learn(block, sym)
+                new = self.tape.learn(block, sym)
                 if new and self.on_new_tokens is not None and not self._stop.is_set():
                     self.on_new_tokens(new)
                 block = self._select(block)
