@@ -132,3 +132,38 @@ def test_history_writes_a_wake_s_timeframes_together_and_says_which_fails(tmp_pa
     assert reports == ["history store write failed: disk says no"]
     sink.close()
     store.close()
+
+
+def test_the_live_write_carries_the_touched_instruments_forming_candles_as_the_engine_has_them():
+    """The forming candles of a live write are read from the state export's columns: for exactly the
+    instruments touched (known ones; an unknown token is left out), every timeframe, the values
+    ``Engine.forming_candle`` gives; a timeframe added later holds none until a tick comes."""
+    log: list = []
+    live = GatedStore(log, "live")
+    live.gate.set()
+    bus = Bus()
+    eng = Engine(["1m", "5m"])
+    rng = np.random.default_rng(7)
+    toks = np.arange(100, 140)
+    n = 400
+    eng.process(TickBatch(rng.choice(toks, n), T0 + np.sort(rng.integers(0, 170, n)) * 10**9,
+                          rng.uniform(90, 110, n), np.cumsum(rng.integers(0, 50, n)).astype(float),
+                          np.full(n, np.nan)))
+    eng.add_timeframe("15m")
+    ls = LiveSink(bus, live, eng, live=True, report=lambda m: log.append(("error", m)), interval=0.0)
+    touched = {int(t) for t in toks[::3]} | {999}  # 999: no such instrument
+    bus.emit(FormingChanged("t", frozenset(touched)))
+    bus.emit(Drained("t"))
+    assert ls.drain(timeout=10)
+    forming, _, state = log[0][1]
+    assert [f.tf for f in forming] == ["1m", "5m", "15m"]
+    assert sorted(state.tokens.tolist()) == sorted(touched - {999})
+    for f in forming[:2]:
+        assert sorted(f.token.tolist()) == sorted(touched - {999}) and not f.closed
+        for i, t in enumerate(f.token.tolist()):
+            want = eng.forming_candle(t, f.tf)
+            got = (int(f.start[i]), float(f.open[i]), float(f.high[i]), float(f.low[i]), float(f.close[i]),
+                   float(f.volume[i]), int(f.ticks[i]))
+            assert got == (want.start, want.open, want.high, want.low, want.close, want.volume, want.ticks)
+    assert len(forming[2]) == 0
+    bus.emit(StreamDone("t", "done"))

@@ -41,7 +41,8 @@ from .fill import FlatFill
 from .groups import Groups, in_order_pieces, tick_groups
 from .late import amend_late, batch_clock, lateness
 from .state import NONE, Series, StateColumns, alloc_volume, grow_columns
-from .ticks import TickBatch, distinct, is_nan_column, lookup, nan_column, run_starts, token_hash
+from .ticks import (TickBatch, distinct, is_nan_column, lookup, nan_column, run_starts, token_array,
+                    token_hash)
 from .timeframes import (
     NS,
     Timeframe,
@@ -465,7 +466,7 @@ class Engine:
         if tokens is None:
             self._v["resume"][: self._n] = True
             return
-        toks = np.fromiter((int(t) for t in tokens), np.int64)
+        toks = token_array(tokens)
         if len(toks):
             slots = self._slots(toks)  # may grow the arrays: index them afterwards
             self._v["resume"][slots] = True
@@ -511,7 +512,7 @@ class Engine:
         """Slots of the known ``tokens`` (all: None), registering none."""
         if tokens is None:
             return np.arange(self._n)
-        toks = np.fromiter((int(t) for t in tokens), np.int64)
+        toks = token_array(tokens)
         if not len(self._tokens) or not len(toks):
             return np.empty(0, np.int64)
         pos, known = lookup(self._tokens, toks)

