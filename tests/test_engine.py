@@ -261,14 +261,15 @@ def test_in_order_ticks_match_a_pandas_groupby():
 
 
 def test_tokens_whose_hashes_collide_keep_their_own_candles():
-    from kiteohlc_lab.core.engine import _HASH_BITS
+    from kiteohlc_lab.core.engine import _MIN_HASH_BITS
     from kiteohlc_lab.core.ticks import token_hash
 
     def _hash(tokens):
-        return token_hash(tokens, _HASH_BITS)
+        return token_hash(tokens, _MIN_HASH_BITS)
 
-    a, b = 514229, 1346269  # same slot in the engine's token hash table
-    assert _hash(np.array([a]))[0] == _hash(np.array([b]))[0]
+    a = 514229
+    cand = np.arange(a + 1, a + 200_000)
+    b = int(cand[_hash(cand) == _hash(np.array([a]))[0]][0])  # same entry of a new engine's table
     rows = [(a, "09:15:01", 100, 10), (b, "09:15:02", 200, 5), (a, "09:15:30", 101, 20), (b, "09:15:40", 199, 9),
             (a, "09:16:01", 102, 30), (b, "09:16:02", 201, 12)]
     e = Engine(["1m"])
@@ -276,6 +277,34 @@ def test_tokens_whose_hashes_collide_keep_their_own_candles():
     ca, cb = closed(out, token=a), closed(out, token=b)
     assert [(c.open, c.close, c.volume) for c in ca] == [(100, 101, 10), (102, 102, 10)]
     assert [(c.open, c.close, c.volume) for c in cb] == [(200, 199, 4), (201, 201, 3)]
+
+
+def test_thousands_of_instruments_known_ahead_or_not_keep_their_own_candles():
+    """The token table grows with the instruments (rehashed each time: collisions at every size);
+    instruments registered before their first tick (``add_instruments``) or met in a batch, in any
+    order, each get exactly their own ticks (checked against a dict per token)."""
+    rng = np.random.default_rng(11)
+    toks = rng.choice(np.arange(1, 50_000_000), 6000, replace=False)
+    e = Engine(["1m"])
+    e.add_instruments(toks[:1000].tolist())
+    e.add_instruments(toks[500:1500])  # half of them known already
+    assert all(e.slot(int(t)) is not None for t in toks[:1500]) and e.slot(int(toks[-1])) is None
+    t0 = pd.Timestamp("2025-12-01 09:15:00", tz="Asia/Kolkata").value
+    want: dict[int, list] = {}
+    out = []
+    for k in range(3):  # three batches of 6000 ticks each, in the 09:15 minute, tokens shuffled
+        order = rng.permutation(toks)
+        px = rng.uniform(10, 1000, len(order)).round(2)
+        vol = np.full(len(order), 100.0 * (k + 1))
+        ts = np.full(len(order), t0 + (k + 1) * 10**9, np.int64)
+        out += e.process(TickBatch(order, ts, px, vol, np.full(len(order), np.nan)))
+        for t, p in zip(order.tolist(), px.tolist()):
+            w = want.setdefault(t, [p, p, p, p])
+            w[1], w[2], w[3] = max(w[1], p), min(w[2], p), p
+    out += e.flush()
+    got = {c.token: [c.open, c.high, c.low, c.close, c.volume] for c in closed(out)}
+    assert len(got) == len(toks)
+    assert got == {t: w + [200.0] for t, w in want.items()}  # volume: 300 - the first tick's 100
 
 
 # ---------------------------------------------------------------- property tests vs the oracle

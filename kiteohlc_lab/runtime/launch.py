@@ -322,8 +322,9 @@ def prepare(live: Any, symbols: Any, registry: Any, stream: Stream | None, pairs
 
 def launch(m: Any, name, source, pairs, tfs, record, first_ts: int | None = None) -> StreamInfo:
     """Create and start the stream ``name`` over ``source`` (history and live state prepared)."""
+    eng = new_engine(m.cfg, tfs)  # while the stores may still be starting (start_replay)
+    eng.add_instruments([t for _, t in pairs])
     live, hist, _ = m.stores()
-    eng = new_engine(m.cfg, tfs)
     usable = m.prepare(None, pairs, tfs, first_ts=first_ts, engine=eng, resume=bool(source.live))
     if source.live and usable:
         from ..feeds.kite import KiteSource
