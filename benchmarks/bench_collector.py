@@ -13,7 +13,9 @@
   candle's Redis Stream (the entry id's millisecond clock, set by the Redis server on this host),
   looked up after the window (a lookup per candle inside the window queued each reader's next
   ``candles()`` behind the collector's writes on the Redis server).
-- CPU: ``psutil`` over the measurement window, of the collector process (100% = one core).
+- CPU: ``psutil`` over the measurement window, of the collector process (100% = one core), and the
+  Redis server's (``INFO cpu``, the server at ``--redis-url``: the live state's scripts run there, so
+  the collector's cost is both).
 - Two windows of ``--seconds`` each: the machine otherwise idle, then under load: ``--load`` processes
   (default: one per core) spinning on the CPU as a researcher's heavy notebook would, started between
   the windows and stopped after (``--load 0``: the idle window only). A candle counts in the window in
@@ -216,7 +218,12 @@ def main(argv: list[str] | None = None) -> int:
         time.sleep(args.warmup)
         proc = psutil.Process(coll.pid)
         n_load = (os.cpu_count() or 1) if args.load < 0 else args.load
-        windows: list[tuple[str, float, float, float, float]] = []  # (name, t0, t1 wall, cpu, machine)
+        windows: list[tuple] = []  # (name, t0, t1 wall, cpu, machine, the Redis server's cpu)
+
+        def server_cpu() -> float:  # seconds of CPU the Redis server at --redis-url has used
+            info = r.info("cpu")
+            return float(info["used_cpu_sys"]) + float(info["used_cpu_user"])
+
         go.set()
         for name in (["idle"] + (["loaded"] if n_load else [])):
             if name == "loaded":
@@ -226,9 +233,11 @@ def main(argv: list[str] | None = None) -> int:
                 time.sleep(2.0)  # the hogs running before the window opens
             proc.cpu_percent(None)
             psutil.cpu_percent(None)
-            w0 = time.time()
+            s0, w0 = server_cpu(), time.time()
             time.sleep(args.seconds)
-            windows.append((name, w0, time.time(), proc.cpu_percent(None), psutil.cpu_percent(None)))
+            w1 = time.time()
+            windows.append((name, w0, w1, proc.cpu_percent(None), psutil.cpu_percent(None),
+                            (server_cpu() - s0) / (w1 - w0) * 100))
         burn_stop.set()
         for b in burners:
             b.join(5)
@@ -271,18 +280,21 @@ def main(argv: list[str] | None = None) -> int:
         print(f"instruments {args.instruments}, simulator connections now/max {conns}, "
               f"windows of {args.seconds:.0f} s")
         print(f"collector: ticks/s {entry.get('ticks_per_s')}, health {entry.get('health')!r}")
-        for name, w0, w1, cpu, machine in windows:
+        for name, w0, w1, cpu, machine, server in windows:
             a = np.array([ms for ms, seen in lat if w0 <= seen < w1] or [np.nan])
             load = f", {n_load} CPU-spinning processes" if name == "loaded" else ""
             print(f"[{name}{load}] collector CPU {cpu:.1f}% of one core ({cpu / psutil.cpu_count():.1f}% of "
                   f"the machine's {psutil.cpu_count()} cores); whole machine busy {machine:.1f}%")
+            print(f"[{name}] Redis server CPU {server:.1f}% of one core (its live-state scripts, the "
+                  f"readers' reads and anything else on that server); collector + server {cpu + server:.1f}%")
             print(f"[{name}] close -> reader candles() latency over {int(np.isfinite(a).sum())} candles, "
                   f"{args.readers} readers: p50 {np.nanpercentile(a, 50):.1f} ms, "
                   f"p99 {np.nanpercentile(a, 99):.1f} ms, max {np.nanmax(a):.1f} ms")
         if stock is not None:
-            idle_cpu = windows[0][3]
+            idle_cpu, idle_server = windows[0][3], windows[0][5]
             print(f"[baseline, idle] stock KiteTicker + dict aggregator (stores nothing): CPU {stock[0]:.1f}% "
-                  f"of one core at {stock[1]:,.0f} ticks/s; the collector uses x{idle_cpu / stock[0]:.2f} of it "
+                  f"of one core at {stock[1]:,.0f} ticks/s; the collector uses x{idle_cpu / stock[0]:.2f} of it, "
+                  f"x{(idle_cpu + idle_server) / stock[0]:.2f} with its Redis server's work "
                   f"(and stores every candle in Redis and SQLite, serving {args.readers} readers)")
         return 0
     finally:
