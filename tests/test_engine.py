@@ -261,11 +261,10 @@ def test_in_order_ticks_match_a_pandas_groupby():
 
 
 def test_tokens_whose_hashes_collide_keep_their_own_candles():
-    from kiteohlc_lab.core.engine import _MIN_HASH_BITS
-    from kiteohlc_lab.core.ticks import token_hash
+    from kiteohlc_lab.core.ticks import SlotTable, token_hash
 
     def _hash(tokens):
-        return token_hash(tokens, _MIN_HASH_BITS)
+        return token_hash(tokens, SlotTable().bits)  # a new engine's table
 
     a = 514229
     cand = np.arange(a + 1, a + 200_000)

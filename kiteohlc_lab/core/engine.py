@@ -41,8 +41,7 @@ from .fill import FlatFill
 from .groups import Groups, in_order_pieces, tick_groups
 from .late import amend_late, batch_clock, lateness
 from .state import NONE, Series, StateColumns, alloc_volume, grow_columns
-from .ticks import (TickBatch, distinct, is_nan_column, lookup, nan_column, run_starts, token_array,
-                    token_hash)
+from .ticks import SlotTable, TickBatch, distinct, is_nan_column, lookup, nan_column, run_starts, token_array
 from .timeframes import (
     NS,
     Timeframe,
@@ -56,10 +55,6 @@ from .volume import volume_increments
 # the state (NONE, Series, StateColumns: core.state), the volume rule (core.volume), late ticks and
 # amends (core.late) and flat fill (core.fill) live in their modules; NONE and StateColumns are
 # still importable from here
-# the token -> slot table's hash (core.ticks.token_hash): 2**12 entries to start (32 KB; the 2**20 of
-# a fixed table were 8 MB written at every engine's creation, 2-8 ms of a replay's start), grown to
-# keep it at most a quarter full, up to 2**20
-_MIN_HASH_BITS, _MAX_HASH_BITS = 12, 20
 
 
 class Engine:
@@ -110,9 +105,7 @@ class Engine:
         self._flat = FlatFill()  # fill_empty: tf -> token -> (start, close) of the last candle
         # guards the state between the stream thread and readers in other threads (core.stream)
         self.lock = threading.RLock()
-        self._bits = _MIN_HASH_BITS
-        self._table = np.full(1 << self._bits, -1, np.int64)  # hash(token) -> slot (-1: none)
-        self._probe = np.full(1, NONE, np.int64)  # token of each slot, then NONE (no token)
+        self._hash = SlotTable()  # token -> slot, for most lookups (core.ticks)
         self._seq = np.zeros(0, np.int64)  # per slot: batch number of its last change
         self.last_tokens = np.empty(0, np.int64)
         self._batch_no = 0
@@ -147,8 +140,7 @@ class Engine:
         it cannot answer (new ones, the rare hash collision) go through the sorted-token search.
         """
         if self._n:
-            guess = self._table[token_hash(tokens, self._bits)]
-            hit = self._probe[guess] == tokens  # an empty entry (-1) reads the probe's last: NONE
+            guess, hit = self._hash.guess(tokens)
             if hit.all():
                 return guess
             miss = ~hit
@@ -189,25 +181,15 @@ class Engine:
         self._anchor[slots] = anchor_for_tokens(new, self.session_open)
         self._slot_tokens[slots] = new
         self._n = need
-        self._probe = np.append(self._slot_tokens[:need], NONE)
-        bits = min(_MAX_HASH_BITS, max(self._bits, (4 * need - 1).bit_length()))
-        if bits != self._bits:  # a bigger table, every token hashed again
-            self._bits = bits
-            self._table = np.full(1 << bits, -1, np.int64)
-            new, slots = self._slot_tokens[:need], np.arange(need, dtype=np.int64)
-        h = token_hash(new, self._bits)
-        free = self._table[h] < 0
-        self._table[h[free]] = slots[free]  # colliding tokens are found by _search instead
+        self._hash.add(self._slot_tokens[:need], new, slots)
         allt = np.concatenate([self._tokens, new])
         alls = np.concatenate([self._slot_of_sorted, slots])
         order = np.argsort(allt, kind="stable")
         self._tokens, self._slot_of_sorted = allt[order], alls[order]
 
     def add_instruments(self, tokens: Iterable[int]) -> None:
-        """Know ``tokens`` before their first tick (a stream's instruments, when it starts): their
-        first batch finds them in the hash table instead of sorting and searching the whole batch
-        (4 ms of a replay's first 65k ticks). Nothing else changes: an instrument is known, not
-        started (no candle, no volume baseline)."""
+        """Know ``tokens`` ahead of their first tick (no candle, no volume baseline yet): their first
+        batch takes the hash path, not a sort and search of the whole batch (4 ms of 65k ticks)."""
         toks = token_array(tokens)
         if len(toks):
             self._slots(toks)
