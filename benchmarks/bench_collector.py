@@ -221,8 +221,11 @@ def main(argv: list[str] | None = None) -> int:
         windows: list[tuple] = []  # (name, t0, t1 wall, cpu, machine, the Redis server's cpu)
 
         def server_cpu() -> float:  # seconds of CPU the Redis server at --redis-url has used
-            info = r.info("cpu")
-            return float(info["used_cpu_sys"]) + float(info["used_cpu_user"])
+            try:
+                info = r.info("cpu")
+                return float(info["used_cpu_sys"]) + float(info["used_cpu_user"])
+            except Exception:  # noqa: BLE001 - a server that refuses INFO: not reported (nan)
+                return float("nan")
 
         go.set()
         for name in (["idle"] + (["loaded"] if n_load else [])):
