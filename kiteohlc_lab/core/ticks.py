@@ -13,11 +13,11 @@ from typing import Any, Iterable
 
 import numpy as np
 
+from .state import NONE
 from .timeframes import IST_OFFSET_NS, NS
 
 
 _GOLDEN = np.int64(0x9E3779B97F4A7C15 - (1 << 64))  # Fibonacci hashing's multiplier, as int64 bits
-_NO_TOKEN = np.iinfo(np.int64).min  # SlotTable's probe past the last slot (core.state's NONE)
 
 
 def token_hash(tokens: np.ndarray, bits: int) -> np.ndarray:
@@ -39,7 +39,7 @@ class SlotTable:
     def __init__(self, bits: int = 12, max_bits: int = 20) -> None:
         self.bits, self.max_bits = bits, max_bits
         self.table = np.full(1 << bits, -1, np.int64)  # hash -> slot (-1: none)
-        self.probe = np.full(1, _NO_TOKEN, np.int64)  # token of each slot, then no token
+        self.probe = np.full(1, NONE, np.int64)  # token of each slot, then NONE (no token)
 
     def guess(self, tokens: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(each token's slot where the table knows it, whether it does)."""
@@ -49,7 +49,7 @@ class SlotTable:
     def add(self, slot_tokens: np.ndarray, new: np.ndarray, slots: np.ndarray) -> None:
         """``new`` tokens took ``slots``; ``slot_tokens``: the token of every slot now."""
         n = len(slot_tokens)
-        self.probe = np.append(slot_tokens, _NO_TOKEN)
+        self.probe = np.append(slot_tokens, NONE)
         bits = min(self.max_bits, max(self.bits, (4 * n - 1).bit_length()))
         if bits != self.bits:  # a bigger table, every token hashed again
             self.bits, self.table = bits, np.full(1 << bits, -1, np.int64)
