@@ -102,7 +102,12 @@ c = embedded_redis(sys.argv[1])
 c.set("x", "1")
 pid = c.pid
 os.kill(pid, signal.SIGKILL)  # the server dies under the process (OOM killer, kill -9)
-while os.path.exists(f"/proc/{pid}") and open(f"/proc/{pid}/stat").read().split(")")[1].split()[0] != "Z":
+def dead(pid):  # gone, or a zombie not reaped yet
+    try:
+        return open(f"/proc/{pid}/stat").read().rpartition(")")[2].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
+while not dead(pid):
     time.sleep(0.01)
 print(time.monotonic(), flush=True)
 """
@@ -130,8 +135,13 @@ from kiteohlc_lab.stores.embedded import embedded_redis
 c = embedded_redis(sys.argv[1])
 pid = c.pid
 os.kill(pid, signal.SIGKILL)
-while os.path.exists(f"/proc/{pid}") and open(f"/proc/{pid}/stat").read().split(")")[1].split()[0] != "Z":
-    time.sleep(0.01)  # dead, its zombie not reaped yet (a container without an init never does)
+def dead(pid):  # gone, or a zombie not reaped yet (a container without an init never reaps it)
+    try:
+        return open(f"/proc/{pid}/stat").read().rpartition(")")[2].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
+while not dead(pid):
+    time.sleep(0.01)
 t = time.monotonic()
 again = embedded_redis(sys.argv[1])
 again.set("x", "2")
@@ -148,6 +158,7 @@ def test_a_server_killed_under_the_process_is_started_again_at_once(tmp_path):
     assert out.returncode == 0, out.stderr
     new, took = out.stdout.split()
     assert new == "True" and float(took) < 2.0, out.stdout
+
 
 LIGHT = r"""
 import sys
