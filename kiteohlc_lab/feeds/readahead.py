@@ -20,6 +20,44 @@ class Ahead:
         self._quit.set()
 
 
+class MappedPages:
+    """The pages of a file mapping read front to back (a CSV tape's chunks, ``tapefile``):
+    ``ahead`` asks for the bytes about to be read (``MADV_WILLNEED``: the kernel reads them in
+    large requests while the parser works on what is here; Arrow's threads otherwise fault a cold
+    file in page by page, each somewhere else in the chunk), ``behind`` drops those read from the
+    map (``MADV_DONTNEED``: they stay in the page cache; a tape's whole size would otherwise count
+    in the process's resident memory). Where ``madvise`` is missing both do nothing."""
+
+    def __init__(self, mm: Any) -> None:
+        import mmap
+
+        self._mm, self._page = mm, mmap.PAGESIZE
+        self._ok = hasattr(mm, "madvise") and hasattr(mmap, "MADV_DONTNEED")
+        self._asked = self._dropped = 0
+        if self._ok:
+            mm.madvise(mmap.MADV_SEQUENTIAL)
+
+    def ahead(self, at: int, upto: int) -> None:
+        """Ask for the bytes from ``at`` (or from where the last ask ended) to ``upto``."""
+        if not self._ok or upto <= self._asked:
+            return
+        import mmap
+
+        start = max(self._asked, at)
+        start -= start % self._page
+        self._mm.madvise(mmap.MADV_WILLNEED, start, upto - start)
+        self._asked = upto
+
+    def behind(self, at: int) -> None:
+        """Drop the whole pages before byte ``at`` from the map."""
+        done = at - at % self._page
+        if self._ok and done > self._dropped:
+            import mmap
+
+            self._mm.madvise(mmap.MADV_DONTNEED, self._dropped, done - self._dropped)
+            self._dropped = done
+
+
 def prefetch(items: Iterator[Any], depth: int = 3) -> Ahead:
     """``items`` produced on a thread of their own, started now, up to ``depth`` ahead of the
     consumer (Arrow parses the next chunks while this one is aggregated; one ahead left the

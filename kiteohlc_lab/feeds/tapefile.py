@@ -25,7 +25,7 @@ import numpy as np
 
 from ..core.ticks import TickBatch, lookup, run_starts, token_hash
 from ..core.timeframes import IST_OFFSET_NS
-from .readahead import Ahead, prefetch, tune_malloc
+from .readahead import Ahead, MappedPages, prefetch, tune_malloc
 
 REQUIRED = ("timestamp", "instrument_token", "last_price")
 BLOCK_ROWS = 262_144  # Parquet rows per block
@@ -213,27 +213,13 @@ def _csv_chunks(path: Path, schema: Any, offset: int = 0) -> Iterator[tuple[Any,
         if at >= end_of_file:
             return
         mm = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
-    # the pages of parsed chunks are dropped from the map (they stay in the page cache): a tape's
-    # whole size would otherwise count in the process's resident memory
-    dontneed = getattr(mmap, "MADV_DONTNEED", None) if hasattr(mm, "madvise") else None
-    # ... and the pages of the chunk being parsed and of the next one are asked for ahead
-    # (MADV_WILLNEED: large reads of the disk while Arrow parses): a file not in the page cache
-    # was otherwise read a page fault at a time by Arrow's threads, each somewhere else in the
-    # chunk (a 1 GB tape read from a cold virtual disk at 3-8 MB/s where `cat` reads 120 MB/s)
-    willneed = getattr(mmap, "MADV_WILLNEED", None) if dontneed is not None else None
-    dropped = asked = 0
     try:
-        if dontneed is not None:
-            mm.madvise(mmap.MADV_SEQUENTIAL)
+        pages = MappedPages(mm)
         view = memoryview(mm)
         while at < end_of_file:
             stop = min(end_of_file, at + size)
             size = min(4 * CSV_BLOCK_BYTES, 2 * size)
-            upto = min(end_of_file, stop + size)  # this chunk and the next
-            if willneed is not None and upto > asked:
-                start = max(asked, at) - max(asked, at) % mmap.PAGESIZE
-                mm.madvise(willneed, start, upto - start)
-                asked = upto
+            pages.ahead(at, min(end_of_file, stop + size))  # this chunk and the next
             if stop < end_of_file:  # up to the last whole line (a line longer than a chunk: its end)
                 cut = mm.rfind(b"\n", at, stop)
                 if cut < 0:
@@ -246,10 +232,7 @@ def _csv_chunks(path: Path, schema: Any, offset: int = 0) -> Iterator[tuple[Any,
                 _release(part)
             lazy = _LazySymbols(path, header, at, stop, sym) if sym is not None else None
             at = stop
-            done = at - at % mmap.PAGESIZE
-            if dontneed is not None and done > dropped:
-                mm.madvise(dontneed, dropped, done - dropped)
-                dropped = done
+            pages.behind(at)
             if tab.num_rows:
                 yield tab.combine_chunks().to_batches()[0], lazy
         _release(view)
