@@ -95,20 +95,25 @@ def test_exit_is_quick_when_the_data_dir_was_deleted_under_the_server(tmp_path):
     assert took < 5, f"exit took {took:.1f} s"
 
 
-KILLED = r"""
+_KILL = r"""
 import os, signal, sys, time
 from kiteohlc_lab.stores.embedded import embedded_redis
+def kill(c):  # the server dies under the process (OOM killer, kill -9): back once it is gone, or a
+    pid = c.pid  # zombie not reaped yet (a container without an init never reaps it)
+    os.kill(pid, signal.SIGKILL)
+    while True:
+        try:
+            if open(f"/proc/{pid}/stat").read().rpartition(")")[2].split()[0] == "Z":
+                return
+        except FileNotFoundError:
+            return
+        time.sleep(0.01)
+"""
+
+KILLED = _KILL + r"""
 c = embedded_redis(sys.argv[1])
 c.set("x", "1")
-pid = c.pid
-os.kill(pid, signal.SIGKILL)  # the server dies under the process (OOM killer, kill -9)
-def dead(pid):  # gone, or a zombie not reaped yet
-    try:
-        return open(f"/proc/{pid}/stat").read().rpartition(")")[2].split()[0] == "Z"
-    except FileNotFoundError:
-        return True
-while not dead(pid):
-    time.sleep(0.01)
+kill(c)
 print(time.monotonic(), flush=True)
 """
 
@@ -129,19 +134,9 @@ def test_exit_is_quick_and_quiet_when_the_server_was_killed_under_the_process(tm
     assert "Traceback" not in out.stderr and "Exception ignored" not in out.stderr, out.stderr
 
 
-RESTART = r"""
-import os, signal, sys, time
-from kiteohlc_lab.stores.embedded import embedded_redis
+RESTART = _KILL + r"""
 c = embedded_redis(sys.argv[1])
-pid = c.pid
-os.kill(pid, signal.SIGKILL)
-def dead(pid):  # gone, or a zombie not reaped yet (a container without an init never reaps it)
-    try:
-        return open(f"/proc/{pid}/stat").read().rpartition(")")[2].split()[0] == "Z"
-    except FileNotFoundError:
-        return True
-while not dead(pid):
-    time.sleep(0.01)
+kill(c)
 t = time.monotonic()
 again = embedded_redis(sys.argv[1])
 again.set("x", "2")
