@@ -22,9 +22,10 @@ class Ahead:
 
 class MappedPages:
     """The pages of a file mapping read front to back (a CSV tape's chunks, ``tapefile``):
-    ``ahead`` asks for the bytes about to be read (``MADV_WILLNEED``: the kernel reads them in
-    large requests while the parser works on what is here; Arrow's threads otherwise fault a cold
-    file in page by page, each somewhere else in the chunk), ``behind`` drops those read from the
+    ``ahead`` asks for the bytes about to be read (``MADV_WILLNEED``: the kernel can read a whole
+    chunk in large requests while the parser works on the one before, rather than as Arrow's
+    threads fault its pages in; no change measured with the file in the host's cache, a slow disk's
+    gain not measured), ``behind`` drops those read from the
     map (``MADV_DONTNEED``: they stay in the page cache; a tape's whole size would otherwise count
     in the process's resident memory). Where ``madvise`` is missing both do nothing."""
 
