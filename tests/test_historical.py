@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import numpy as np
 import pytest
 from kiteconnect import KiteConnect
@@ -14,6 +15,7 @@ from kiteohlc_lab.feeds.historical import (
     SPAN_DAYS,
     ist_string,
     parse_span,
+    span_start,
 )
 from kiteohlc_lab.feeds.simulator import KiteSimulator
 
@@ -74,6 +76,29 @@ def test_ist_strings() -> None:
     assert parse_span("6h") == 6 * 3600 * NS
     with pytest.raises(ValueError, match="Nd, Nw or Nh"):
         parse_span("5x")
+
+
+def test_backfill_days_and_hours_count_weekdays_so_a_monday_morning_holds_friday() -> None:
+    # written from the rule, not the code: walk back minute by minute, counting only minutes
+    # whose IST date is Monday..Friday, until the span's minutes are counted
+    def by_minutes(span_min: int, end_ns: int) -> int:
+        at, left = end_ns, span_min
+        while left:
+            at -= 60 * NS
+            ist = dt.datetime.fromtimestamp(at / NS, dt.timezone(dt.timedelta(hours=5, minutes=30)))
+            left -= ist.weekday() < 5
+        return at
+
+    mon = OPEN - 2 * 3600 * NS + 7 * DAY_NS  # 2025-01-13 07:15 IST, before the open
+    assert ist_string(span_start("1d", mon)) == "2025-01-10 07:15:00"  # Friday, its session whole
+    sun = mon - DAY_NS
+    assert ist_string(span_start("1d", sun)) == "2025-01-10 00:00:00"  # all of Friday
+    for end in (mon, sun, OPEN + 3 * DAY_NS + 5 * 60 * NS, OPEN + 4 * DAY_NS + 7 * 3600 * NS):
+        for span, minutes in (("1d", 1440), ("3d", 3 * 1440), ("6h", 360), ("30h", 1800)):
+            assert span_start(span, end) == by_minutes(minutes, end), (span, ist_string(end))
+        assert span_start("2w", end) == end - 14 * DAY_NS  # weeks are calendar weeks
+    with pytest.raises(ValueError, match="Nd, Nw or Nh"):
+        span_start("0d", mon)
 
 
 @pytest.mark.parametrize(

@@ -109,6 +109,27 @@ def parse_span(span: str) -> int:
     return n * {"h": 3600, "d": 86400, "w": 7 * 86400}[unit] * NS
 
 
+def span_start(span: str, end_ns: int) -> int:
+    """Where a backfill of ``span`` ending at ``end_ns`` starts. ``Nw`` is N calendar weeks;
+    ``Nd`` and ``Nh`` count weekday time only (IST days; weekends hold no session), so
+    ``--backfill 1d`` on a Monday before the open, or on a Sunday, still holds Friday's session.
+
+    >>> ist_string(span_start("1d", 1_764_554_400 * NS))  # Monday 2025-12-01 07:30 IST
+    '2025-11-28 07:30:00'
+    """
+    need = parse_span(span)
+    if str(span).strip().lower().endswith("w"):
+        return int(end_ns) - need
+    at = int(end_ns)
+    while need > 0:
+        day0 = (at + IST_OFFSET_NS - 1) // DAY_NS  # the IST day of the instant just before ``at``
+        held = at + IST_OFFSET_NS - day0 * DAY_NS  # of that day, the part before ``at``
+        take = held if (day0 + 3) % 7 >= 5 else min(held, need)  # day 0 (1970-01-01) was a Thursday
+        need -= 0 if (day0 + 3) % 7 >= 5 else take
+        at -= take
+    return at
+
+
 def ist_string(ns: int) -> str:
     """Epoch ns -> naive IST wall-clock ``YYYY-MM-DD HH:MM:SS`` (what Kite reads from/to as)."""
     secs = (int(ns) + IST_OFFSET_NS) // NS
@@ -244,9 +265,10 @@ class HistoricalClient:
         progress: Callable[[int, int], None] | None = None,
         end_ns: int | None = None,
     ) -> CandleBatch:
-        """Closed candles of the last ``span`` (``5d``, ``2w``, ``6h``) up to ``end_ns`` (default now)."""
+        """Closed candles of the last ``span`` (``5d``, ``2w``, ``6h``; days and hours count
+        weekdays only, ``span_start``) up to ``end_ns`` (default now)."""
         end = self.now() if end_ns is None else int(end_ns)
-        return self.fetch(token, tf, end - parse_span(span), end, progress=progress)
+        return self.fetch(token, tf, span_start(span, end), end, progress=progress)
 
     def _request(self, token: int, interval: str, a: int, b: int, oi: bool) -> CandleBatch:
         from kiteconnect import exceptions as kex
