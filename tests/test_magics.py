@@ -383,6 +383,39 @@ def test_prewarm_wait_returns_once_the_thread_passed_the_module_asked_for(tmp_pa
         sys.modules.pop(k, None)
 
 
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")  # the exiting import
+def test_prewarm_imports_without_automatic_collections_and_gives_the_collector_back(tmp_path, monkeypatch):
+    """While the thread imports, the automatic garbage collection is off (a full pass in the middle
+    of the imports held up a magic waiting for them); afterwards it is on again, and left off
+    where it was off before, also when an import raises something other than an Exception."""
+    import gc
+    import sys
+
+    from kiteohlc_lab.notebook.prewarm import Prewarm
+
+    seen = type(sys)("kohlc_gc_seen")
+    seen.enabled = []
+    monkeypatch.setitem(sys.modules, "kohlc_gc_seen", seen)
+    (tmp_path / "kohlc_gc_probe.py").write_text("import gc, kohlc_gc_seen\nkohlc_gc_seen.enabled.append(gc.isenabled())\n")
+    (tmp_path / "kohlc_gc_exit.py").write_text("raise SystemExit('an import that exits')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    was = gc.isenabled()
+    try:
+        for before in (True, False):
+            (gc.enable if before else gc.disable)()
+            for names in (("kohlc_gc_probe",), ("kohlc_gc_probe", "kohlc_gc_exit")):
+                sys.modules.pop("kohlc_gc_probe", None)
+                p = Prewarm(names)
+                assert p.wait(None, timeout=30)
+                p.thread.join(30)
+                assert seen.enabled.pop() is False  # off while importing
+                assert gc.isenabled() is before, (before, names)
+    finally:
+        (gc.enable if was else gc.disable)()
+        for k in ("kohlc_gc_probe", "kohlc_gc_exit"):
+            sys.modules.pop(k, None)
+
+
 def test_magics_wait_for_the_import_thread_a_live_stream_for_all_of_it(real_shell, small_tape, monkeypatch):
     """Every magic first waits for %load_ext's import thread up to the end of a replay's part
     (``prewarm.REPLAY``); a live stream (Kite or the simulator) for the whole of it (kiteconnect's

@@ -45,6 +45,12 @@ class Prewarm:
         self.thread.start()
 
     def _run(self) -> None:
+        # no automatic collection while importing: the imports' own objects (which live as long as
+        # their modules) made the collector run its full pass in the middle of them, a magic in
+        # %load_ext's cell waiting for it (80-100 ms of the thread's 0.6 s); the one full pass
+        # below, once they are done, is all they need
+        collecting = gc.isenabled()
+        gc.disable()
         try:
             for name in self.names:
                 try:
@@ -59,8 +65,12 @@ class Prewarm:
                     self._cond.notify_all()
             # the full collection these imports' objects have made due, now rather than in the
             # next cell: it fell in the middle of a first replay (1M ticks: 78-87 ms of 0.42-0.45 s)
+            if collecting:
+                gc.enable()
             gc.collect()
         finally:
+            if collecting:
+                gc.enable()
             with self._cond:
                 self._done = len(self.names)
                 self._cond.notify_all()
