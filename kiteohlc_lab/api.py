@@ -28,6 +28,8 @@ def stream(symbols: str | list[str], *timeframes: str, source: str | None = None
     """Start streaming ``symbols`` at ``timeframes`` (what ``%ohlc_stream`` does).
 
     ``source="replay"`` with ``start``/``end`` and no ``tape`` replays that range of the tick store.
+    ``backfill="5d"`` first loads Kite's candles of the last five weekdays (``Nd`` and ``Nh`` count
+    weekday time, ``Nw`` calendar weeks: ``feeds.historical.span_start``).
 
     >>> kiteohlc_lab.stream("NIFTY,BANKNIFTY", "1m", "5m")   # doctest: +SKIP
     >>> kiteohlc_lab.stream("NIFTY", "10s", source="replay", start="2026-11-25 09:15")  # doctest: +SKIP
