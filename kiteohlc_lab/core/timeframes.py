@@ -216,6 +216,12 @@ def bucket_end(start: npt.ArrayLike, tf: Timeframe, anchor: npt.ArrayLike) -> np
     return end - IST_OFFSET_NS
 
 
+def is_weekday(day: int | np.ndarray) -> bool | np.ndarray:
+    """Monday..Friday for an IST day number (days since 1970-01-01, a Thursday), or an array of
+    them: weekends hold no session (holidays are not known here)."""
+    return (day + 3) % 7 < 5
+
+
 def trading_day(ts: npt.ArrayLike) -> np.ndarray:
     """IST calendar day number (days since epoch) of each timestamp."""
     return (np.asarray(ts, dtype=np.int64) + IST_OFFSET_NS) // DAY_NS

@@ -26,6 +26,7 @@ from ..core.timeframes import (
     Timeframe,
     anchor_for_tokens,
     bucket_start,
+    is_weekday,
     parse_timeframe,
 )
 from ..errors import CredentialsError, KiteOHLCError, TimeframeError
@@ -100,12 +101,16 @@ class RateLimiter:
 SHARED_LIMITER = RateLimiter(3, 1.0)  # Kite: historical 3 requests/second per API key
 
 
-def parse_span(span: str) -> int:
-    """``"5d"``, ``"2w"``, ``"6h"`` -> nanoseconds."""
+def _span_parts(span: str) -> tuple[int, str]:
     m = _SPAN.match(str(span))
     if not m or int(m.group(1)) <= 0:
         raise ValueError(f"backfill span {span!r} is not accepted; use Nd, Nw or Nh such as 5d, 2w, 6h")
-    n, unit = int(m.group(1)), m.group(2).lower()
+    return int(m.group(1)), m.group(2).lower()
+
+
+def parse_span(span: str) -> int:
+    """``"5d"``, ``"2w"``, ``"6h"`` -> nanoseconds."""
+    n, unit = _span_parts(span)
     return n * {"h": 3600, "d": 86400, "w": 7 * 86400}[unit] * NS
 
 
@@ -118,15 +123,16 @@ def span_start(span: str, end_ns: int) -> int:
     '2025-11-28 07:30:00'
     """
     need = parse_span(span)
-    if str(span).strip().lower().endswith("w"):
+    if _span_parts(span)[1] == "w":
         return int(end_ns) - need
     at = int(end_ns)
     while need > 0:
-        day0 = (at + IST_OFFSET_NS - 1) // DAY_NS  # the IST day of the instant just before ``at``
-        held = at + IST_OFFSET_NS - day0 * DAY_NS  # of that day, the part before ``at``
-        take = held if (day0 + 3) % 7 >= 5 else min(held, need)  # day 0 (1970-01-01) was a Thursday
-        need -= 0 if (day0 + 3) % 7 >= 5 else take
-        at -= take
+        day = (at + IST_OFFSET_NS - 1) // DAY_NS  # the IST day of the instant just before ``at``
+        held = at + IST_OFFSET_NS - day * DAY_NS  # of that day, the part before ``at``
+        if is_weekday(day):
+            held = min(held, need)
+            need -= held
+        at -= held  # a weekend day is passed over whole
     return at
 
 

@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 from ..core.ticks import TickBatch, ist_naive_to_epoch_ns
-from ..core.timeframes import DAY_NS, IST, IST_OFFSET_NS, Timeframe, bucket_start
+from ..core.timeframes import DAY_NS, IST, IST_OFFSET_NS, Timeframe, bucket_start, is_weekday
 from .sim_market import MINUTE_NS, SimInstrument, hash_uniform
 from . import sim_rhythm as rhythm
 
@@ -109,7 +109,7 @@ def synthetic_minutes(inst: SimInstrument, seed: int, lo: int, hi: int,
     d0 = (lo + IST_OFFSET_NS) // DAY_NS
     d1 = (end_ns - 1 + IST_OFFSET_NS) // DAY_NS
     days = np.arange(d0, d1 + 1)
-    days = days[(days + 3) % 7 < 5]  # 1970-01-01 was a Thursday: Monday == 0
+    days = days[is_weekday(days)]
     if not len(days) or hi <= lo:
         return empty_minutes()
     tok, tick = inst.instrument_token, inst.tick_size or 0.05

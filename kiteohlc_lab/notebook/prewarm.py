@@ -10,9 +10,8 @@ modules: ~0.35 s), but not ``twisted.internet.reactor``, whose import installs a
 kernel's choice of reactor stays open until a live stream starts. A magic's own imports never run
 beside the thread's (two threads importing intertwined packages can each hold a module the other
 waits for, which Python answers with a deadlock error): the magic waits for the thread to pass
-what it needs. The thread
-imports with the automatic garbage collection off and ends with the one full collection its
-imports' objects made due.
+what it needs. The thread imports with the automatic garbage collection off and ends with the one
+full collection its imports' objects made due.
 """
 
 from __future__ import annotations
@@ -67,9 +66,7 @@ class Prewarm:
                     self._cond.notify_all()
             # the full collection these imports' objects have made due, now rather than in the
             # next cell: it fell in the middle of a first replay (1M ticks: 78-87 ms of 0.42-0.45 s)
-            if collecting:
-                gc.enable()
-            gc.collect()
+            gc.collect()  # collects with the automatic collection off, too
         finally:
             if collecting:
                 gc.enable()
